@@ -1,0 +1,188 @@
+"""The platform's configuration: every environment variable, its default and its meaning, in one place.
+
+Each role (local stack, producer, consumer, replay server, Dagster resources) reads its settings from
+``PlatformSettings.from_env()`` so that a variable has exactly one name and one default. The password
+defaults are for the local development stack only; docker-compose and any real deployment pass them in.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+LOCAL_DEV_PASSWORD = "crypto-local-dev"
+SEED_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT")
+BINANCE_WS_URL = "wss://stream.binance.com:9443"
+BINANCE_REST_URL = "https://api.binance.com"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the platform cannot use; the message names the variable."""
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _env_int(name: str, default: int, minimum: int | None = None) -> int:
+    raw = _env(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = _env(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _env_port(name: str, default: int) -> int:
+    port = _env_int(name, default, minimum=1)
+    if port > 65535:
+        raise SettingsError(f"{name}={port} is not a TCP port (1-65535)")
+    return port
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = _env(name, "1" if default else "0").lower()
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use 1 or 0)")
+
+
+def _parse_symbols(raw: str) -> tuple[str, ...]:
+    symbols = tuple(dict.fromkeys(s.strip().upper() for s in raw.split(",") if s.strip()))
+    if not symbols:
+        raise SettingsError("SYMBOLS is empty; give a comma list such as BTCUSDT,ETHUSDT")
+    for symbol in symbols:
+        if not symbol.isalnum() or len(symbol) > 20:
+            raise SettingsError(f"SYMBOLS has {symbol!r}, which is not a Binance symbol")
+    return symbols
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    """All settings of the platform. ``docs()`` lists them for the README and ``crypto-platform config``."""
+
+    state_dir: Path = field(metadata={"env": "STATE_DIR", "doc": "Folder for data, logs and pids of the local stack", "default": ".platform"})
+    bind_host: str = field(metadata={"env": "BIND_HOST", "doc": "Address every local server listens on", "default": "127.0.0.1"})
+    kafka_port: int = field(metadata={"env": "KAFKA_PORT", "doc": "Kafka broker listener port", "default": "9092"})
+    kafka_controller_port: int = field(metadata={"env": "KAFKA_CONTROLLER_PORT", "doc": "Kafka KRaft controller port", "default": "9093"})
+    kafka_bootstrap_servers: str = field(metadata={"env": "KAFKA_BOOTSTRAP_SERVERS", "doc": "Kafka bootstrap servers", "default": "BIND_HOST:KAFKA_PORT"})
+    kafka_topic: str = field(metadata={"env": "KAFKA_TOPIC", "doc": "Topic the producer writes and the consumer reads", "default": "binance-prices"})
+    kafka_partitions: int = field(metadata={"env": "KAFKA_PARTITIONS", "doc": "Partitions of the trades topic", "default": "3"})
+    kafka_retention_hours: int = field(metadata={"env": "KAFKA_RETENTION_HOURS", "doc": "How long Kafka keeps messages", "default": "168"})
+    kafka_heap: str = field(metadata={"env": "KAFKA_HEAP", "doc": "JVM heap of the local Kafka broker", "default": "512m"})
+    pg_port: int = field(metadata={"env": "PG_PORT", "doc": "Port of the embedded PostgreSQL 16", "default": "5432"})
+    pg_user: str = field(metadata={"env": "PG_USER", "doc": "PostgreSQL role that owns the platform's databases", "default": "crypto"})
+    pg_password: str = field(repr=False, metadata={"env": "PG_PASSWORD", "doc": "Its password (local-stack default only)", "default": LOCAL_DEV_PASSWORD})
+    pg_database: str = field(metadata={"env": "PG_DATABASE", "doc": "Database of the market data (schema stock)", "default": "crypto"})
+    database_url: str = field(repr=False, metadata={"env": "DATABASE_URL", "doc": "Market-data database; when set, the embedded PostgreSQL is not started", "default": "built from PG_*"})
+    dagster_database: str = field(metadata={"env": "DAGSTER_PG_DB", "doc": "Database of Dagster's run, event and schedule storage", "default": "dagster"})
+    superset_database: str = field(metadata={"env": "SUPERSET_PG_DB", "doc": "Database of Superset's metadata", "default": "superset"})
+    symbols: tuple[str, ...] = field(metadata={"env": "SYMBOLS", "doc": "Symbols to stream (comma list)", "default": ",".join(SEED_SYMBOLS)})
+    source: str = field(metadata={"env": "SOURCE", "doc": "replay (built-in Binance-compatible server) or binance (live)", "default": "replay"})
+    binance_ws_url: str = field(metadata={"env": "BINANCE_WS_URL", "doc": "Market-stream base URL (overrides SOURCE)", "default": "per SOURCE"})
+    binance_rest_url: str = field(metadata={"env": "BINANCE_REST_URL", "doc": "REST base URL for gap backfill (overrides SOURCE)", "default": "per SOURCE"})
+    replay_port: int = field(metadata={"env": "REPLAY_PORT", "doc": "Port of the replay server (WebSocket and REST)", "default": "9443"})
+    replay_files: tuple[str, ...] = field(metadata={"env": "REPLAY_FILES", "doc": "Binance trade/aggTrade CSV or ZIP files to replay; empty = synthetic market", "default": ""})
+    replay_speed: float = field(metadata={"env": "REPLAY_SPEED", "doc": "1 = real time, 0 = as fast as possible", "default": "1"})
+    replay_retime: bool = field(metadata={"env": "REPLAY_RETIME", "doc": "1 = shift file timestamps to now, 0 = keep them", "default": "1"})
+    consumer_group: str = field(metadata={"env": "CONSUMER_GROUP", "doc": "Kafka consumer group of the PostgreSQL writer", "default": "real-time-prices-writer"})
+    consumer_batch_size: int = field(metadata={"env": "CONSUMER_BATCH_SIZE", "doc": "Most messages written in one transaction", "default": "5000"})
+    producer_metrics_port: int = field(metadata={"env": "PRODUCER_METRICS_PORT", "doc": "Prometheus endpoint of the producer", "default": "9101"})
+    consumer_metrics_port: int = field(metadata={"env": "CONSUMER_METRICS_PORT", "doc": "Prometheus endpoint of the consumer", "default": "9102"})
+    dagster_port: int = field(metadata={"env": "DAGSTER_PORT", "doc": "Dagster UI port", "default": "3000"})
+    superset_port: int = field(metadata={"env": "SUPERSET_PORT", "doc": "Superset port", "default": "8088"})
+    spark_master: str = field(metadata={"env": "SPARK_MASTER", "doc": "Spark master: local[*] or spark://host:7077", "default": "local[*]"})
+    log_level: str = field(metadata={"env": "LOG_LEVEL", "doc": "Log level of the platform's services", "default": "INFO"})
+
+    @classmethod
+    def from_env(cls) -> PlatformSettings:
+        bind_host = _env("BIND_HOST", "127.0.0.1")
+        kafka_port = _env_port("KAFKA_PORT", 9092)
+        pg_port = _env_port("PG_PORT", 5432)
+        pg_user = _env("PG_USER", "crypto")
+        pg_password = _env("PG_PASSWORD", LOCAL_DEV_PASSWORD)
+        pg_database = _env("PG_DATABASE", "crypto")
+        database_url = _env(
+            "DATABASE_URL",
+            f"postgresql://{quote(pg_user, safe='')}:{quote(pg_password, safe='')}@{bind_host}:{pg_port}/{pg_database}",
+        )
+        if urlsplit(database_url).scheme not in {"postgresql", "postgres"}:
+            raise SettingsError("DATABASE_URL must start with postgresql://")
+        source = _env("SOURCE", "replay").lower()
+        if source not in {"replay", "binance"}:
+            raise SettingsError(f"SOURCE={source!r} must be replay or binance")
+        replay_port = _env_port("REPLAY_PORT", 9443)
+        if source == "replay":
+            ws_default, rest_default = f"ws://{bind_host}:{replay_port}", f"http://{bind_host}:{replay_port}"
+        else:
+            ws_default, rest_default = BINANCE_WS_URL, BINANCE_REST_URL
+        spark_master = _env("SPARK_MASTER", "local[*]")
+        if not (spark_master.startswith("local") or spark_master.startswith("spark://")):
+            raise SettingsError(f"SPARK_MASTER={spark_master!r} must be local[...] or spark://host:port")
+        return cls(
+            state_dir=Path(_env("STATE_DIR", ".platform")).expanduser().resolve(),
+            bind_host=bind_host,
+            kafka_port=kafka_port,
+            kafka_controller_port=_env_port("KAFKA_CONTROLLER_PORT", 9093),
+            kafka_bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", f"{bind_host}:{kafka_port}"),
+            kafka_topic=_env("KAFKA_TOPIC", "binance-prices"),
+            kafka_partitions=_env_int("KAFKA_PARTITIONS", 3, minimum=1),
+            kafka_retention_hours=_env_int("KAFKA_RETENTION_HOURS", 168, minimum=1),
+            kafka_heap=_env("KAFKA_HEAP", "512m"),
+            pg_port=pg_port,
+            pg_user=pg_user,
+            pg_password=pg_password,
+            pg_database=pg_database,
+            database_url=database_url,
+            dagster_database=_env("DAGSTER_PG_DB", "dagster"),
+            superset_database=_env("SUPERSET_PG_DB", "superset"),
+            symbols=_parse_symbols(_env("SYMBOLS", ",".join(SEED_SYMBOLS))),
+            source=source,
+            binance_ws_url=_env("BINANCE_WS_URL", ws_default).rstrip("/"),
+            binance_rest_url=_env("BINANCE_REST_URL", rest_default).rstrip("/"),
+            replay_port=replay_port,
+            replay_files=tuple(f.strip() for f in _env("REPLAY_FILES", "").split(",") if f.strip()),
+            replay_speed=_env_float("REPLAY_SPEED", 1.0),
+            replay_retime=_env_bool("REPLAY_RETIME", True),
+            consumer_group=_env("CONSUMER_GROUP", "real-time-prices-writer"),
+            consumer_batch_size=_env_int("CONSUMER_BATCH_SIZE", 5000, minimum=1),
+            producer_metrics_port=_env_port("PRODUCER_METRICS_PORT", 9101),
+            consumer_metrics_port=_env_port("CONSUMER_METRICS_PORT", 9102),
+            dagster_port=_env_port("DAGSTER_PORT", 3000),
+            superset_port=_env_port("SUPERSET_PORT", 8088),
+            spark_master=spark_master,
+            log_level=_env("LOG_LEVEL", "INFO").upper(),
+        )
+
+    @property
+    def embedded_postgres(self) -> bool:
+        """True unless DATABASE_URL points the platform at a server of its own."""
+        return "DATABASE_URL" not in os.environ or not os.environ["DATABASE_URL"].strip()
+
+    def database_url_for(self, database: str) -> str:
+        """The same server and credentials as DATABASE_URL, another database on it."""
+        parts = urlsplit(self.database_url)
+        return parts._replace(path=f"/{database}").geturl()
+
+    @staticmethod
+    def docs() -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) for every setting, in declaration order."""
+        return [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(PlatformSettings)]

@@ -1,0 +1,1 @@
+"""Streaming ingestion: Binance-compatible replay server, Binance producer and Kafka → PostgreSQL consumer."""
