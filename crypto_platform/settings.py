@@ -93,6 +93,7 @@ class PlatformSettings:
     pg_password: str = field(repr=False, metadata={"env": "PG_PASSWORD", "doc": "Its password (local-stack default only)", "default": LOCAL_DEV_PASSWORD})
     pg_database: str = field(metadata={"env": "PG_DATABASE", "doc": "Database of the market data (schema stock)", "default": "crypto"})
     database_url: str = field(repr=False, metadata={"env": "DATABASE_URL", "doc": "Market-data database; when set, the embedded PostgreSQL is not started", "default": "built from PG_*"})
+    embedded_postgres: bool = field(metadata={"env": "DATABASE_URL", "doc": "(derived) the local stack runs PostgreSQL itself unless DATABASE_URL is set", "default": "true"})
     dagster_database: str = field(metadata={"env": "DAGSTER_PG_DB", "doc": "Database of Dagster's run, event and schedule storage", "default": "dagster"})
     superset_database: str = field(metadata={"env": "SUPERSET_PG_DB", "doc": "Database of Superset's metadata", "default": "superset"})
     symbols: tuple[str, ...] = field(metadata={"env": "SYMBOLS", "doc": "Symbols to stream (comma list)", "default": ",".join(SEED_SYMBOLS)})
@@ -120,6 +121,7 @@ class PlatformSettings:
         pg_user = _env("PG_USER", "crypto")
         pg_password = _env("PG_PASSWORD", LOCAL_DEV_PASSWORD)
         pg_database = _env("PG_DATABASE", "crypto")
+        embedded_postgres = not _env("DATABASE_URL", "")
         database_url = _env(
             "DATABASE_URL",
             f"postgresql://{quote(pg_user, safe='')}:{quote(pg_password, safe='')}@{bind_host}:{pg_port}/{pg_database}",
@@ -152,6 +154,7 @@ class PlatformSettings:
             pg_password=pg_password,
             pg_database=pg_database,
             database_url=database_url,
+            embedded_postgres=embedded_postgres,
             dagster_database=_env("DAGSTER_PG_DB", "dagster"),
             superset_database=_env("SUPERSET_PG_DB", "superset"),
             symbols=_parse_symbols(_env("SYMBOLS", ",".join(SEED_SYMBOLS))),
@@ -172,11 +175,6 @@ class PlatformSettings:
             log_level=_env("LOG_LEVEL", "INFO").upper(),
         )
 
-    @property
-    def embedded_postgres(self) -> bool:
-        """True unless DATABASE_URL points the platform at a server of its own."""
-        return "DATABASE_URL" not in os.environ or not os.environ["DATABASE_URL"].strip()
-
     def database_url_for(self, database: str) -> str:
         """The same server and credentials as DATABASE_URL, another database on it."""
         parts = urlsplit(self.database_url)
@@ -185,4 +183,5 @@ class PlatformSettings:
     @staticmethod
     def docs() -> list[tuple[str, str, str]]:
         """(variable, default, meaning) for every setting, in declaration order."""
-        return [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(PlatformSettings)]
+        return [(f.metadata["env"], f.metadata["default"], f.metadata["doc"])
+                for f in fields(PlatformSettings) if not f.metadata["doc"].startswith("(derived)")]

@@ -1,0 +1,44 @@
+# The platform's entry points. `make up` starts everything, `make test` runs the whole suite.
+# Both install what is missing first, so a fresh clone needs nothing else.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+CLI := $(PY) -m local_stack.cli
+PYTEST_ARGS ?=
+
+.PHONY: install up down status test lint clean config migrate
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+up: install
+	@$(CLI) up
+
+down: install
+	@$(CLI) down
+
+status: install
+	@$(CLI) status
+
+migrate: install
+	@$(CLI) migrate
+
+config: install
+	@$(CLI) config
+
+clean: install
+	@$(CLI) clean $(if $(FORCE),--force,)
+
+lint: install
+	@$(PY) -m ruff check .
+
+test: install
+	@$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,129 @@
+"""``crypto-platform``: the local stack's command line (``make up``, ``make down``, ``make status`` call it)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+
+from crypto_platform.logs import configure_logging
+from crypto_platform.settings import PlatformSettings, SettingsError
+from local_stack.jars import JarsError
+from local_stack.migrations import MigrationError, apply_migrations
+from local_stack.processes import StackError
+from local_stack.stack import LocalStack
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def cmd_up(stack: LocalStack, _: argparse.Namespace) -> int:
+    started = time.monotonic()
+    stack.up(progress=lambda step: _say(f"  starting {step}"))
+    _say(f"platform up in {time.monotonic() - started:.1f} s (state in {stack.settings.state_dir})")
+    return cmd_status(stack, _)
+
+
+def cmd_down(stack: LocalStack, _: argparse.Namespace) -> int:
+    stack.down()
+    _say("platform stopped; data kept in " + str(stack.settings.state_dir))
+    return 0
+
+
+def cmd_status(stack: LocalStack, _: argparse.Namespace) -> int:
+    s = stack.settings
+    rows = [("postgres", stack.postgres.pid() if s.embedded_postgres else None, s.pg_port if s.embedded_postgres else "external"),
+            ("kafka", stack.kafka.pid(), s.kafka_port)]
+    rows += [(service.name, service.pid(), service.port or "-") for service in stack.services()]
+    _say(f"{'SERVICE':<16}{'STATE':<8}{'PORT':<10}PID")
+    for name, pid, port in rows:
+        state = "up" if pid or port == "external" else "down"
+        _say(f"{name:<16}{state:<8}{port!s:<10}{pid or '-'}")
+    counts = stack.row_counts()
+    if counts is None:
+        _say("database: not reachable")
+    else:
+        _say("rows: " + ", ".join(f"{table}={count}" for table, count in counts.items()))
+    _say(f"logs: {s.state_dir / 'logs'}")
+    return 0
+
+
+def cmd_migrate(stack: LocalStack, _: argparse.Namespace) -> int:
+    applied = apply_migrations(stack.settings.database_url)
+    _say("applied: " + (", ".join(applied) if applied else "nothing (schema up to date)"))
+    return 0
+
+
+def cmd_clean(stack: LocalStack, args: argparse.Namespace) -> int:
+    state_dir = stack.settings.state_dir
+    if not state_dir.exists():
+        _say(f"nothing to delete: {state_dir} does not exist")
+        return 0
+    if not args.force:
+        if not sys.stdin.isatty():
+            _say(f"refusing to delete {state_dir} without confirmation; run with FORCE=1 (make clean FORCE=1)")
+            return EXIT_USAGE
+        if input(f"delete {state_dir} and all its data? [y/N] ").strip().lower() != "y":
+            _say("kept")
+            return 0
+    stack.down()
+    shutil.rmtree(state_dir)
+    _say(f"deleted {state_dir}")
+    return 0
+
+
+def cmd_config(_: LocalStack, __: argparse.Namespace) -> int:
+    for variable, default, meaning in PlatformSettings.docs():
+        _say(f"{variable:<26}{default:<36}{meaning}")
+    return 0
+
+
+COMMANDS = {
+    "up": (cmd_up, "start every server and service (idempotent)"),
+    "down": (cmd_down, "stop what `up` started, keep the data"),
+    "status": (cmd_status, "each service's state, port and pid, and row counts"),
+    "migrate": (cmd_migrate, "apply pending SQL migrations"),
+    "clean": (cmd_clean, "delete the state folder (asks, or --force)"),
+    "config": (cmd_config, "list every setting with its default"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crypto-platform", description="Run the crypto market data platform locally.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text)
+        if name == "clean":
+            sub.add_argument("--force", action="store_true", help="do not ask")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = PlatformSettings.from_env()
+    except SettingsError as exc:
+        print(f"crypto-platform: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.log_level)
+    # Connection attempts while servers start are expected; the stack reports its own failures.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    handler = COMMANDS[args.command][0]
+    try:
+        return handler(LocalStack(settings), args)
+    except (StackError, MigrationError, JarsError) as exc:
+        print(f"crypto-platform: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Embedded PostgreSQL 16 from the ``pgserver`` wheel's binaries, on 127.0.0.1, data under the state folder.
+
+PostgreSQL refuses to run as root. When the stack runs as root (as CI does), the server runs as an
+unprivileged system user that owns the data folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import secrets
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+
+from crypto_platform.settings import PlatformSettings
+from local_stack.processes import StackError, require_free_port, tail
+
+SERVER_USER = "cryptopg"
+START_TIMEOUT_S = 60
+
+
+def _pg_bin_dir() -> Path:
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise StackError("the pgserver package is missing; run `make install` (or set DATABASE_URL to a server of yours)")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+@dataclass(frozen=True)
+class ServerAccount:
+    """Who runs the server: the caller, or an unprivileged user when the caller is root."""
+
+    uid: int
+    gid: int
+
+    @classmethod
+    def for_current_user(cls) -> ServerAccount:
+        if os.geteuid() != 0:
+            return cls(os.getuid(), os.getgid())
+        try:
+            entry = pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
+                check=True, capture_output=True,
+            )
+            entry = pwd.getpwnam(SERVER_USER)
+        return cls(entry.pw_uid, entry.pw_gid)
+
+    @property
+    def is_other_user(self) -> bool:
+        return self.uid != os.getuid()
+
+    def run(self, command: list[str], **kwargs) -> subprocess.CompletedProcess:
+        if self.is_other_user:
+            kwargs.update(user=self.uid, group=self.gid, extra_groups=[])
+        return subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
+
+    def own(self, *paths: Path) -> None:
+        if self.is_other_user:
+            for path in paths:
+                os.chown(path, self.uid, self.gid)
+
+
+class PostgresServer:
+    """One PostgreSQL cluster in ``<state>/postgres``; the platform's three databases on it."""
+
+    name = "postgres"
+
+    def __init__(self, settings: PlatformSettings) -> None:
+        self.settings = settings
+        self.root = settings.state_dir / "postgres"
+        self.data_dir = self.root / "data"
+        self.log_path = settings.state_dir / "logs" / "postgres.log"
+        self.bin_dir = _pg_bin_dir()
+
+    @property
+    def port(self) -> int:
+        return self.settings.pg_port
+
+    def _pg_ctl(self, account: ServerAccount, *args: str) -> subprocess.CompletedProcess:
+        return account.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args])
+
+    def pid(self) -> int | None:
+        """The postmaster's pid when it runs (from postmaster.pid, checked alive)."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, PermissionError, ValueError, IndexError, ProcessLookupError):
+            return None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def _initdb(self, account: ServerAccount) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        account.own(self.root)
+        check = account.run(["test", "-x", str(self.bin_dir / "postgres"), "-a", "-w", str(self.root)])
+        if check.returncode != 0:
+            raise StackError(
+                f"PostgreSQL runs as user {SERVER_USER} (it refuses root), who cannot reach {self.bin_dir} "
+                f"or write {self.root}; put the repository and STATE_DIR under world-readable folders"
+            )
+        password_file = self.root / f".pw-{secrets.token_hex(4)}"
+        password_file.write_text(self.settings.pg_password + "\n")
+        password_file.chmod(0o600)
+        account.own(password_file)
+        try:
+            result = account.run([
+                str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.settings.pg_user,
+                "--auth=scram-sha-256", f"--pwfile={password_file}", "--encoding=UTF8", "--locale=C",
+            ])
+        finally:
+            password_file.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise StackError(f"initdb failed: {(result.stderr or result.stdout).strip().splitlines()[-1]}")
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write("\ninclude_if_exists = 'platform.conf'\n")
+
+    def _write_platform_conf(self, account: ServerAccount) -> None:
+        conf = self.data_dir / "platform.conf"
+        conf.write_text(
+            "# Written by the local stack at every start.\n"
+            f"listen_addresses = '{self.settings.bind_host}'\n"
+            f"port = {self.port}\n"
+            "unix_socket_directories = ''\n"
+            "max_connections = 200\n"
+            "shared_buffers = 256MB\n"
+            "synchronous_commit = on\n"
+            "log_line_prefix = '%m [%p] %q%u@%d '\n"
+        )
+        account.own(conf)
+
+    def start(self) -> None:
+        """Initialises the cluster on first use, starts it and creates the platform's databases."""
+        if not self.is_running():
+            require_free_port(self.settings.bind_host, self.port, "PG_PORT", "PostgreSQL")
+            account = ServerAccount.for_current_user()
+            if not (self.data_dir / "PG_VERSION").exists():
+                self._initdb(account)
+            self._write_platform_conf(account)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path.touch()
+            account.own(self.log_path)
+            result = self._pg_ctl(account, "start", "-w", "-t", str(START_TIMEOUT_S), "-l", str(self.log_path))
+            if result.returncode != 0:
+                raise StackError(f"PostgreSQL did not start; read {self.log_path}:\n{tail(self.log_path)}")
+        self.ensure_databases()
+
+    def stop(self) -> None:
+        if self.is_running():
+            self._pg_ctl(ServerAccount.for_current_user(), "stop", "-m", "fast", "-w", "-t", "60")
+
+    def admin_dsn(self, database: str = "postgres") -> str:
+        return self.settings.database_url_for(database)
+
+    def ensure_databases(self) -> None:
+        """Creates ``crypto``, ``dagster`` and ``superset`` when missing (idempotent)."""
+        wanted = [self.settings.pg_database, self.settings.dagster_database, self.settings.superset_database]
+        connection = psycopg2.connect(self.admin_dsn(), connect_timeout=10)
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT datname FROM pg_database")
+                existing = {row[0] for row in cursor.fetchall()}
+                for database in wanted:
+                    if database not in existing:
+                        cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        finally:
+            connection.close()

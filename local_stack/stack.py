@@ -1,0 +1,161 @@
+"""The local stack: the platform's servers and services, started in order, detached, stopped by pid."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+
+from crypto_platform.settings import PlatformSettings
+from local_stack.kafka_broker import KafkaBroker
+from local_stack.migrations import apply_migrations
+from local_stack.postgres import PostgresServer
+from local_stack.processes import (
+    PidFile,
+    StackError,
+    require_free_port,
+    start_detached,
+    stop_process_group,
+    tail,
+    wait_until,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICE_READY_TIMEOUT_S = 30
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ManagedService:
+    """A platform process (replay server, producer, consumer, Dagster, Superset) run detached by pid."""
+
+    name: str
+    settings: PlatformSettings
+    command: Sequence[str]
+    port: int | None = None
+    port_variable: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    ready: Callable[[], bool] | None = None
+    before_start: Callable[[], None] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.settings.state_dir / "logs" / f"{self.name}.log"
+
+    @property
+    def pid_file(self) -> PidFile:
+        return PidFile(self.settings.state_dir / "run" / f"{self.name}.pid")
+
+    def pid(self) -> int | None:
+        return self.pid_file.running_pid()
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self) -> None:
+        if self.is_running():
+            return
+        if self.port is not None and self.port_variable:
+            require_free_port(self.settings.bind_host, self.port, self.port_variable, self.name)
+        if self.before_start is not None:
+            self.before_start()
+        start_detached(self.command, self.log_path, self.pid_file, env={**os.environ, **self.env}, cwd=REPO_ROOT)
+        if self.ready is not None and not wait_until(self._ready_or_dead, SERVICE_READY_TIMEOUT_S, interval=0.5):
+            raise StackError(f"{self.name} did not become ready in {SERVICE_READY_TIMEOUT_S} s; read {self.log_path}")
+
+    def _ready_or_dead(self) -> bool:
+        if not self.is_running():
+            raise StackError(f"{self.name} exited during start; read {self.log_path}:\n{tail(self.log_path)}")
+        return bool(self.ready and self.ready())
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            stop_process_group(pid)
+        self.pid_file.remove()
+
+
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _python_service(settings: PlatformSettings, name: str, module: str, port: int | None = None,
+                    port_variable: str | None = None) -> ManagedService:
+    return ManagedService(name, settings, [sys.executable, "-m", module], port=port, port_variable=port_variable)
+
+
+class LocalStack:
+    """Everything ``make up`` runs, in start order. Only services whose code exists are included."""
+
+    def __init__(self, settings: PlatformSettings) -> None:
+        self.settings = settings
+        self.postgres = PostgresServer(settings)
+        self.kafka = KafkaBroker(settings)
+
+    def services(self) -> list[ManagedService]:
+        s = self.settings
+        candidates: list[tuple[str, ManagedService]] = []
+        if s.source == "replay":
+            candidates.append(("streaming_services.replay_server", _python_service(
+                s, "replay-server", "streaming_services.replay_server", s.replay_port, "REPLAY_PORT")))
+        candidates += [
+            ("streaming_services.consumer", _python_service(
+                s, "consumer", "streaming_services.consumer", s.consumer_metrics_port, "CONSUMER_METRICS_PORT")),
+            ("streaming_services.producer", _python_service(
+                s, "producer", "streaming_services.producer", s.producer_metrics_port, "PRODUCER_METRICS_PORT")),
+        ]
+        return [service for module, service in candidates if _module_exists(module)]
+
+    def start_servers(self) -> None:
+        """PostgreSQL (unless DATABASE_URL is external), migrations, Kafka and the trades topic."""
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.embedded_postgres:
+            self.postgres.start()
+        applied = apply_migrations(self.settings.database_url)
+        log.info("schema ready", extra={"applied": ",".join(applied) or "none"})
+        self.kafka.start()
+        self.kafka.ensure_topic(self.settings.kafka_topic, self.settings.kafka_partitions)
+
+    def up(self, progress: Callable[[str], None] = lambda _: None) -> None:
+        progress("servers: PostgreSQL, Kafka")
+        self.start_servers()
+        for service in self.services():
+            progress(f"service: {service.name}")
+            service.start()
+
+    def down(self) -> None:
+        for service in reversed(self.services()):
+            service.stop()
+        self.kafka.stop()
+        if self.settings.embedded_postgres:
+            self.postgres.stop()
+
+    def row_counts(self) -> dict[str, int] | None:
+        """Rows per market-data table, or None when the database does not answer."""
+        tables = ("real_time_prices", "aggregated_prices_1min", "aggregated_prices_5min", "latest_prices", "rejected_messages")
+        try:
+            connection = psycopg2.connect(self.settings.database_url, connect_timeout=3)
+        except psycopg2.Error:
+            return None
+        try:
+            with connection.cursor() as cursor:
+                counts = {}
+                for table in tables:
+                    cursor.execute(sql.SQL("SELECT count(*) FROM stock.{}").format(sql.Identifier(table)))
+                    counts[table] = cursor.fetchone()[0]
+                return counts
+        except psycopg2.Error:
+            return None
+        finally:
+            connection.close()
