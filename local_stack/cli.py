@@ -61,6 +61,12 @@ def cmd_migrate(stack: LocalStack, _: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bootstrap(stack: LocalStack, _: argparse.Namespace) -> int:
+    stack.bootstrap()
+    _say(f"schema and topic {stack.settings.kafka_topic} ready")
+    return 0
+
+
 def cmd_clean(stack: LocalStack, args: argparse.Namespace) -> int:
     state_dir = stack.settings.state_dir
     if not state_dir.exists():
@@ -90,6 +96,7 @@ COMMANDS = {
     "down": (cmd_down, "stop what `up` started, keep the data"),
     "status": (cmd_status, "each service's state, port and pid, and row counts"),
     "migrate": (cmd_migrate, "apply pending SQL migrations"),
+    "bootstrap": (cmd_bootstrap, "apply migrations and create topics on running servers (docker-compose)"),
     "clean": (cmd_clean, "delete the state folder (asks, or --force)"),
     "config": (cmd_config, "list every setting with its default"),
 }

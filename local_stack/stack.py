@@ -118,13 +118,17 @@ class LocalStack:
         return [service for module, service in candidates if _module_exists(module)]
 
     def start_servers(self) -> None:
-        """PostgreSQL (unless DATABASE_URL is external), migrations, Kafka and the trades topic."""
+        """PostgreSQL (unless DATABASE_URL is external) and Kafka, then the schema and the topic."""
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         if self.settings.embedded_postgres:
             self.postgres.start()
+        self.kafka.start()
+        self.bootstrap()
+
+    def bootstrap(self) -> None:
+        """Migrations and topics on servers that already run (the local ones or docker-compose's)."""
         applied = apply_migrations(self.settings.database_url)
         log.info("schema ready", extra={"applied": ",".join(applied) or "none"})
-        self.kafka.start()
         self.kafka.ensure_topic(self.settings.kafka_topic, self.settings.kafka_partitions)
 
     def up(self, progress: Callable[[str], None] = lambda _: None) -> None:

@@ -1,0 +1,22 @@
+# One image for every Python service of the platform (producer, consumer, Dagster, Spark, migrations).
+FROM python:3.11-slim-bookworm
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless maven procps \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY crypto_platform crypto_platform
+COPY local_stack local_stack
+COPY streaming_services streaming_services
+COPY crypto_assets crypto_assets
+COPY sql sql
+COPY bench bench
+COPY workspace.yaml dagster.yaml ./
+RUN pip install --no-cache-dir . \
+ && python -c "from local_stack.jars import ensure_jars; ensure_jars()"
+
+RUN useradd --create-home --uid 10001 platform && mkdir -p /data && chown platform /data
+USER platform
+ENV STATE_DIR=/data BIND_HOST=0.0.0.0 SPARK_LOCAL_IP=0.0.0.0 DAGSTER_HOME=/data/dagster
