@@ -77,6 +77,7 @@ class PostgresServer:
         self.root = settings.state_dir / "postgres"
         self.data_dir = self.root / "data"
         self.log_path = settings.state_dir / "logs" / "postgres.log"
+        self.log_dir = settings.state_dir / "logs" / "postgres"
         self.bin_dir = _pg_bin_dir()
 
     @property
@@ -134,6 +135,13 @@ class PostgresServer:
             "shared_buffers = 256MB\n"
             "synchronous_commit = on\n"
             "log_line_prefix = '%m [%p] %q%u@%d '\n"
+            # A file per weekday, overwritten a week later: a week of logs, never more.
+            "logging_collector = on\n"
+            f"log_directory = '{self.log_dir}'\n"
+            "log_filename = 'postgresql-%a.log'\n"
+            "log_truncate_on_rotation = on\n"
+            "log_rotation_age = 1d\n"
+            "log_rotation_size = 0\n"
         )
         account.own(conf)
 
@@ -145,12 +153,12 @@ class PostgresServer:
             if not (self.data_dir / "PG_VERSION").exists():
                 self._initdb(account)
             self._write_platform_conf(account)
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.touch()
-            account.own(self.log_path)
+            account.own(self.log_path, self.log_dir)
             result = self._pg_ctl(account, "start", "-w", "-t", str(START_TIMEOUT_S), "-l", str(self.log_path))
             if result.returncode != 0:
-                raise StackError(f"PostgreSQL did not start; read {self.log_path}:\n{tail(self.log_path)}")
+                raise StackError(f"PostgreSQL did not start; read {self.log_path} and {self.log_dir}:\n{tail(self.log_path)}")
         self.ensure_databases()
 
     def stop(self) -> None:

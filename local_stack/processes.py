@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,13 +55,13 @@ def start_detached(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> int:
-    """Starts ``command`` in its own session (so signals reach its whole tree), output to ``log_path``."""
+    """Starts ``command`` in its own session (signals reach its whole tree), output to a rotated log."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
-        )
+    wrapped = [sys.executable, "-m", "local_stack.rotating_log", str(log_path), "--", *command]
+    process = subprocess.Popen(
+        wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+    )
     pid_file.write(process.pid)
     return process.pid
 

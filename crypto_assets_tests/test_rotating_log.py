@@ -1,0 +1,42 @@
+"""Service logs rotate by size and keep the last lines of a service that is stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from local_stack.rotating_log import RotatingWriter
+
+
+def test_writer_rotates_and_keeps_a_bounded_number_of_files(tmp_path: Path) -> None:
+    writer = RotatingWriter(tmp_path / "svc.log", max_bytes=1000, backups=3)
+    for index in range(100):
+        writer.write(f"line {index:03d} ".ljust(99).encode() + b"\n")
+    writer.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["svc.log", "svc.log.1", "svc.log.2", "svc.log.3"]
+    assert all(p.stat().st_size <= 1000 for p in tmp_path.iterdir())
+    assert (tmp_path / "svc.log").read_text().splitlines()[-1].startswith("line 099")
+
+
+def test_wrapper_keeps_the_services_last_lines_when_the_group_is_stopped(tmp_path: Path) -> None:
+    service = (
+        "import signal, sys, time\n"
+        "def stop(*_):\n    print('stopped cleanly', flush=True); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\nprint('ready', flush=True)\ntime.sleep(60)\n"
+    )
+    log = tmp_path / "svc.log"
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "local_stack.rotating_log", str(log), "--", sys.executable, "-c", service],
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 20
+    while "ready" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(wrapper.pid, signal.SIGTERM)
+    assert wrapper.wait(timeout=20) == 0
+    assert log.read_text().splitlines() == ["ready", "stopped cleanly"]

@@ -1,0 +1,71 @@
+"""Runs a command and writes its output to a size-rotated log, so a week of running can't fill the disk.
+
+Usage: ``python -m local_stack.rotating_log LOG_PATH -- COMMAND ...``. The wrapper shares the service's
+process group: ``make down`` signals both, the wrapper keeps copying until the service has closed its
+output (so its last lines are kept), then exits with the service's exit code.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+MAX_BYTES = 20 * 1024 * 1024
+BACKUPS = 5
+
+
+class RotatingWriter:
+    """Appends bytes to ``path``; past ``max_bytes`` it shifts path → path.1 → … → path.N."""
+
+    def __init__(self, path: Path, max_bytes: int = MAX_BYTES, backups: int = BACKUPS) -> None:
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("ab")
+
+    def write(self, chunk: bytes) -> None:
+        if self.file.tell() + len(chunk) > self.max_bytes and self.file.tell() > 0:
+            self.rotate()
+        self.file.write(chunk)
+        self.file.flush()
+
+    def rotate(self) -> None:
+        self.file.close()
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
+        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self.file = self.path.open("ab")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def run(log_path: Path, command: list[str]) -> int:
+    # The service receives the group's signals itself; the wrapper outlives it to keep its last words.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    writer = RotatingWriter(log_path)
+    child = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        restore_signals=True, preexec_fn=lambda: (signal.signal(signal.SIGTERM, signal.SIG_DFL),
+                                                 signal.signal(signal.SIGINT, signal.SIG_DFL)),
+    )
+    assert child.stdout is not None
+    for line in iter(child.stdout.readline, b""):
+        writer.write(line)
+    writer.close()
+    return child.wait()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or argv[1] != "--":
+        print("usage: python -m local_stack.rotating_log LOG_PATH -- COMMAND ...", file=sys.stderr)
+        return 2
+    return run(Path(argv[0]), argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
