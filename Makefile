@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 CLI := $(PY) -m local_stack.cli
 PYTEST_ARGS ?=
 
-.PHONY: install up down status test lint clean config migrate
+.PHONY: install up down status logs test lint clean config migrate
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ down: install
 
 status: install
 	@$(CLI) status
+
+logs: install
+	@$(CLI) logs $(SERVICE)
 
 migrate: install
 	@$(CLI) migrate

@@ -110,7 +110,12 @@ class PlatformSettings:
     consumer_metrics_port: int = field(metadata={"env": "CONSUMER_METRICS_PORT", "doc": "Prometheus endpoint of the consumer", "default": "9102"})
     dagster_port: int = field(metadata={"env": "DAGSTER_PORT", "doc": "Dagster UI port", "default": "3000"})
     superset_port: int = field(metadata={"env": "SUPERSET_PORT", "doc": "Superset port", "default": "8088"})
-    spark_master: str = field(metadata={"env": "SPARK_MASTER", "doc": "Spark master: local[*] or spark://host:7077", "default": "local[*]"})
+    spark_master: str = field(metadata={"env": "SPARK_MASTER", "doc": "Spark master: local[*] or spark://host:7077", "default": "local[*], or the local cluster's with SPARK_CLUSTER=1"})
+    spark_cluster: bool = field(metadata={"env": "SPARK_CLUSTER", "doc": "1 = make up starts a standalone Spark master and worker", "default": "0"})
+    spark_master_port: int = field(metadata={"env": "SPARK_MASTER_PORT", "doc": "Standalone master port (SPARK_CLUSTER=1)", "default": "7077"})
+    spark_master_webui_port: int = field(metadata={"env": "SPARK_MASTER_WEBUI_PORT", "doc": "Standalone master UI port (SPARK_CLUSTER=1)", "default": "8080"})
+    spark_worker_cores: int = field(metadata={"env": "SPARK_WORKER_CORES", "doc": "Cores of the standalone worker", "default": "2"})
+    spark_worker_memory: str = field(metadata={"env": "SPARK_WORKER_MEMORY", "doc": "Memory of the standalone worker", "default": "2g"})
     log_level: str = field(metadata={"env": "LOG_LEVEL", "doc": "Log level of the platform's services", "default": "INFO"})
 
     @classmethod
@@ -136,7 +141,9 @@ class PlatformSettings:
             ws_default, rest_default = f"ws://{bind_host}:{replay_port}", f"http://{bind_host}:{replay_port}"
         else:
             ws_default, rest_default = BINANCE_WS_URL, BINANCE_REST_URL
-        spark_master = _env("SPARK_MASTER", "local[*]")
+        spark_cluster = _env_bool("SPARK_CLUSTER", False)
+        spark_master_port = _env_port("SPARK_MASTER_PORT", 7077)
+        spark_master = _env("SPARK_MASTER", f"spark://{bind_host}:{spark_master_port}" if spark_cluster else "local[*]")
         if not (spark_master.startswith("local") or spark_master.startswith("spark://")):
             raise SettingsError(f"SPARK_MASTER={spark_master!r} must be local[...] or spark://host:port")
         return cls(
@@ -172,6 +179,11 @@ class PlatformSettings:
             dagster_port=_env_port("DAGSTER_PORT", 3000),
             superset_port=_env_port("SUPERSET_PORT", 8088),
             spark_master=spark_master,
+            spark_cluster=spark_cluster,
+            spark_master_port=spark_master_port,
+            spark_master_webui_port=_env_port("SPARK_MASTER_WEBUI_PORT", 8080),
+            spark_worker_cores=_env_int("SPARK_WORKER_CORES", 2, minimum=1),
+            spark_worker_memory=_env("SPARK_WORKER_MEMORY", "2g"),
             log_level=_env("LOG_LEVEL", "INFO").upper(),
         )
 

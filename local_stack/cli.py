@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
@@ -67,6 +68,23 @@ def cmd_bootstrap(stack: LocalStack, _: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(stack: LocalStack, args: argparse.Namespace) -> int:
+    log_dir = stack.settings.state_dir / "logs"
+    known = sorted(p.stem for p in log_dir.glob("*.log"))
+    if args.service:
+        if args.service not in known:
+            _say(f"no log for service {args.service!r}; known: {', '.join(known) or 'none yet (run make up)'}")
+            return EXIT_USAGE
+        files = [log_dir / f"{args.service}.log"]
+    else:
+        files = [log_dir / f"{name}.log" for name in known]
+    if not files:
+        _say(f"no logs in {log_dir} yet; run make up")
+        return EXIT_USAGE
+    follow = ["-F"] if args.follow else []
+    os.execvp("tail", ["tail", "-n", str(args.lines), *follow, *map(str, files)])
+
+
 def cmd_clean(stack: LocalStack, args: argparse.Namespace) -> int:
     state_dir = stack.settings.state_dir
     if not state_dir.exists():
@@ -97,6 +115,7 @@ COMMANDS = {
     "status": (cmd_status, "each service's state, port and pid, and row counts"),
     "migrate": (cmd_migrate, "apply pending SQL migrations"),
     "bootstrap": (cmd_bootstrap, "apply migrations and create topics on running servers (docker-compose)"),
+    "logs": (cmd_logs, "show and follow the services' logs"),
     "clean": (cmd_clean, "delete the state folder (asks, or --force)"),
     "config": (cmd_config, "list every setting with its default"),
 }
@@ -109,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         if name == "clean":
             sub.add_argument("--force", action="store_true", help="do not ask")
+        if name == "logs":
+            sub.add_argument("service", nargs="?", help="one service (default: all)")
+            sub.add_argument("-n", "--lines", type=int, default=50, help="lines to show first")
+            sub.add_argument("--no-follow", dest="follow", action="store_false", help="print and exit")
     return parser
 
 

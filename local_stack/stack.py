@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,41 @@ def _module_exists(module: str) -> bool:
         return False
 
 
+def _port_answers(host: str, port: int) -> Callable[[], bool]:
+    def answers() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    return answers
+
+
+def _spark_services(settings: PlatformSettings) -> list[ManagedService]:
+    """A standalone Spark master and one worker from the pyspark package (SPARK_CLUSTER=1)."""
+    spark_home = Path(importlib.util.find_spec("pyspark").submodule_search_locations[0])
+    spark_class = str(spark_home / "bin" / "spark-class")
+    host, work_dir = settings.bind_host, settings.state_dir / "spark"
+    env = {"SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": host, "SPARK_WORKER_DIR": str(work_dir / "work"),
+           "SPARK_LOG_DIR": str(work_dir / "logs"), "SPARK_NO_DAEMONIZE": "1"}
+    master_url = f"spark://{host}:{settings.spark_master_port}"
+    master = ManagedService(
+        "spark-master", settings,
+        [spark_class, "org.apache.spark.deploy.master.Master", "--host", host,
+         "--port", str(settings.spark_master_port), "--webui-port", str(settings.spark_master_webui_port)],
+        port=settings.spark_master_port, port_variable="SPARK_MASTER_PORT", env=env,
+        ready=_port_answers(host, settings.spark_master_port),
+    )
+    worker = ManagedService(
+        "spark-worker", settings,
+        [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", host, "--webui-port", "0",
+         "--cores", str(settings.spark_worker_cores), "--memory", settings.spark_worker_memory, master_url],
+        env=env,
+    )
+    return [master, worker]
+
+
 def _python_service(settings: PlatformSettings, name: str, module: str, port: int | None = None,
                     port_variable: str | None = None) -> ManagedService:
     return ManagedService(name, settings, [sys.executable, "-m", module], port=port, port_variable=port_variable)
@@ -106,6 +142,8 @@ class LocalStack:
     def services(self) -> list[ManagedService]:
         s = self.settings
         candidates: list[tuple[str, ManagedService]] = []
+        if s.spark_cluster:
+            candidates += [("pyspark", service) for service in _spark_services(s)]
         if s.source == "replay":
             candidates.append(("streaming_services.replay_server", _python_service(
                 s, "replay-server", "streaming_services.replay_server", s.replay_port, "REPLAY_PORT")))
