@@ -16,6 +16,7 @@ from local_stack.jars import JarsError
 from local_stack.migrations import MigrationError, apply_migrations
 from local_stack.processes import StackError
 from local_stack.stack import LocalStack
+from local_stack.status import collect, render
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -39,20 +40,8 @@ def cmd_down(stack: LocalStack, _: argparse.Namespace) -> int:
 
 
 def cmd_status(stack: LocalStack, _: argparse.Namespace) -> int:
-    s = stack.settings
-    rows = [("postgres", stack.postgres.pid() if s.embedded_postgres else None, s.pg_port if s.embedded_postgres else "external"),
-            ("kafka", stack.kafka.pid(), s.kafka_port)]
-    rows += [(service.name, service.pid(), service.port or "-") for service in stack.services()]
-    _say(f"{'SERVICE':<16}{'STATE':<8}{'PORT':<10}PID")
-    for name, pid, port in rows:
-        state = "up" if pid or port == "external" else "down"
-        _say(f"{name:<16}{state:<8}{port!s:<10}{pid or '-'}")
-    counts = stack.row_counts()
-    if counts is None:
-        _say("database: not reachable")
-    else:
-        _say("rows: " + ", ".join(f"{table}={count}" for table, count in counts.items()))
-    _say(f"logs: {s.state_dir / 'logs'}")
+    _say(render(collect(stack)))
+    _say(f"{'logs:':<16}{stack.settings.state_dir / 'logs'} (make logs SERVICE=name)")
     return 0
 
 

@@ -1,0 +1,144 @@
+"""What ``make status`` shows on one screen: services, ingestion, consumer lag, candles, Dagster, URLs."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from dataclasses import dataclass, field
+
+import psycopg2
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from crypto_platform.settings import PlatformSettings
+from local_stack.stack import LocalStack
+
+PROBE_TIMEOUT_S = 3
+LAST_RUN_QUERY = "{ runsOrError(limit: 1) { ... on Runs { results { runId status startTime endTime } } } }"
+
+
+@dataclass
+class ServiceLine:
+    name: str
+    state: str
+    port: str
+    pid: str
+
+
+@dataclass
+class PlatformStatus:
+    services: list[ServiceLine]
+    ingestion: dict[str, str] = field(default_factory=dict)
+    lag: dict[int, int] | None = None
+    last_run: str | None = None
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+def service_lines(stack: LocalStack) -> list[ServiceLine]:
+    s = stack.settings
+    lines = [ServiceLine("postgres", "up" if not s.embedded_postgres or stack.postgres.is_running() else "down",
+                         str(s.pg_port) if s.embedded_postgres else "external", str(stack.postgres.pid() or "-")),
+             ServiceLine("kafka", "up" if stack.kafka.is_running() else "down", str(s.kafka_port), str(stack.kafka.pid() or "-"))]
+    for service in stack.services():
+        pid = service.pid()
+        lines.append(ServiceLine(service.name, "up" if pid else "down", str(service.port or "-"), str(pid or "-")))
+    return lines
+
+
+def ingestion_figures(settings: PlatformSettings) -> dict[str, str]:
+    """Row counts, newest trade age, the last minute's ingest rate and dead letters, from PostgreSQL."""
+    try:
+        connection = psycopg2.connect(settings.database_url, connect_timeout=PROBE_TIMEOUT_S)
+    except psycopg2.Error:
+        return {"database": "not reachable"}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT (SELECT count(*) FROM stock.real_time_prices),"
+                " (SELECT count(*) FROM stock.real_time_prices WHERE created_at > now() - interval '60 seconds'),"
+                " (SELECT extract(epoch FROM now() - max(event_time)) FROM stock.real_time_prices),"
+                " (SELECT count(*) FROM stock.aggregated_prices_1min),"
+                " (SELECT count(*) FROM stock.aggregated_prices_5min),"
+                " (SELECT max(window_end) FILTER (WHERE is_final) FROM stock.aggregated_prices_1min),"
+                " (SELECT count(*) FROM stock.latest_prices),"
+                " (SELECT count(*) FROM stock.rejected_messages),"
+                " (SELECT count(*) FROM stock.rejected_messages WHERE received_at > now() - interval '1 hour')"
+            )
+            trades, last_minute, newest_age, c1, c5, newest_final, latest, dead, dead_hour = cursor.fetchone()
+    except psycopg2.Error as exc:
+        return {"database": f"error: {str(exc).strip().splitlines()[0]}"}
+    finally:
+        connection.close()
+    return {
+        "trades": f"{trades} rows, {last_minute / 60:.1f}/s over the last minute",
+        "newest trade": "none yet" if newest_age is None else f"{float(newest_age):.1f} s old",
+        "candles": f"1min={c1} 5min={c5}, newest final 1-min window ends {newest_final or '-'}",
+        "latest_prices": f"{latest} symbols",
+        "dead letters": f"{dead} in all, {dead_hour} in the last hour",
+    }
+
+
+def consumer_lag(settings: PlatformSettings) -> dict[int, int] | None:
+    """Messages not yet committed by the consumer group, per partition of the trades topic."""
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers, group_id=settings.consumer_group,
+            enable_auto_commit=False,
+        )
+    except KafkaError:
+        return None
+    try:
+        partitions = consumer.partitions_for_topic(settings.kafka_topic) or set()
+        tps = [TopicPartition(settings.kafka_topic, p) for p in sorted(partitions)]
+        ends = consumer.end_offsets(tps)
+        return {tp.partition: ends[tp] - (consumer.committed(tp) or 0) for tp in tps}
+    except KafkaError:
+        return None
+    finally:
+        consumer.close()
+
+
+def last_dagster_run(settings: PlatformSettings) -> str | None:
+    """The newest Dagster run, from the webserver's GraphQL API, or None when it does not answer."""
+    request = urllib.request.Request(
+        f"http://{settings.bind_host}:{settings.dagster_port}/graphql",
+        data=json.dumps({"query": LAST_RUN_QUERY}).encode(), headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
+            runs = json.load(response)["data"]["runsOrError"]["results"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not runs:
+        return "no run yet"
+    run = runs[0]
+    return f"{run['status'].lower()} (run {run['runId'][:8]})"
+
+
+def collect(stack: LocalStack) -> PlatformStatus:
+    s = stack.settings
+    lines = service_lines(stack)
+    running = {line.name for line in lines if line.state == "up"}
+    status = PlatformStatus(services=lines, ingestion=ingestion_figures(s))
+    if "kafka" in running:
+        status.lag = consumer_lag(s)
+    if "dagster" in running:
+        status.last_run = last_dagster_run(s)
+    status.urls = {name: url for name, url in (
+        ("dagster", f"http://{s.bind_host}:{s.dagster_port}"), ("superset", f"http://{s.bind_host}:{s.superset_port}"),
+        ("spark", f"http://{s.bind_host}:{s.spark_master_webui_port}"),
+    ) if name in running or f"{name}-master" in running}
+    return status
+
+
+def render(status: PlatformStatus) -> str:
+    out = [f"{'SERVICE':<16}{'STATE':<8}{'PORT':<10}PID"]
+    out += [f"{line.name:<16}{line.state:<8}{line.port:<10}{line.pid}" for line in status.services]
+    out += [f"{name + ':':<16}{value}" for name, value in status.ingestion.items()]
+    if status.lag is not None:
+        total = sum(status.lag.values())
+        out.append(f"{'consumer lag:':<16}{total} ({', '.join(f'p{p}={n}' for p, n in status.lag.items())})")
+    if status.last_run is not None:
+        out.append(f"{'last run:':<16}{status.last_run}")
+    out += [f"{name + ':':<16}{url}" for name, url in status.urls.items()]
+    return "\n".join(out)
