@@ -7,9 +7,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
+import psutil
 import psycopg2
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -189,3 +191,33 @@ def test_bad_setting_exits_with_one_readable_line(variable: str, value: str) -> 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and variable in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _status_table(env: dict[str, str]) -> dict[str, tuple[str, str]]:
+    lines = _run_make("status", env).stdout.splitlines()
+    table = {}
+    for line in lines[1:]:
+        parts = line.split()
+        if len(parts) == 4 and parts[1] in {"up", "down"}:
+            table[parts[0]] = (parts[1], parts[3])
+    return table
+
+
+@pytest.mark.slow
+def test_a_dead_server_shows_down_and_up_restarts_only_it(cli_env: dict[str, str]) -> None:
+    assert _run_make("up", cli_env).returncode == 0
+    before = _status_table(cli_env)
+    assert before["kafka"][0] == before["postgres"][0] == "up"
+
+    broker = next(p for p in psutil.Process(int(before["kafka"][1])).children(recursive=True) if p.name() == "java")
+    broker.kill()
+    psutil.wait_procs([broker], timeout=20)
+    deadline = time.monotonic() + 20
+    while _status_table(cli_env)["kafka"][0] != "down" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _status_table(cli_env)["kafka"][0] == "down"
+
+    assert _run_make("up", cli_env).returncode == 0
+    after = _status_table(cli_env)
+    assert after["kafka"][0] == "up" and after["kafka"][1] != before["kafka"][1]
+    assert after["postgres"] == before["postgres"], "up touched a server that was running"
