@@ -5,11 +5,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import socket
 import sys
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import psycopg2
 from psycopg2 import sql
@@ -126,6 +129,50 @@ def _spark_services(settings: PlatformSettings) -> list[ManagedService]:
     return [master, worker]
 
 
+def dagster_environment(settings: PlatformSettings) -> dict[str, str]:
+    """What dagster.yaml reads: DAGSTER_HOME under the state folder and its PostgreSQL storage."""
+    url = urlsplit(settings.database_url_for(settings.dagster_database))
+    return {
+        "DAGSTER_HOME": str(settings.state_dir / "dagster"),
+        "DAGSTER_PG_HOST": url.hostname or settings.bind_host,
+        "DAGSTER_PG_PORT": str(url.port or 5432),
+        "DAGSTER_PG_USER": unquote(url.username or ""),
+        "DAGSTER_PG_PASSWORD": unquote(url.password or ""),
+        "DAGSTER_PG_DB": settings.dagster_database,
+        "SPARK_LOCAL_IP": settings.bind_host,
+    }
+
+
+def _dagster_service(settings: PlatformSettings) -> ManagedService:
+    """``dagster dev``: the webserver and the daemon (so the sensor ticks) on BIND_HOST:DAGSTER_PORT."""
+    env = dagster_environment(settings)
+    home = Path(env["DAGSTER_HOME"])
+
+    def install_instance_config() -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+
+    return ManagedService(
+        "dagster", settings,
+        [sys.executable, "-m", "dagster", "dev", "-h", settings.bind_host, "-p", str(settings.dagster_port),
+         "-w", str(REPO_ROOT / "workspace.yaml")],
+        port=settings.dagster_port, port_variable="DAGSTER_PORT", env=env,
+        ready=_http_ok(f"http://{settings.bind_host}:{settings.dagster_port}/server_info"),
+        before_start=install_instance_config,
+    )
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    return answers
+
+
 def _python_service(settings: PlatformSettings, name: str, module: str, port: int | None = None,
                     port_variable: str | None = None) -> ManagedService:
     return ManagedService(name, settings, [sys.executable, "-m", module], port=port, port_variable=port_variable)
@@ -153,6 +200,8 @@ class LocalStack:
             ("streaming_services.producer", _python_service(
                 s, "producer", "streaming_services.producer", s.producer_metrics_port, "PRODUCER_METRICS_PORT")),
         ]
+        if (REPO_ROOT / "workspace.yaml").exists() and (REPO_ROOT / "dagster.yaml").exists():
+            candidates.append(("crypto_assets.definitions", _dagster_service(s)))
         return [service for module, service in candidates if _module_exists(module)]
 
     def start_servers(self) -> None:
