@@ -1,0 +1,438 @@
+"""``ReplayServer``: Binance's Spot market-stream protocol on loopback, fed by recorded files or a synthetic market.
+
+The producer talks to it exactly as to Binance (only the URL differs): ``/ws/<stream>`` and
+``/stream?streams=a/b`` WebSockets with ``<symbol>@aggTrade`` events, pings every 20 s, a connection
+lifetime announced by ``serverShutdown``, Binance's limits, and ``GET /api/v3/aggTrades`` for backfill.
+
+The market's clock starts when the first client subscribes and is kept in ``<state>/replay/anchor.json``:
+after a restart the server serves the same market, and trades that "happened" while it was down are
+available over REST, as on the real exchange.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from crypto_platform.logs import configure_logging
+from crypto_platform.settings import PlatformSettings, SettingsError
+from streaming_services.feeds import AggTrade, FeedError, SyntheticSymbol, load_files, retime, synthetic_market
+
+MAX_STREAMS_PER_CONNECTION = 1024
+MAX_INCOMING_PER_SECOND = 5
+REST_DEFAULT_LIMIT = 500
+REST_MAX_LIMIT = 1000
+REST_MAX_WINDOW_MS = 3_600_000
+TICK_S = 0.02
+FAST_BATCH = 5000
+SYNTHETIC_SEED = 20240808
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class FaultPlan:
+    """Faults injected on the WebSocket (tests): REST always keeps serving every trade."""
+
+    close_after_frames: int | None = None
+    stall_after_frames: int | None = None
+    malformed_every: int | None = None
+    skip_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def skips(self, trade: AggTrade) -> bool:
+        span = self.skip_ids.get(trade.symbol)
+        return span is not None and span[0] <= trade.agg_id <= span[1]
+
+
+@dataclass
+class ReplayConfig:
+    symbols: tuple[str, ...]
+    files: tuple[Path, ...] = ()
+    speed: float = 1.0
+    retime: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9443
+    state_dir: Path | None = None
+    ping_interval_s: float = 20.0
+    pong_timeout_s: float = 60.0
+    lifetime_s: float = 24 * 3600.0
+    synthetic_trades_per_second: float = 5.0
+    faults: FaultPlan = field(default_factory=FaultPlan)
+
+    @classmethod
+    def from_settings(cls, settings: PlatformSettings) -> ReplayConfig:
+        return cls(symbols=settings.symbols, files=tuple(Path(f) for f in settings.replay_files),
+                   speed=settings.replay_speed, retime=settings.replay_retime, host=settings.bind_host,
+                   port=settings.replay_port, state_dir=settings.state_dir / "replay")
+
+
+class MarketTimeline:
+    """Which trades have happened by a given wall-clock time; append-only per symbol, in agg-id order."""
+
+    def __init__(self, config: ReplayConfig) -> None:
+        self.config = config
+        recorded = load_files(config.files)
+        self.file_symbols = set(recorded)
+        self.synthetic: dict[str, SyntheticSymbol] = synthetic_market(
+            [s for s in config.symbols if s not in recorded], SYNTHETIC_SEED)
+        for walk in self.synthetic.values():
+            walk.trades_per_second = config.synthetic_trades_per_second
+        self._recorded = recorded
+        self.pending: list[AggTrade] = []
+        self.published: dict[str, list[AggTrade]] = {s: [] for s in (*recorded, *self.synthetic)}
+        self._ids: dict[str, list[int]] = {s: [] for s in self.published}
+        self.anchor_ms: int | None = None
+
+    @property
+    def source(self) -> str:
+        return "synthetic" if not self.file_symbols else "replay"
+
+    def start(self, anchor_ms: int) -> None:
+        """Fixes the clock: file trades are shifted (REPLAY_RETIME) so the recording starts at the anchor."""
+        self.anchor_ms = anchor_ms
+        first = min((trades[0].time_ms for trades in self._recorded.values() if trades), default=anchor_ms)
+        self._file_origin = anchor_ms if self.config.retime else first
+        shift = anchor_ms - first if self.config.retime else 0
+        merged = [t for trades in self._recorded.values() for t in retime(trades, shift)]
+        self.pending = sorted(merged, key=lambda t: (t.time_ms, t.symbol, t.agg_id))
+        self._pending_index = 0
+        for walk in self.synthetic.values():
+            walk.start(anchor_ms)
+
+    def feed_time(self, wall_ms: int) -> float:
+        if self.config.speed == 0:
+            return float("inf")
+        return self._file_origin + (wall_ms - self.anchor_ms) * self.config.speed
+
+    def advance(self, wall_ms: int, limit: int | None = None) -> list[AggTrade]:
+        """Publishes every trade due by ``wall_ms`` (at most ``limit`` file trades); returns them in time order."""
+        if self.anchor_ms is None:
+            return []
+        due: list[AggTrade] = []
+        horizon = self.feed_time(wall_ms)
+        while self._pending_index < len(self.pending) and self.pending[self._pending_index].time_ms <= horizon:
+            due.append(self.pending[self._pending_index])
+            self._pending_index += 1
+            if limit is not None and len(due) >= limit:
+                break
+        if self.synthetic:
+            for walk in self.synthetic.values():
+                due.extend(walk.trades_until(wall_ms))
+            due.sort(key=lambda t: (t.time_ms, t.symbol, t.agg_id))
+        for trade in due:
+            self.published[trade.symbol].append(trade)
+            self._ids[trade.symbol].append(trade.agg_id)
+        return due
+
+    @property
+    def files_pending(self) -> bool:
+        return self.anchor_ms is not None and self._pending_index < len(self.pending)
+
+    def agg_trades(self, symbol: str, from_id: int | None, start_ms: int | None, end_ms: int | None,
+                   limit: int) -> list[AggTrade]:
+        """``GET /api/v3/aggTrades`` over what has been published, with Binance's parameter rules."""
+        trades, ids = self.published[symbol], self._ids[symbol]
+        if from_id is not None:
+            begin = bisect.bisect_left(ids, from_id)
+            selected = trades[begin:begin + limit]
+            if end_ms is not None:
+                selected = [t for t in selected if t.time_ms <= end_ms]
+            return selected
+        if start_ms is not None or end_ms is not None:
+            lower = start_ms if start_ms is not None else end_ms - REST_MAX_WINDOW_MS
+            upper = end_ms if end_ms is not None else start_ms + REST_MAX_WINDOW_MS
+            return [t for t in trades if lower <= t.time_ms <= upper][:limit]
+        return trades[-limit:]
+
+
+class BinanceError(Exception):
+    def __init__(self, code: int, msg: str, status: int = 400) -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.status = code, msg, status
+
+
+def _int_param(query: Any, name: str) -> int | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.") from None
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """One WebSocket connection: its streams, whether frames are wrapped, and its queue of trades."""
+
+    ws: web.WebSocketResponse
+    combined: bool
+    streams: set[str]
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    frames_sent: int = 0
+    last_pong: float = field(default_factory=time.monotonic)
+    stalled: bool = False
+
+
+class ReplayServer:
+    """The aiohttp application; ``serve_forever`` for the CLI, ``start_in_thread`` for tests and benchmarks."""
+
+    def __init__(self, config: ReplayConfig) -> None:
+        self.config = config
+        self.timeline = MarketTimeline(config)
+        self.subscribers: set[Subscriber] = set()
+        self.connections_total = 0
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._anchor_path = config.state_dir / "anchor.json" if config.state_dir else None
+        self._restore_anchor()
+
+    def _restore_anchor(self) -> None:
+        if self._anchor_path and self._anchor_path.exists():
+            self.timeline.start(json.loads(self._anchor_path.read_text())["anchor_ms"])
+            self.timeline.advance(now_ms())
+            log.info("market clock restored", extra={"anchor_ms": self.timeline.anchor_ms})
+
+    def _start_clock(self) -> None:
+        if self.timeline.anchor_ms is not None:
+            return
+        self.timeline.start(now_ms())
+        if self._anchor_path:
+            self._anchor_path.parent.mkdir(parents=True, exist_ok=True)
+            self._anchor_path.write_text(json.dumps({"anchor_ms": self.timeline.anchor_ms}))
+        log.info("market clock started", extra={"source": self.timeline.source, "files": len(self.config.files),
+                                                "synthetic": ",".join(self.timeline.synthetic) or "none"})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/ws/{streams:.+}", self.handle_raw)
+        app.router.add_get("/stream", self.handle_combined)
+        app.router.add_get("/api/v3/aggTrades", self.handle_agg_trades)
+        app.router.add_get("/api/v3/ping", lambda _: web.json_response({}))
+        app.router.add_get("/api/v3/time", lambda _: web.json_response({"serverTime": now_ms()}))
+        app.on_startup.append(self._on_startup)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        app["publisher"] = asyncio.create_task(self._publish_loop())
+
+    async def _publish_loop(self) -> None:
+        while True:
+            limit = FAST_BATCH if self.config.speed == 0 else None
+            for trade in self.timeline.advance(now_ms(), limit):
+                stream = f"{trade.symbol.lower()}@aggtrade"
+                for subscriber in self.subscribers:
+                    if stream in subscriber.streams:
+                        subscriber.queue.put_nowait(trade)
+            await asyncio.sleep(0 if self.config.speed == 0 and self.timeline.files_pending else TICK_S)
+
+    async def handle_agg_trades(self, request: web.Request) -> web.Response:
+        try:
+            symbol = request.query.get("symbol", "").upper()
+            if symbol not in self.timeline.published:
+                raise BinanceError(-1121, "Invalid symbol.")
+            limit = _int_param(request.query, "limit") or REST_DEFAULT_LIMIT
+            if not 1 <= limit <= REST_MAX_LIMIT:
+                raise BinanceError(-1100, f"Illegal value for parameter 'limit'; max {REST_MAX_LIMIT}.")
+            start, end = _int_param(request.query, "startTime"), _int_param(request.query, "endTime")
+            if start is not None and end is not None and end - start > REST_MAX_WINDOW_MS:
+                raise BinanceError(-1127, "More than 1 hours between startTime and endTime.")
+            rows = self.timeline.agg_trades(symbol, _int_param(request.query, "fromId"), start, end, limit)
+        except BinanceError as exc:
+            return web.json_response({"code": exc.code, "msg": exc.msg}, status=exc.status)
+        return web.json_response([trade.rest_row() for trade in rows])
+
+    async def handle_raw(self, request: web.Request) -> web.WebSocketResponse:
+        return await self._serve(request, request.match_info["streams"].split("/"), combined=False)
+
+    async def handle_combined(self, request: web.Request) -> web.WebSocketResponse:
+        return await self._serve(request, request.query.get("streams", "").split("/"), combined=True)
+
+    async def _serve(self, request: web.Request, names: Iterable[str], combined: bool) -> web.WebSocketResponse:
+        streams = {name.strip().lower() for name in names if name.strip()}
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        if len(streams) > MAX_STREAMS_PER_CONNECTION:
+            await ws.close(code=1008, message=b"Too many streams")
+            return ws
+        subscriber = Subscriber(ws, combined, streams)
+        self.subscribers.add(subscriber)
+        self.connections_total += 1
+        self._start_clock()
+        log.info("client connected", extra={"streams": len(streams), "combined": combined})
+        sender = asyncio.create_task(self._send_loop(subscriber))
+        pinger = asyncio.create_task(self._ping_loop(subscriber))
+        try:
+            await self._receive_loop(subscriber)
+        finally:
+            sender.cancel()
+            pinger.cancel()
+            self.subscribers.discard(subscriber)
+            if not ws.closed:
+                await ws.close()
+            log.info("client disconnected", extra={"frames": subscriber.frames_sent})
+        return ws
+
+    async def _receive_loop(self, subscriber: Subscriber) -> None:
+        window_start, count = time.monotonic(), 0
+        async for message in subscriber.ws:
+            if message.type == WSMsgType.PING:
+                await subscriber.ws.pong(message.data)
+            elif message.type == WSMsgType.PONG:
+                subscriber.last_pong = time.monotonic()
+            elif message.type == WSMsgType.TEXT:
+                if time.monotonic() - window_start >= 1:
+                    window_start, count = time.monotonic(), 0
+                count += 1
+                if count > MAX_INCOMING_PER_SECOND:
+                    await subscriber.ws.close(code=1008, message=b"Too many requests")
+                    return
+                await self._handle_request(subscriber, message.data)
+            elif message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+                return
+
+    async def _handle_request(self, subscriber: Subscriber, text: str) -> None:
+        """Binance's live subscription methods: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS."""
+        try:
+            request = json.loads(text)
+            method, params, request_id = request["method"], request.get("params", []), request.get("id")
+        except (ValueError, KeyError, TypeError):
+            await subscriber.ws.send_json({"error": {"code": 3, "msg": "Invalid JSON"}})
+            return
+        if method == "SUBSCRIBE":
+            subscriber.streams |= {p.lower() for p in params}
+            await subscriber.ws.send_json({"result": None, "id": request_id})
+        elif method == "UNSUBSCRIBE":
+            subscriber.streams -= {p.lower() for p in params}
+            await subscriber.ws.send_json({"result": None, "id": request_id})
+        elif method == "LIST_SUBSCRIPTIONS":
+            await subscriber.ws.send_json({"result": sorted(subscriber.streams), "id": request_id})
+        else:
+            await subscriber.ws.send_json({"error": {"code": 2, "msg": f"Invalid request: unknown method {method}"}})
+
+    async def _send_loop(self, subscriber: Subscriber) -> None:
+        faults, ws = self.config.faults, subscriber.ws
+        connected = time.monotonic()
+        while True:
+            try:
+                trade = await asyncio.wait_for(subscriber.queue.get(), timeout=1.0)
+            except TimeoutError:
+                trade = None
+            if time.monotonic() - connected >= self.config.lifetime_s:
+                await ws.send_json({"e": "serverShutdown", "E": now_ms()})
+                await ws.close(code=1001, message=b"Connection lifetime reached")
+                return
+            if trade is None or subscriber.stalled or faults.skips(trade):
+                continue
+            payload = trade.payload(now_ms())
+            frame = {"stream": f"{trade.symbol.lower()}@aggTrade", "data": payload} if subscriber.combined else payload
+            await ws.send_str(json.dumps(frame, separators=(",", ":")))
+            subscriber.frames_sent += 1
+            if faults.malformed_every and subscriber.frames_sent % faults.malformed_every == 0:
+                await ws.send_str('{"stream":"' + trade.symbol.lower() + '@aggTrade","data":{"e":"aggTrade","p":')
+            if faults.stall_after_frames and subscriber.frames_sent >= faults.stall_after_frames:
+                subscriber.stalled = True
+            if faults.close_after_frames and subscriber.frames_sent >= faults.close_after_frames:
+                await ws.close(code=1011, message=b"Injected disconnect")
+                return
+
+    async def _ping_loop(self, subscriber: Subscriber) -> None:
+        while True:
+            await asyncio.sleep(self.config.ping_interval_s)
+            if subscriber.stalled:
+                continue
+            if time.monotonic() - subscriber.last_pong > self.config.pong_timeout_s:
+                log.info("client dropped: no pong", extra={"timeout_s": self.config.pong_timeout_s})
+                await subscriber.ws.close(code=1008, message=b"Pong timeout")
+                return
+            await subscriber.ws.ping(str(now_ms()).encode())
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.config.port = port
+        log.info("replay server listening", extra={"host": self.config.host, "port": port,
+                                                    "symbols": ",".join(self.timeline.published)})
+        return f"ws://{self.config.host}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def start_in_thread(self) -> tuple[str, str]:
+        """Runs the server on a thread of its own; returns (WebSocket base URL, REST base URL)."""
+        ready = threading.Event()
+        urls: list[str] = []
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            urls.append(self._loop.run_until_complete(self.start()))
+            ready.set()
+            self._loop.run_forever()
+
+        threading.Thread(target=run, name="replay-server", daemon=True).start()
+        ready.wait(30)
+        return urls[0], urls[0].replace("ws://", "http://")
+
+    def stop_thread(self) -> None:
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self.stop(), self._loop).result(30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def call(self, function) -> Any:
+        """Runs ``function()`` on the server's loop (tests change faults or read state safely)."""
+        async def invoke() -> Any:
+            return function()
+        return asyncio.run_coroutine_threadsafe(invoke(), self._loop).result(30)
+
+
+async def _serve_forever(server: ReplayServer) -> None:
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="replay-server", description="Binance-compatible market replay on loopback.")
+    parser.add_argument("--lifetime-s", type=float, help="connection lifetime (Binance: 86400)")
+    args = parser.parse_args(argv)
+    try:
+        settings = PlatformSettings.from_env()
+        config = ReplayConfig.from_settings(settings)
+        if args.lifetime_s:
+            config.lifetime_s = args.lifetime_s
+        configure_logging(settings.log_level)
+        server = ReplayServer(config)
+    except (SettingsError, FeedError) as exc:
+        print(f"replay-server: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve_forever(server))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
