@@ -22,6 +22,7 @@ MAX_DECIMAL_PLACES = 8
 EARLIEST_TRADE_MS = 1_498_867_200_000
 MAX_CLOCK_SKEW_MS = 24 * 3600 * 1000
 MAX_SOURCE_LENGTH = 16
+MAX_TRADES_PER_AGGREGATE = 2**31 - 1  # the trades column is an INTEGER
 
 
 class InvalidMessage(ValueError):
@@ -164,9 +165,11 @@ def parse_trade_message(raw: bytes | None, known_symbols: frozenset[str], now_ms
     is_buyer_maker = doc["is_buyer_maker"]
     if not isinstance(is_buyer_maker, bool):
         raise InvalidMessage("is_buyer_maker must be true or false")
+    if last_trade_id - first_trade_id + 1 > MAX_TRADES_PER_AGGREGATE:
+        raise InvalidMessage("last_trade_id - first_trade_id spans more trades than one aggregate can hold")
     source = doc["source"]
-    if not isinstance(source, str) or not source or len(source) > MAX_SOURCE_LENGTH:
-        raise InvalidMessage(f"source must be a string of 1 to {MAX_SOURCE_LENGTH} characters")
+    if not isinstance(source, str) or not source or len(source) > MAX_SOURCE_LENGTH or not source.isprintable():
+        raise InvalidMessage(f"source must be 1 to {MAX_SOURCE_LENGTH} printable characters")
     return TradeMessage(
         symbol=symbol,
         price=_decimal(doc, "price"),

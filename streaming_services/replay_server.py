@@ -40,6 +40,8 @@ TICK_S = 0.02
 FAST_BATCH = 5000
 SYNTHETIC_SEED = 20240808
 
+PUBLISHER = web.AppKey("publisher", asyncio.Task)
+
 log = logging.getLogger(__name__)
 
 
@@ -225,13 +227,19 @@ class ReplayServer:
         app.router.add_get("/ws/{streams:.+}", self.handle_raw)
         app.router.add_get("/stream", self.handle_combined)
         app.router.add_get("/api/v3/aggTrades", self.handle_agg_trades)
-        app.router.add_get("/api/v3/ping", lambda _: web.json_response({}))
-        app.router.add_get("/api/v3/time", lambda _: web.json_response({"serverTime": now_ms()}))
+        app.router.add_get("/api/v3/ping", self.handle_ping)
+        app.router.add_get("/api/v3/time", self.handle_time)
         app.on_startup.append(self._on_startup)
         return app
 
     async def _on_startup(self, app: web.Application) -> None:
-        app["publisher"] = asyncio.create_task(self._publish_loop())
+        app[PUBLISHER] = asyncio.create_task(self._publish_loop())
+
+    async def handle_ping(self, _: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def handle_time(self, _: web.Request) -> web.Response:
+        return web.json_response({"serverTime": now_ms()})
 
     async def _publish_loop(self) -> None:
         while True:

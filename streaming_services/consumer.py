@@ -1,0 +1,290 @@
+"""Kafka consumer → PostgreSQL ``stock.real_time_prices``, exactly once in effect.
+
+Each polled batch is validated; valid trades and the dead letters of invalid messages are written in one
+PostgreSQL transaction, idempotently (``ON CONFLICT DO NOTHING`` on (symbol, agg_trade_id) and on the
+dead letter's (topic, partition, offset)); Kafka offsets are committed only after PostgreSQL committed.
+A crash anywhere replays at most the uncommitted batch, which the unique keys absorb.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psycopg2
+import psycopg2.errors
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from psycopg2.extras import execute_values
+from psycopg2.pool import ThreadedConnectionPool
+
+from crypto_platform.logs import configure_logging
+from crypto_platform.settings import PlatformSettings, SettingsError
+from streaming_services.messages import InvalidMessage, TradeMessage, parse_trade_message
+
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 10.0
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError)
+
+log = logging.getLogger(__name__)
+
+RESULTS = Counter("consumer_messages_total", "Messages handled", ["result"])
+BATCH_SIZE = Histogram("consumer_batch_size", "Messages per transaction", buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000))
+DB_RETRIES = Counter("consumer_db_retries_total", "Transactions retried because PostgreSQL was unavailable")
+LAG = Gauge("consumer_lag", "Messages behind the partition's end", ["partition"])
+END_TO_END = Histogram("consumer_end_to_end_latency_seconds", "Trade time to PostgreSQL commit",
+                       buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 60))
+
+STAGING_TABLE = """
+CREATE TEMP TABLE IF NOT EXISTS incoming_trades (
+    symbol TEXT, price NUMERIC, timestamp BIGINT, event_time TIMESTAMPTZ, volume NUMERIC,
+    agg_trade_id BIGINT, first_trade_id BIGINT, last_trade_id BIGINT, trades INTEGER,
+    is_buyer_maker BOOLEAN, source TEXT
+) ON COMMIT DELETE ROWS
+"""
+COPY_INCOMING = "COPY incoming_trades FROM STDIN WITH (FORMAT csv)"
+MERGE = """
+INSERT INTO stock.real_time_prices (symbol, price, timestamp, event_time, volume, agg_trade_id, first_trade_id, last_trade_id, trades, is_buyer_maker, source)
+SELECT symbol, price, timestamp, event_time, volume, agg_trade_id, first_trade_id, last_trade_id, trades, is_buyer_maker, source FROM incoming_trades
+ON CONFLICT (symbol, agg_trade_id) DO NOTHING
+"""
+INSERT_ONE = """
+INSERT INTO stock.real_time_prices (symbol, price, timestamp, event_time, volume, agg_trade_id, first_trade_id, last_trade_id, trades, is_buyer_maker, source)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (symbol, agg_trade_id) DO NOTHING
+"""
+DEAD_LETTERS = ('INSERT INTO stock.rejected_messages (topic, partition, "offset", message_key, raw_payload, error)'
+                " VALUES %s ON CONFLICT (topic, partition, \"offset\") DO NOTHING")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    trade: TradeMessage
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    raw: bytes
+    error: str
+
+
+def classify(records: Iterable, known_symbols: frozenset[str], now_ms: int) -> tuple[list[Accepted], list[Rejected]]:
+    """Splits Kafka records into trades and dead letters; never raises on any payload."""
+    accepted, rejected = [], []
+    for record in records:
+        try:
+            trade = parse_trade_message(record.value, known_symbols, now_ms)
+            accepted.append(Accepted(trade, record.topic, record.partition, record.offset))
+        except InvalidMessage as exc:
+            rejected.append(Rejected(record.topic, record.partition, record.offset, record.key,
+                                     record.value or b"", str(exc)))
+    return accepted, rejected
+
+
+def _row(trade: TradeMessage) -> tuple:
+    return (trade.symbol, trade.price, trade.timestamp, trade.event_time, trade.volume, trade.agg_trade_id,
+            trade.first_trade_id, trade.last_trade_id, trade.trades, trade.is_buyer_maker, trade.source)
+
+
+class TradeWriter:
+    """Writes one batch per transaction through a small connection pool."""
+
+    def __init__(self, database_url: str, max_connections: int = 2) -> None:
+        self.database_url = database_url
+        self.max_connections = max_connections
+        self._pool: ThreadedConnectionPool | None = None
+
+    def _connection(self):
+        if self._pool is None:
+            self._pool = ThreadedConnectionPool(1, self.max_connections, self.database_url, connect_timeout=5)
+        return self._pool.getconn()
+
+    def _release(self, connection, broken: bool) -> None:
+        if self._pool is not None:
+            self._pool.putconn(connection, close=broken)
+
+    def write(self, accepted: list[Accepted], rejected: list[Rejected]) -> int:
+        """Returns how many trades were new. Rows PostgreSQL itself refuses become dead letters too."""
+        connection = self._connection()
+        broken = False
+        try:
+            try:
+                written = self._write_batch(connection, accepted, rejected)
+            except ROW_ERRORS:
+                connection.rollback()
+                written, refused = self._write_one_by_one(connection, accepted)
+                written += self._write_batch(connection, [], rejected + refused)
+            return written
+        except CONNECTION_ERRORS:
+            broken = True
+            raise
+        finally:
+            self._release(connection, broken)
+
+    def _write_batch(self, connection, accepted: list[Accepted], rejected: list[Rejected]) -> int:
+        with connection, connection.cursor() as cursor:
+            written = 0
+            if accepted:
+                cursor.execute(STAGING_TABLE)
+                buffer = io.StringIO()
+                writer = csv.writer(buffer)
+                for item in accepted:
+                    writer.writerow(_row(item.trade))
+                buffer.seek(0)
+                cursor.copy_expert(COPY_INCOMING, buffer)
+                cursor.execute(MERGE)
+                written = cursor.rowcount
+            if rejected:
+                execute_values(cursor, DEAD_LETTERS, [
+                    (r.topic, r.partition, r.offset, psycopg2.Binary(r.key) if r.key is not None else None,
+                     psycopg2.Binary(r.raw), r.error) for r in rejected])
+            return written
+
+    def _write_one_by_one(self, connection, accepted: list[Accepted]) -> tuple[int, list[Rejected]]:
+        """Isolates the rows PostgreSQL refuses (a defect of validation) so they cannot stall the stream."""
+        written, refused = 0, []
+        with connection, connection.cursor() as cursor:
+            for item in accepted:
+                cursor.execute("SAVEPOINT one_row")
+                try:
+                    cursor.execute(INSERT_ONE, _row(item.trade))
+                    written += cursor.rowcount
+                    cursor.execute("RELEASE SAVEPOINT one_row")
+                except ROW_ERRORS as exc:
+                    cursor.execute("ROLLBACK TO SAVEPOINT one_row")
+                    refused.append(Rejected(item.topic, item.partition, item.offset, item.trade.key,
+                                            item.trade.to_json(), f"refused by PostgreSQL: {str(exc).strip()[:300]}"))
+        return written, refused
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.closeall()
+            self._pool = None
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    bootstrap_servers: str
+    topic: str
+    group: str
+    database_url: str
+    symbols: frozenset[str]
+    batch_size: int
+    poll_timeout_ms: int = 500
+
+    @classmethod
+    def from_settings(cls, settings: PlatformSettings) -> ConsumerConfig:
+        return cls(settings.kafka_bootstrap_servers, settings.kafka_topic, settings.consumer_group,
+                   settings.database_url, frozenset(settings.symbols), settings.consumer_batch_size)
+
+
+class PricesConsumer:
+    """Polls, validates, writes, then commits; retries PostgreSQL with backoff without losing a message."""
+
+    def __init__(self, config: ConsumerConfig) -> None:
+        self.config = config
+        self.writer = TradeWriter(config.database_url)
+        self.kafka = KafkaConsumer(
+            config.topic, bootstrap_servers=config.bootstrap_servers, group_id=config.group,
+            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=config.batch_size,
+            fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
+            client_id="prices-consumer",
+        )
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        log.info("consumer started", extra={"topic": self.config.topic, "group": self.config.group})
+        try:
+            while not self._stop.is_set():
+                batches = self.kafka.poll(timeout_ms=self.config.poll_timeout_ms)
+                records = [record for batch in batches.values() for record in batch]
+                if records:
+                    self.handle(records)
+                self._report_lag()
+        finally:
+            self.kafka.close(autocommit=False)
+            self.writer.close()
+            log.info("consumer stopped")
+
+    def handle(self, records: list) -> None:
+        accepted, rejected = classify(records, self.config.symbols, time.time_ns() // 1_000_000)
+        written = self._write_with_retry(accepted, rejected)
+        if written is None:
+            return
+        committed_at = time.time()
+        for item in accepted:
+            END_TO_END.observe(max(0.0, committed_at - item.trade.timestamp / 1000))
+        BATCH_SIZE.observe(len(records))
+        RESULTS.labels("written").inc(written)
+        RESULTS.labels("duplicate").inc(len(accepted) - written)
+        RESULTS.labels("rejected").inc(len(rejected))
+        for item in rejected:
+            log.info("message dead-lettered", extra={"partition": item.partition, "offset": item.offset,
+                                                     "reason": item.error[:200]})
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            offsets[tp] = max(offsets.get(tp, -1), record.offset + 1)
+        try:
+            self.kafka.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
+        except (CommitFailedError, KafkaError) as exc:
+            # The group moved on (rebalance): the new owner re-reads this batch and the unique keys absorb it.
+            log.warning("offset commit failed; batch will be re-read", extra={"error": repr(exc)[:200]})
+
+    def _write_with_retry(self, accepted: list[Accepted], rejected: list[Rejected]) -> int | None:
+        delay = RETRY_INITIAL_S
+        while True:
+            try:
+                return self.writer.write(accepted, rejected)
+            except CONNECTION_ERRORS as exc:
+                DB_RETRIES.inc()
+                log.warning("PostgreSQL unavailable; retrying", extra={"delay_s": delay, "error": str(exc).strip()[:200]})
+                if self._stop.wait(delay):
+                    return None
+                delay = min(RETRY_MAX_S, delay * 2)
+
+    def _report_lag(self) -> None:
+        for tp in self.kafka.assignment():
+            highwater = self.kafka.highwater(tp)
+            if highwater is not None:
+                LAG.labels(str(tp.partition)).set(max(0, highwater - self.kafka.position(tp)))
+
+
+def main() -> int:
+    try:
+        settings = PlatformSettings.from_env()
+        config = ConsumerConfig.from_settings(settings)
+    except SettingsError as exc:
+        print(f"consumer: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    start_http_server(settings.consumer_metrics_port, addr=settings.bind_host)
+    consumer = PricesConsumer(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: consumer.stop())
+    consumer.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
