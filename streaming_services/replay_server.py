@@ -33,6 +33,7 @@ from streaming_services.feeds import AggTrade, FeedError, SyntheticSymbol, load_
 
 MAX_STREAMS_PER_CONNECTION = 1024
 MAX_INCOMING_PER_SECOND = 5
+MAX_URL_BYTES = 64 * 1024  # 1,024 stream names fit in a URL, as on Binance
 REST_DEFAULT_LIMIT = 500
 REST_MAX_LIMIT = 1000
 REST_MAX_WINDOW_MS = 3_600_000
@@ -223,7 +224,7 @@ class ReplayServer:
                                                 "synthetic": ",".join(self.timeline.synthetic) or "none"})
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(handler_args={"max_line_size": MAX_URL_BYTES})
         app.router.add_get("/ws/{streams:.+}", self.handle_raw)
         app.router.add_get("/stream", self.handle_combined)
         app.router.add_get("/api/v3/aggTrades", self.handle_agg_trades)
