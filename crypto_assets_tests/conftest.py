@@ -6,8 +6,6 @@ Every integration test of the platform talks to these real servers; nothing here
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,51 +15,17 @@ import pytest
 from psycopg2 import sql
 
 from crypto_platform.settings import PlatformSettings
-from local_stack.processes import free_port
+from local_stack.ephemeral import ephemeral_stack
 from local_stack.stack import LocalStack
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "binance"
 
 
-def stack_environment(state_dir: Path) -> dict[str, str]:
-    """Environment of a stack of its own: a state folder and free ports, nothing shared with `make up`."""
-    return {
-        "STATE_DIR": str(state_dir),
-        "PG_PORT": str(free_port()),
-        "KAFKA_PORT": str(free_port()),
-        "KAFKA_CONTROLLER_PORT": str(free_port()),
-        "REPLAY_PORT": str(free_port()),
-        "PRODUCER_METRICS_PORT": str(free_port()),
-        "CONSUMER_METRICS_PORT": str(free_port()),
-        "DAGSTER_PORT": str(free_port()),
-        "SUPERSET_PORT": str(free_port()),
-        "KAFKA_BOOTSTRAP_SERVERS": "",
-        "DATABASE_URL": "",
-        "LOG_LEVEL": "INFO",
-    }
-
-
-def make_state_dir(prefix: str) -> Path:
-    """A temporary folder that PostgreSQL's unprivileged user can reach when tests run as root."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
-
-
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
     """A running Kafka + PostgreSQL with the schema and the trades topic, for the whole session."""
-    state_dir = make_state_dir("crypto-test-stack-")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in stack_environment(state_dir).items():
-            patch.setenv(name, value)
-        local_stack = LocalStack(PlatformSettings.from_env())
-        try:
-            local_stack.start_servers()
-            yield local_stack
-        finally:
-            local_stack.down()
-            shutil.rmtree(state_dir, ignore_errors=True)
+    with ephemeral_stack("crypto-test-stack-") as local_stack:
+        yield local_stack
 
 
 @pytest.fixture

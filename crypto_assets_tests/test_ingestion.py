@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import random
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from crypto_assets_tests.conftest import make_state_dir
 from crypto_assets_tests.ingestion_harness import (
     IngestionChain,
     as_decimal_strings,
@@ -15,6 +19,9 @@ from crypto_assets_tests.ingestion_harness import (
     stored_trades,
     wait_until,
 )
+from local_stack.ephemeral import make_state_dir
+from local_stack.processes import free_port
+from streaming_services.replay_server import FaultPlan
 
 BTC_2023 = "spot_BTCUSDT_2023-04-05/spot_BTCUSDT_trades_2023-04-04T235959_to_2023-04-05T000654.csv"
 BTC_2024 = "spot_BTCUSDT_ETHUSDT_2024-08-08/spot_BTCUSDT_trades_2024-08-08T235415_to_2024-08-09T000505.csv"
@@ -47,3 +54,119 @@ def test_real_files_land_exactly_once_with_binances_digits(chain_factory, shared
     url = chain.settings.database_url
     wait_until(lambda: count_rows(url) >= len(expected), 240, f"{len(expected)} rows")
     assert stored_trades(url) == expected
+
+
+def _consumer_process(settings) -> subprocess.Popen:
+    env = {**os.environ, "KAFKA_TOPIC": settings.kafka_topic, "SYMBOLS": ",".join(settings.symbols),
+           "CONSUMER_GROUP": settings.consumer_group, "CONSUMER_METRICS_PORT": str(free_port())}
+    return subprocess.Popen([sys.executable, "-m", "streaming_services.consumer"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _assert_exactly(expected: dict, url: str) -> None:
+    stored = stored_trades(url)
+    missing = expected.keys() - stored.keys()
+    extra = stored.keys() - expected.keys()
+    assert not missing and not extra, f"{len(missing)} lost, {len(extra)} unexpected"
+    assert stored == expected
+
+
+@pytest.mark.slow
+def test_consumer_killed_with_sigkill_many_times_loses_and_doubles_nothing(chain_factory, shared_data: Path) -> None:
+    files = [shared_data / BTC_2024]
+    expected = as_decimal_strings(expected_trades(files))
+    chain = chain_factory(files, ("BTCUSDT",), speed=60)
+    chain.start_producer()
+    url = chain.settings.database_url
+    rng = random.Random(7)
+    kills = 0
+    while kills < 8:
+        process = _consumer_process(chain.settings)
+        time.sleep(rng.uniform(1.5, 4.0))
+        process.kill()
+        process.wait(10)
+        kills += 1
+    final = _consumer_process(chain.settings)
+    try:
+        wait_until(lambda: count_rows(url) >= len(expected), 240, "every trade after the kills")
+        time.sleep(2)
+        _assert_exactly(expected, url)
+    finally:
+        final.terminate()
+        assert final.wait(30) == 0, final.stderr.read().decode()[-2000:]
+
+
+@pytest.mark.slow
+def test_kafka_restart_and_postgres_outage_mid_stream(chain_factory, shared_data: Path, stack) -> None:
+    files = [shared_data / BTC_2023]
+    expected = as_decimal_strings(expected_trades(files))
+    chain = chain_factory(files, ("BTCUSDT",), speed=15)
+    chain.start_consumer()
+    chain.start_producer()
+    url = chain.settings.database_url
+    wait_until(lambda: count_rows(url) > 100, 60, "the first rows")
+    stack.kafka.stop()
+    time.sleep(3)
+    stack.kafka.start()
+    wait_until(lambda: count_rows(url) > 1000, 120, "rows after the broker restart")
+    stack.postgres.stop()
+    time.sleep(30)
+    stack.postgres.start()
+    wait_until(lambda: count_rows(url) >= len(expected), 240, "every trade after the outages")
+    time.sleep(2)
+    _assert_exactly(expected, url)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("faults", "producer_overrides"),
+    [
+        (FaultPlan(close_after_frames=700), {}),
+        (FaultPlan(skip_ids={"BTCUSDT": (3071245600, 3071246100)}), {}),
+        (FaultPlan(stall_after_frames=900), {"stall_timeout_s": 2.0}),
+    ],
+    ids=["disconnect", "skipped-ids", "stall"],
+)
+def test_stream_faults_are_healed_from_rest(chain_factory, shared_data: Path, faults, producer_overrides) -> None:
+    files = [shared_data / BTC_2023]
+    expected = as_decimal_strings(expected_trades(files))
+    chain = chain_factory(files, ("BTCUSDT",), speed=20, faults=faults)
+    chain.start_consumer()
+    producer = chain.start_producer(backoff_initial_s=0.2, **producer_overrides)
+    url = chain.settings.database_url
+    wait_until(lambda: count_rows(url) >= len(expected), 240, "every trade despite the fault")
+    time.sleep(1)
+    _assert_exactly(expected, url)
+    assert producer.acked.snapshot()["BTCUSDT"] == max(agg_id for _, agg_id in expected)
+
+
+@pytest.mark.slow
+def test_malformed_frames_from_the_exchange_are_dead_lettered_and_trades_kept(chain_factory, shared_data: Path, db) -> None:
+    files = [shared_data / BTC_2023]
+    expected = as_decimal_strings(expected_trades(files))
+    chain = chain_factory(files, ("BTCUSDT",), faults=FaultPlan(malformed_every=100))
+    chain.start_consumer()
+    chain.start_producer()
+    url = chain.settings.database_url
+    wait_until(lambda: count_rows(url) >= len(expected), 240, "every trade")
+    with db.cursor() as cursor:
+        wait_until(lambda: cursor.execute("SELECT count(*) FROM stock.rejected_messages") or
+                   cursor.fetchone()[0] >= len(expected) // 100, 60, "the dead letters")
+        cursor.execute("SELECT DISTINCT error FROM stock.rejected_messages")
+        assert [row[0].split(":")[0] for row in cursor.fetchall()] == ["malformed JSON"]
+    _assert_exactly(expected, url)
+
+
+@pytest.mark.slow
+def test_two_consumers_in_one_group_share_partitions_and_write_each_trade_once(chain_factory, shared_data: Path) -> None:
+    files = [shared_data / BTC_2024, shared_data / ETH_2024]
+    expected = as_decimal_strings(expected_trades(files))
+    chain = chain_factory(files, ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT"), speed=30)
+    first, second = chain.start_consumer(), chain.start_consumer()
+    chain.start_producer()
+    url = chain.settings.database_url
+    wait_until(lambda: expected.keys() <= stored_trades(url).keys(), 300, "every file trade")
+    assignments = [first.kafka.assignment(), second.kafka.assignment()]
+    assert all(assignments) and not (assignments[0] & assignments[1]), assignments
+    stored = stored_trades(url)
+    assert {key: stored[key] for key in expected} == expected

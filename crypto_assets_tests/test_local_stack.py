@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from crypto_assets_tests.conftest import make_state_dir, stack_environment
+from local_stack.ephemeral import make_state_dir, stack_environment
 from local_stack.migrations import apply_migrations
 from local_stack.stack import LocalStack
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from crypto_assets_tests.conftest import make_state_dir, stack_environment
 from crypto_platform.settings import PlatformSettings
+from local_stack.ephemeral import make_state_dir, stack_environment
 from local_stack.processes import free_port
 from local_stack.stack import LocalStack
 

@@ -1,0 +1,45 @@
+"""A throwaway stack on free ports in a temporary folder: for the test suite and the benchmarks."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+from crypto_platform.settings import PlatformSettings
+from local_stack.processes import free_port
+from local_stack.stack import LocalStack
+
+PORT_VARIABLES = ("PG_PORT", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "REPLAY_PORT", "PRODUCER_METRICS_PORT",
+                  "CONSUMER_METRICS_PORT", "DAGSTER_PORT", "SUPERSET_PORT", "SPARK_MASTER_PORT",
+                  "SPARK_MASTER_WEBUI_PORT")
+
+
+def stack_environment(state_dir: Path) -> dict[str, str]:
+    """Environment of a stack of its own: a state folder and free ports, nothing shared with `make up`."""
+    return {"STATE_DIR": str(state_dir), **{name: str(free_port()) for name in PORT_VARIABLES},
+            "KAFKA_BOOTSTRAP_SERVERS": "", "DATABASE_URL": "", "SPARK_MASTER": "", "LOG_LEVEL": "INFO"}
+
+
+def make_state_dir(prefix: str) -> Path:
+    """A temporary folder that PostgreSQL's unprivileged user can reach when running as root."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@contextmanager
+def ephemeral_stack(prefix: str = "crypto-stack-") -> Iterator[LocalStack]:
+    """Kafka + PostgreSQL with the schema and topic; os.environ points at them while the block runs."""
+    state_dir = make_state_dir(prefix)
+    with mock.patch.dict("os.environ", stack_environment(state_dir)):
+        stack = LocalStack(PlatformSettings.from_env())
+        try:
+            stack.start_servers()
+            yield stack
+        finally:
+            stack.down()
+            shutil.rmtree(state_dir, ignore_errors=True)
