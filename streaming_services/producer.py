@@ -154,7 +154,8 @@ class BinanceProducer:
                 self._stream()
             except StreamInterrupted as exc:
                 reason = str(exc)
-            except (OSError, websocket.WebSocketException, KafkaError, urllib.error.URLError) as exc:
+            # ValueError: a REST answer that is not JSON or not aggTrades; retried like a network error.
+            except (OSError, websocket.WebSocketException, KafkaError, urllib.error.URLError, ValueError) as exc:
                 reason = type(exc).__name__
                 log.warning("stream failed", extra={"error": repr(exc)[:300]})
             if self._stop.is_set():
@@ -178,6 +179,7 @@ class BinanceProducer:
         connected = last_frame = time.monotonic()
         log.info("connected", extra={"url": self.config.stream_url.split("?")[0], "symbols": len(self.config.symbols)})
         try:
+            self.catch_up()
             while not self._stop.is_set():
                 self._apply_rewinds()
                 if time.monotonic() - connected > self.config.rollover_after_s:
@@ -233,24 +235,44 @@ class BinanceProducer:
             self.backfill(trade.symbol, last + 1, trade.agg_trade_id)
         self.send(trade, "live")
 
-    def backfill(self, symbol: str, from_id: int, until_id: int) -> None:
-        """Sends ids [from_id, until_id) from REST, in order, before the trade that revealed the gap."""
-        GAPS.inc()
-        log.info("backfilling gap", extra={"symbol": symbol, "from_id": from_id, "until_id": until_id})
-        next_id = from_id
-        while next_id < until_id and not self._stop.is_set():
+    def catch_up(self) -> None:
+        """Right after connecting, sends from REST what each symbol traded since its last id sent.
+
+        Waiting for the next live trade to reveal the jump would leave a quiet symbol's trades (or the
+        end of a recording) missing for as long as that symbol stays quiet. Live frames meanwhile wait
+        in the socket and are deduplicated by id.
+        """
+        for symbol in self.config.symbols:
+            last = self.last_sent.get(symbol)
+            if last is not None:
+                self.backfill(symbol, last + 1)
+
+    def backfill(self, symbol: str, from_id: int, until_id: int | None = None) -> int:
+        """Sends ids [from_id, until_id) from REST (up to the newest trade without ``until_id``), in order,
+        before the trade that revealed the gap. Returns how many trades it sent."""
+        next_id, sent = from_id, 0
+        while (until_id is None or next_id < until_id) and not self._stop.is_set():
             rows = self._rest_agg_trades(symbol, next_id)
             trades = [TradeMessage.from_agg_trade({**row, "s": symbol}, self.config.source) for row in rows]
-            missing = [t for t in trades if next_id <= t.agg_trade_id < until_id]
+            missing = [t for t in trades if t.agg_trade_id >= next_id and (until_id is None or t.agg_trade_id < until_id)]
             if not missing:
+                if until_id is None:
+                    break  # caught up with the newest trade
                 if trades and trades[0].agg_trade_id >= until_id:
                     log.warning("ids absent at the source", extra={"symbol": symbol, "from_id": next_id})
-                    return
+                    break
                 raise StreamInterrupted("rest-behind-stream")
             for trade in missing:
                 self.send(trade, "backfill")
-                BACKFILLED.inc()
+            sent += len(missing)
+            BACKFILLED.inc(len(missing))
             next_id = missing[-1].agg_trade_id + 1
+            if until_id is None and len(rows) < REST_PAGE:
+                break
+        if sent:
+            GAPS.inc()
+            log.info("gap backfilled", extra={"symbol": symbol, "from_id": from_id, "until_id": next_id, "trades": sent})
+        return sent
 
     def _rest_agg_trades(self, symbol: str, from_id: int) -> list[dict[str, Any]]:
         query = urllib.parse.urlencode({"symbol": symbol, "fromId": from_id, "limit": REST_PAGE})

@@ -1,0 +1,158 @@
+"""The producer's no-loss logic against the real replay server: every agg id reaches Kafka once, in order.
+
+Kafka is replaced by a recorder here so that what the producer hands over can be compared id by id in
+seconds; the integration tests in ``test_ingestion.py`` run the same faults through the real broker.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kafka.errors import KafkaTimeoutError
+from kafka.future import Future
+
+from streaming_services.feeds import read_binance_file
+from streaming_services.producer import MALFORMED_KEY, BinanceProducer, ProducerConfig
+from streaming_services.replay_server import FaultPlan, ReplayConfig, ReplayServer
+
+BTC_2023 = "spot_BTCUSDT_2023-04-05/spot_BTCUSDT_trades_2023-04-04T235959_to_2023-04-05T000654.csv"
+FIRST_ID, LAST_ID = 3071245454, 3071248597
+
+
+class RecordingKafka:
+    """Stands in for KafkaProducer: acknowledges at once, or refuses the ids in ``refuse_once`` one time."""
+
+    def __init__(self, refuse_once: frozenset[int] = frozenset()) -> None:
+        self.refuse_once = set(refuse_once)
+        self.acked: list[int] = []
+        self.malformed: list[bytes] = []
+        self.flushed = self.closed = False
+        self._lock = threading.Lock()
+
+    def send(self, topic: str, key: bytes, value: bytes) -> Future:
+        future = Future()
+        if key == MALFORMED_KEY:
+            self.malformed.append(value)
+            return future.success(None)
+        agg_id = json.loads(value)["agg_trade_id"]
+        with self._lock:
+            if agg_id in self.refuse_once:
+                self.refuse_once.discard(agg_id)
+                return future.failure(KafkaTimeoutError("injected: batch expired"))
+            self.acked.append(agg_id)
+        return future.success(None)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flushed = True
+
+    def close(self, timeout: float | None = None) -> None:
+        self.closed = True
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def replay(shared_data: Path, tmp_path: Path) -> Iterator[Callable[..., tuple[str, str]]]:
+    servers: list[ReplayServer] = []
+
+    def start(faults: FaultPlan | None = None, **options: float) -> tuple[str, str]:
+        server = ReplayServer(ReplayConfig(symbols=("BTCUSDT",), files=(shared_data / BTC_2023,), port=0,
+                                           state_dir=tmp_path / "replay", faults=faults or FaultPlan(), **options))
+        servers.append(server)
+        return server.start_in_thread()
+
+    yield start
+    for server in servers:
+        server.stop_thread()
+
+
+class RunningProducer:
+    def __init__(self, urls: tuple[str, str], state_path: Path, kafka: RecordingKafka, **overrides: float) -> None:
+        config = ProducerConfig(ws_url=urls[0], rest_url=urls[1], symbols=("BTCUSDT",), topic="trades",
+                                bootstrap_servers="unused", source="replay", state_path=state_path,
+                                backoff_initial_s=0.05, backoff_max_s=0.2, **overrides)
+        self.kafka = kafka
+        self.producer = BinanceProducer(config, kafka=kafka)
+        self.thread = threading.Thread(target=self.producer.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.producer.stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+def every_id() -> list[int]:
+    return list(range(FIRST_ID, LAST_ID + 1))
+
+
+def run_until_last_id(urls: tuple[str, str], state_path: Path, timeout: float = 60, **overrides: float) -> RecordingKafka:
+    kafka = RecordingKafka()
+    running = RunningProducer(urls, state_path, kafka, **overrides)
+    try:
+        wait_for(lambda: LAST_ID in kafka.acked, timeout, "the recording's last id")
+    finally:
+        running.stop()
+    return kafka
+
+
+def test_the_shared_file_has_the_ids_these_tests_expect(shared_data: Path) -> None:
+    assert [t.agg_id for t in read_binance_file(shared_data / BTC_2023)] == every_id()
+
+
+@pytest.mark.parametrize(
+    ("faults", "options", "overrides"),
+    [
+        (FaultPlan(skip_ids={"BTCUSDT": (3071245600, 3071246100)}), {"speed": 0}, {}),
+        (FaultPlan(close_after_frames=700), {"speed": 0}, {}),
+        (FaultPlan(stall_after_frames=500), {"speed": 0}, {"stall_timeout_s": 0.5}),
+        (FaultPlan(), {"speed": 400, "lifetime_s": 0.4}, {}),
+        (FaultPlan(malformed_every=100), {"speed": 0}, {}),
+    ],
+    ids=["skipped-ids", "disconnect", "stall", "server-shutdown-rollover", "malformed-frames"],
+)
+def test_every_id_is_handed_to_kafka_once_and_in_order_despite_the_fault(
+        replay, tmp_path: Path, faults: FaultPlan, options: dict, overrides: dict) -> None:
+    kafka = run_until_last_id(replay(faults, **options), tmp_path / "acked.json", **overrides)
+    assert kafka.acked == every_id()
+    assert kafka.flushed and kafka.closed
+    assert json.loads((tmp_path / "acked.json").read_text()) == {"BTCUSDT": LAST_ID}
+    if faults.malformed_every:
+        assert len(kafka.malformed) >= len(every_id()) // faults.malformed_every
+
+
+def test_a_restarted_producer_continues_from_the_last_acknowledged_id(replay, tmp_path: Path) -> None:
+    urls = replay(speed=100)
+    first = RecordingKafka()
+    running = RunningProducer(urls, tmp_path / "acked.json", first)
+    wait_for(lambda: len(first.acked) >= 300, 30, "300 trades before the stop")
+    running.stop()
+    assert json.loads((tmp_path / "acked.json").read_text()) == {"BTCUSDT": first.acked[-1]}
+    time.sleep(0.5)  # trades keep happening while the producer is down
+    second = run_until_last_id(urls, tmp_path / "acked.json")
+    assert first.acked + second.acked == every_id()
+
+
+def test_a_send_that_kafka_refuses_is_fetched_again(replay, tmp_path: Path) -> None:
+    refused = frozenset({3071246000, 3071247000})
+    kafka = RecordingKafka(refuse_once=refused)
+    running = RunningProducer(replay(speed=50), tmp_path / "acked.json", kafka)
+    try:
+        wait_for(lambda: LAST_ID in kafka.acked and refused <= set(kafka.acked), 60, "every id acknowledged")
+    finally:
+        running.stop()
+    assert set(kafka.acked) == set(every_id())
+    for agg_id in refused:
+        retried_at = kafka.acked.index(agg_id)
+        assert kafka.acked[retried_at:retried_at + 5] == list(range(agg_id, agg_id + 5))
