@@ -26,11 +26,12 @@ from typing import Any
 import websocket
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Histogram
 
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings, SettingsError
 from streaming_services.messages import InvalidMessage, TradeMessage
+from streaming_services.startup import StartupError, start_metrics, wait_for_kafka
 
 REST_PAGE = 1000
 MALFORMED_KEY = b"malformed"
@@ -307,12 +308,12 @@ def main() -> int:
     try:
         settings = PlatformSettings.from_env()
         config = ProducerConfig.from_settings(settings)
-    except SettingsError as exc:
-        print(f"producer: configuration error: {exc}", file=sys.stderr)
+        configure_logging(settings.log_level)
+        start_metrics("PRODUCER_METRICS_PORT", settings.bind_host, settings.producer_metrics_port)
+    except (SettingsError, StartupError) as exc:
+        print(f"producer: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
-    start_http_server(settings.producer_metrics_port, addr=settings.bind_host)
-    producer = BinanceProducer(config)
+    producer = wait_for_kafka(lambda: BinanceProducer(config), config.bootstrap_servers)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: producer.stop())
     producer.run()

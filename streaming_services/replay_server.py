@@ -30,6 +30,7 @@ from aiohttp import WSMsgType, web
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings, SettingsError
 from streaming_services.feeds import AggTrade, FeedError, SyntheticSymbol, load_files, retime, synthetic_market
+from streaming_services.startup import StartupError, port_taken
 
 MAX_STREAMS_PER_CONNECTION = 1024
 MAX_INCOMING_PER_SECOND = 5
@@ -416,7 +417,10 @@ class ReplayServer:
 
 
 async def _serve_forever(server: ReplayServer) -> None:
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        raise port_taken("REPLAY_PORT", server.config.host, server.config.port, exc) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -439,7 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, FeedError) as exc:
         print(f"replay-server: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_serve_forever(server))
+    try:
+        asyncio.run(_serve_forever(server))
+    except StartupError as exc:
+        print(f"replay-server: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

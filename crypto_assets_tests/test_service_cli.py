@@ -1,0 +1,65 @@
+"""The streaming services as processes: bad settings or a taken port give one line and exit code 2; a
+broker that is not up yet is waited for, and SIGTERM meanwhile ends the process cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from local_stack.processes import free_port
+
+SERVICES = {"producer": "PRODUCER_METRICS_PORT", "replay_server": "REPLAY_PORT"}
+
+
+def service_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    env = {**os.environ, "STATE_DIR": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
+           "REPLAY_PORT": str(free_port()), "PRODUCER_METRICS_PORT": str(free_port()),
+           "CONSUMER_METRICS_PORT": str(free_port()), "REPLAY_FILES": "", "DATABASE_URL": ""}
+    return {**env, **overrides}
+
+
+def run(module: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"streaming_services.{module}"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize("module", sorted(SERVICES))
+def test_a_bad_setting_is_one_line_and_exit_code_2(module: str, tmp_path: Path) -> None:
+    result = run(module, service_env(tmp_path, REPLAY_SPEED="fast"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"{module.replace('_', '-')}: REPLAY_SPEED='fast' is not a number"]
+
+
+@pytest.mark.parametrize("module", sorted(SERVICES))
+def test_a_taken_port_names_the_variable_to_change(module: str, tmp_path: Path, taken_port: int) -> None:
+    variable = SERVICES[module]
+    result = run(module, service_env(tmp_path, **{variable: str(taken_port)}))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{taken_port}" in lines[0] and f"set {variable}" in lines[0], lines
+
+
+def test_the_producer_waits_for_kafka_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "streaming_services.producer"], env=service_env(tmp_path),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(15) == 0
+    assert "Traceback" not in process.stderr.read()

@@ -1,0 +1,68 @@
+"""Start-up of the streaming services' processes: one readable line and exit code 2 for a taken port,
+and waiting (not crashing) while Kafka is not up yet."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from kafka.errors import KafkaError
+from prometheus_client import start_http_server
+
+T = TypeVar("T")
+
+KAFKA_RETRY_INITIAL_S = 1.0
+KAFKA_RETRY_MAX_S = 15.0
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The process cannot start as configured; the message is one line that names the setting to change."""
+
+
+def port_taken(variable: str, host: str, port: int, error: OSError) -> StartupError:
+    return StartupError(f"cannot listen on {host}:{port} ({error.strerror or error}); "
+                        f"set {variable} to a free port")
+
+
+def start_metrics(variable: str, host: str, port: int) -> None:
+    """The Prometheus endpoint, or a StartupError naming ``variable`` when the port is taken."""
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        raise port_taken(variable, host, port, exc) from None
+
+
+def _exit_now(signum: int, _frame: object) -> None:
+    """Nothing to flush yet; ``os._exit`` also spares the half-built client's teardown noise."""
+    log.info("stopped before Kafka answered", extra={"signal": signal.Signals(signum).name})
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def wait_for_kafka(build: Callable[[], T], bootstrap_servers: str) -> T:
+    """Builds a Kafka client, retrying with backoff while no broker answers.
+
+    A service started before the broker (or while it restarts) waits for it instead of dying with a
+    traceback; nothing is in flight yet, so SIGTERM or SIGINT meanwhile ends the process at once.
+    """
+    previous = {sig: signal.signal(sig, _exit_now) for sig in (signal.SIGTERM, signal.SIGINT)}
+    delay = KAFKA_RETRY_INITIAL_S
+    try:
+        while True:
+            try:
+                return build()
+            except KafkaError as exc:
+                log.warning("Kafka not reachable; retrying", extra={"bootstrap_servers": bootstrap_servers,
+                                                                    "delay_s": delay, "error": str(exc)[:200]})
+                time.sleep(delay)
+                delay = min(KAFKA_RETRY_MAX_S, delay * 2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
