@@ -147,6 +147,21 @@ class SyntheticSymbol:
     def start(self, start_ms: int) -> None:
         self.next_time_ms = start_ms + self._gap_ms()
 
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything the walk needs to continue exactly from here after a restart (JSON-serialisable)."""
+        version, state, gauss_next = self.rng.getstate()
+        return {"price": str(self.price), "next_agg_id": self.next_agg_id, "next_trade_id": self.next_trade_id,
+                "next_time_ms": self.next_time_ms, "rng": [version, list(state), gauss_next]}
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continues from a ``checkpoint()``: the same trades follow, ids and prices alike."""
+        self.price = Decimal(checkpoint["price"])
+        self.next_agg_id = int(checkpoint["next_agg_id"])
+        self.next_trade_id = int(checkpoint["next_trade_id"])
+        self.next_time_ms = int(checkpoint["next_time_ms"])
+        version, state, gauss_next = checkpoint["rng"]
+        self.rng.setstate((version, tuple(state), gauss_next))
+
     def _gap_ms(self) -> int:
         return max(1, int(self.rng.expovariate(self.trades_per_second) * 1000))
 

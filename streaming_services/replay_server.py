@@ -6,7 +6,9 @@ lifetime announced by ``serverShutdown``, Binance's limits, and ``GET /api/v3/ag
 
 The market's clock starts when the first client subscribes and is kept in ``<state>/replay/anchor.json``:
 after a restart the server serves the same market, and trades that "happened" while it was down are
-available over REST, as on the real exchange.
+available over REST, as on the real exchange. The synthetic market keeps the last hour of trades for
+REST (bounded memory however long it runs) and checkpoints its walks, so a restart regenerates at most
+that hour, the same trades with the same consecutive ids.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,10 @@ REST_MAX_WINDOW_MS = 3_600_000
 TICK_S = 0.02
 FAST_BATCH = 5000
 SYNTHETIC_SEED = 20240808
+SYNTHETIC_HISTORY_MS = 3_600_000  # what REST keeps of the synthetic market: the longest producer outage it heals
+SNAPSHOT_EVERY_MS = 60_000
+RESUME_REGENERATE_MAX_MS = 6 * 3_600_000  # a longer stop skips ahead rather than replay hours of walk at start
+TRIM_CHUNK = 1000
 
 PUBLISHER = web.AppKey("publisher", asyncio.Task)
 
@@ -102,6 +109,7 @@ class MarketTimeline:
         self.pending: list[AggTrade] = []
         self.published: dict[str, list[AggTrade]] = {s: [] for s in (*recorded, *self.synthetic)}
         self._ids: dict[str, list[int]] = {s: [] for s in self.published}
+        self._snapshots: dict[str, deque[dict[str, Any]]] = {s: deque() for s in self.synthetic}
         self.anchor_ms: int | None = None
 
     @property
@@ -117,8 +125,32 @@ class MarketTimeline:
         merged = [t for trades in self._recorded.values() for t in retime(trades, shift)]
         self.pending = sorted(merged, key=lambda t: (t.time_ms, t.symbol, t.agg_id))
         self._pending_index = 0
-        for walk in self.synthetic.values():
+        for symbol, walk in self.synthetic.items():
             walk.start(anchor_ms)
+            self._snapshots[symbol] = deque([walk.checkpoint()])
+
+    def resume(self, anchor_ms: int, checkpoints: dict[str, dict[str, Any]], wall_ms: int) -> None:
+        """After a restart: the same clock, each synthetic walk continued from its ``checkpoint()``, so the
+        same trades are served again with the same ids, then those of the stop.
+
+        After a stop longer than RESUME_REGENERATE_MAX_MS a walk skips to the last history REST keeps
+        (a quiet market, ids still consecutive) instead of regenerating days of trades at start.
+        """
+        self.start(anchor_ms)
+        for symbol, walk in self.synthetic.items():
+            if symbol in checkpoints:
+                walk.restore(checkpoints[symbol])
+            if wall_ms - walk.next_time_ms > RESUME_REGENERATE_MAX_MS:
+                walk.next_time_ms = wall_ms - SYNTHETIC_HISTORY_MS
+            self._snapshots[symbol] = deque([walk.checkpoint()])
+        resume_from = min((walk.next_time_ms for walk in self.synthetic.values()), default=wall_ms)
+        for step_ms in range(resume_from + SNAPSHOT_EVERY_MS, wall_ms, SNAPSHOT_EVERY_MS):
+            self.advance(step_ms)
+        self.advance(wall_ms)
+
+    def checkpoint(self) -> dict[str, dict[str, Any]]:
+        """Per synthetic symbol, the walk's state at the oldest trade REST still serves."""
+        return {symbol: snapshots[0] for symbol, snapshots in self._snapshots.items() if snapshots}
 
     def feed_time(self, wall_ms: int) -> float:
         if self.config.speed == 0:
@@ -143,7 +175,21 @@ class MarketTimeline:
         for trade in due:
             self.published[trade.symbol].append(trade)
             self._ids[trade.symbol].append(trade.agg_id)
+        for symbol, walk in self.synthetic.items():
+            self._forget_old(symbol, walk, wall_ms)
         return due
+
+    def _forget_old(self, symbol: str, walk: SyntheticSymbol, wall_ms: int) -> None:
+        """Keeps a checkpoint a minute and drops the synthetic trades older than the oldest one kept."""
+        snapshots = self._snapshots[symbol]
+        if walk.next_time_ms - snapshots[-1]["next_time_ms"] >= SNAPSHOT_EVERY_MS:
+            snapshots.append(walk.checkpoint())
+        while len(snapshots) > 1 and snapshots[1]["next_time_ms"] <= wall_ms - SYNTHETIC_HISTORY_MS:
+            snapshots.popleft()
+        ids = self._ids[symbol]
+        forgotten = bisect.bisect_left(ids, snapshots[0]["next_agg_id"])
+        if forgotten >= TRIM_CHUNK:
+            del ids[:forgotten], self.published[symbol][:forgotten]
 
     @property
     def files_pending(self) -> bool:
@@ -206,21 +252,32 @@ class ReplayServer:
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._anchor_path = config.state_dir / "anchor.json" if config.state_dir else None
+        self._saved_checkpoint: dict[str, Any] | None = None
         self._restore_anchor()
 
     def _restore_anchor(self) -> None:
         if self._anchor_path and self._anchor_path.exists():
-            self.timeline.start(json.loads(self._anchor_path.read_text())["anchor_ms"])
-            self.timeline.advance(now_ms())
+            saved = json.loads(self._anchor_path.read_text())
+            self.timeline.resume(saved["anchor_ms"], saved.get("synthetic", {}), now_ms())
+            self._saved_checkpoint = saved.get("synthetic", {})
             log.info("market clock restored", extra={"anchor_ms": self.timeline.anchor_ms})
+
+    def _save_clock(self) -> None:
+        """anchor.json: the clock, and the synthetic walks' oldest checkpoints (rewritten when they move)."""
+        checkpoint = self.timeline.checkpoint()
+        if self._anchor_path is None or checkpoint == self._saved_checkpoint:
+            return
+        self._anchor_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self._anchor_path.with_suffix(".tmp")
+        partial.write_text(json.dumps({"anchor_ms": self.timeline.anchor_ms, "synthetic": checkpoint}))
+        partial.replace(self._anchor_path)
+        self._saved_checkpoint = checkpoint
 
     def _start_clock(self) -> None:
         if self.timeline.anchor_ms is not None:
             return
         self.timeline.start(now_ms())
-        if self._anchor_path:
-            self._anchor_path.parent.mkdir(parents=True, exist_ok=True)
-            self._anchor_path.write_text(json.dumps({"anchor_ms": self.timeline.anchor_ms}))
+        self._save_clock()
         log.info("market clock started", extra={"source": self.timeline.source, "files": len(self.config.files),
                                                 "synthetic": ",".join(self.timeline.synthetic) or "none"})
 
@@ -251,6 +308,8 @@ class ReplayServer:
                 for subscriber in self.subscribers:
                     if stream in subscriber.streams:
                         subscriber.queue.put_nowait(trade)
+            if self.timeline.anchor_ms is not None:
+                self._save_clock()
             await asyncio.sleep(0 if self.config.speed == 0 and self.timeline.files_pending else TICK_S)
 
     async def handle_agg_trades(self, request: web.Request) -> web.Response:
