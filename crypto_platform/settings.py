@@ -106,6 +106,7 @@ class PlatformSettings:
     replay_retime: bool = field(metadata={"env": "REPLAY_RETIME", "doc": "1 = shift file timestamps to now, 0 = keep them", "default": "1"})
     consumer_group: str = field(metadata={"env": "CONSUMER_GROUP", "doc": "Kafka consumer group of the PostgreSQL writer", "default": "real-time-prices-writer"})
     consumer_batch_size: int = field(metadata={"env": "CONSUMER_BATCH_SIZE", "doc": "Most messages written in one transaction", "default": "5000"})
+    consumer_check_crcs: bool = field(metadata={"env": "CONSUMER_CHECK_CRCS", "doc": "1 = kafka-python re-checks record CRCs (4x slower; the broker checks them on produce)", "default": "0"})
     producer_stall_timeout_s: float = field(metadata={"env": "PRODUCER_STALL_TIMEOUT_S", "doc": "Reconnect when no frame (data or ping) came for this long", "default": "60"})
     producer_metrics_port: int = field(metadata={"env": "PRODUCER_METRICS_PORT", "doc": "Prometheus endpoint of the producer", "default": "9101"})
     consumer_metrics_port: int = field(metadata={"env": "CONSUMER_METRICS_PORT", "doc": "Prometheus endpoint of the consumer", "default": "9102"})
@@ -175,6 +176,7 @@ class PlatformSettings:
             replay_retime=_env_bool("REPLAY_RETIME", True),
             consumer_group=_env("CONSUMER_GROUP", "real-time-prices-writer"),
             consumer_batch_size=_env_int("CONSUMER_BATCH_SIZE", 5000, minimum=1),
+            consumer_check_crcs=_env_bool("CONSUMER_CHECK_CRCS", False),
             producer_stall_timeout_s=_env_float("PRODUCER_STALL_TIMEOUT_S", 60.0, minimum=0.1),
             producer_metrics_port=_env_port("PRODUCER_METRICS_PORT", 9101),
             consumer_metrics_port=_env_port("CONSUMER_METRICS_PORT", 9102),

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg2
@@ -187,12 +188,14 @@ class ConsumerConfig:
     database_url: str
     symbols: frozenset[str]
     batch_size: int
+    check_crcs: bool = False
     poll_timeout_ms: int = 500
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings) -> ConsumerConfig:
         return cls(settings.kafka_bootstrap_servers, settings.kafka_topic, settings.consumer_group,
-                   settings.database_url, frozenset(settings.symbols), settings.consumer_batch_size)
+                   settings.database_url, frozenset(settings.symbols), settings.consumer_batch_size,
+                   settings.consumer_check_crcs)
 
 
 class PricesConsumer:
@@ -205,9 +208,13 @@ class PricesConsumer:
             config.topic, bootstrap_servers=config.bootstrap_servers, group_id=config.group,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=config.batch_size,
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
-            client_id="prices-consumer",
+            check_crcs=config.check_crcs, client_id="prices-consumer",
         )
         self._stop = threading.Event()
+        # One batch is written to PostgreSQL while the next is polled and validated; offsets are
+        # committed on this thread (the Kafka client is not thread-safe) once its write has committed.
+        self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-writer")
+        self._in_flight: tuple[Future, list, list[Accepted], list[Rejected]] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -218,17 +225,25 @@ class PricesConsumer:
             while not self._stop.is_set():
                 batches = self.kafka.poll(timeout_ms=self.config.poll_timeout_ms)
                 records = [record for batch in batches.values() for record in batch]
+                accepted, rejected = classify(records, self.config.symbols, time.time_ns() // 1_000_000)
+                self._finish_in_flight()
                 if records:
-                    self.handle(records)
+                    future = self._writer_thread.submit(self._write_with_retry, accepted, rejected)
+                    self._in_flight = (future, records, accepted, rejected)
                 self._report_lag()
+            self._finish_in_flight()
         finally:
+            self._writer_thread.shutdown(wait=True)
             self.kafka.close(autocommit=False)
             self.writer.close()
             log.info("consumer stopped")
 
-    def handle(self, records: list) -> None:
-        accepted, rejected = classify(records, self.config.symbols, time.time_ns() // 1_000_000)
-        written = self._write_with_retry(accepted, rejected)
+    def _finish_in_flight(self) -> None:
+        if self._in_flight is None:
+            return
+        future, records, accepted, rejected = self._in_flight
+        self._in_flight = None
+        written = future.result()
         if written is None:
             return
         committed_at = time.time()
@@ -241,6 +256,9 @@ class PricesConsumer:
         for item in rejected:
             log.info("message dead-lettered", extra={"partition": item.partition, "offset": item.offset,
                                                      "reason": item.error[:200]})
+        self._commit(records)
+
+    def _commit(self, records: list) -> None:
         offsets: dict[TopicPartition, int] = {}
         for record in records:
             tp = TopicPartition(record.topic, record.partition)

@@ -175,7 +175,9 @@ class BinanceProducer:
             self.acked.save()
 
     def _stream(self) -> None:
-        ws = websocket.create_connection(self.config.stream_url, timeout=1, enable_multithread=True)
+        # UTF-8 is checked by the JSON decoder; invalid frames are dead-lettered like any malformed one.
+        ws = websocket.create_connection(self.config.stream_url, timeout=1, enable_multithread=True,
+                                         skip_utf8_validation=True)
         self._ws = ws
         connected = last_frame = time.monotonic()
         log.info("connected", extra={"url": self.config.stream_url.split("?")[0], "symbols": len(self.config.symbols)})
