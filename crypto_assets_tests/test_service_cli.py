@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from local_stack.processes import free_port
 
@@ -63,3 +64,12 @@ def test_the_producer_waits_for_kafka_and_stops_cleanly_on_sigterm(tmp_path: Pat
     process.send_signal(signal.SIGTERM)
     assert process.wait(15) == 0
     assert "Traceback" not in process.stderr.read()
+
+
+def test_docker_compose_runs_the_producer_and_the_consumer() -> None:
+    compose = yaml.safe_load((Path(__file__).resolve().parent.parent / "docker-compose.yml").read_text())
+    for service, module in (("binance-producer", "producer"), ("kafka-consumer", "consumer")):
+        definition = compose["services"][service]
+        assert definition["command"] == ["python", "-m", f"streaming_services.{module}"]
+        assert definition["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert "producer-data:/data" in compose["services"]["binance-producer"]["volumes"]
