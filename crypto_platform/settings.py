@@ -118,6 +118,10 @@ class PlatformSettings:
     spark_master_webui_port: int = field(metadata={"env": "SPARK_MASTER_WEBUI_PORT", "doc": "Standalone master UI port (SPARK_CLUSTER=1)", "default": "8080"})
     spark_worker_cores: int = field(metadata={"env": "SPARK_WORKER_CORES", "doc": "Cores of the standalone worker", "default": "2"})
     spark_worker_memory: str = field(metadata={"env": "SPARK_WORKER_MEMORY", "doc": "Memory of the standalone worker", "default": "2g"})
+    superset_admin_user: str = field(metadata={"env": "SUPERSET_ADMIN_USER", "doc": "Superset administrator's user name", "default": "admin"})
+    superset_admin_password: str = field(repr=False, metadata={"env": "SUPERSET_ADMIN_PASSWORD", "doc": "Its password; the local stack generates one into STATE_DIR/superset/admin_password when unset", "default": "generated"})
+    superset_reader_password: str = field(repr=False, metadata={"env": "SUPERSET_READER_PASSWORD", "doc": "Password of superset_reader, the read-only PostgreSQL role Superset queries with", "default": "generated"})
+    superset_secret_key: str = field(repr=False, metadata={"env": "SUPERSET_SECRET_KEY", "doc": "Superset's SECRET_KEY (signs sessions, encrypts stored passwords)", "default": "generated"})
     log_level: str = field(metadata={"env": "LOG_LEVEL", "doc": "Log level of the platform's services", "default": "INFO"})
 
     @classmethod
@@ -188,6 +192,10 @@ class PlatformSettings:
             spark_master_webui_port=_env_port("SPARK_MASTER_WEBUI_PORT", 8080),
             spark_worker_cores=_env_int("SPARK_WORKER_CORES", 2, minimum=1),
             spark_worker_memory=_env("SPARK_WORKER_MEMORY", "2g"),
+            superset_admin_user=_env("SUPERSET_ADMIN_USER", "admin"),
+            superset_admin_password=_env("SUPERSET_ADMIN_PASSWORD", ""),
+            superset_reader_password=_env("SUPERSET_READER_PASSWORD", ""),
+            superset_secret_key=_env("SUPERSET_SECRET_KEY", ""),
             log_level=_env("LOG_LEVEL", "INFO").upper(),
         )
 
