@@ -95,7 +95,8 @@ class KafkaBroker:
         if not cluster_id_file.exists():
             cluster_id_file.write_text(_kafka_cluster_id())
         result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id_file.read_text().strip(), "-c", str(properties)),
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id_file.read_text().strip()}",
+                       "-c", str(properties)),
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
@@ -171,5 +172,9 @@ class KafkaBroker:
 
 
 def _kafka_cluster_id() -> str:
-    """Kafka's cluster id format: a UUID as 22 characters of URL-safe base64."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """Kafka's cluster id format: a UUID as 22 characters of URL-safe base64, not starting with '-'
+    (Kafka's own Uuid.randomUuid() avoids those too: command lines would read them as options)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
