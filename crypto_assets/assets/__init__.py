@@ -1,0 +1,1 @@
+"""One module per asset, its checks beside it."""

@@ -1,0 +1,90 @@
+"""What the candle assets share: run config, the materialization body, the check factory, freshness."""
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+
+from crypto_assets import checks
+from crypto_assets.candles import Timeframe, align_range
+from crypto_assets.engine import refresh_candles
+from crypto_assets.resources import MarketDatabase
+
+GROUP = "market_candles"
+KINDS = {"spark", "postgres"}
+PIPELINE_TAG = "crypto/pipeline"
+CANDLE_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(minutes=5), warn_window=timedelta(minutes=2))
+
+
+class CandleRunConfig(dg.Config):
+    """Empty: incremental, the windows touched by rows since the cursor. ``start`` and ``end`` (ISO-8601
+    with a zone): a backfill that recomputes every window of ``[start, end)`` from scratch."""
+
+    start: str = ""
+    end: str = ""
+
+    def backfill_range(self, timeframe: Timeframe) -> tuple[int, int] | None:
+        if not self.start and not self.end:
+            return None
+        start, end = parse_range(self.start, self.end)
+        return align_range(start, end, timeframe.size_ms)
+
+
+def parse_range(start: str, end: str) -> tuple[datetime, datetime]:
+    """Both ISO-8601 instants with a zone, start before end; raises ValueError with a one-line reason."""
+    if not start or not end:
+        raise ValueError("give both start and end")
+    moments = []
+    for name, text in (("start", start), ("end", end)):
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"{name}={text!r} is not an ISO-8601 date-time (e.g. 2024-08-08T23:00:00Z)") from None
+        if moment.tzinfo is None:
+            raise ValueError(f"{name}={text!r} has no time zone; add Z or +00:00")
+        moments.append(moment)
+    if moments[0] >= moments[1]:
+        raise ValueError(f"start {start} is not before end {end}")
+    return moments[0], moments[1]
+
+
+def materialize_candles(context: dg.AssetExecutionContext, config: CandleRunConfig, pyspark: PySparkResource,
+                        market_db: MarketDatabase, timeframe: Timeframe) -> dg.MaterializeResult:
+    try:
+        backfill = config.backfill_range(timeframe)
+    except ValueError as error:
+        raise dg.Failure(description=str(error)) from None
+    run = refresh_candles(pyspark.spark_session, market_db.store(), timeframe, backfill=backfill)
+    context.log.info(f"{timeframe.asset_name}: {run.windows_written} windows written from {run.trades_read} trades"
+                     f" in {run.spark_seconds:.1f} s of Spark" + (" (backfill)" if backfill else ""))
+    return dg.MaterializeResult(metadata={**run.metadata(), "mode": "backfill" if backfill else "incremental"})
+
+
+def _check(timeframe: Timeframe, asset: dg.AssetsDefinition, name: str, description: str,
+           query: Callable[..., checks.CheckOutcome], additional_deps: list | None = None) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset, name=name, description=description, blocking=True,
+                    additional_deps=additional_deps)
+    def _candle_check(market_db: MarketDatabase) -> dg.AssetCheckResult:
+        with market_db.store().transaction(snapshot=True) as cursor:
+            outcome = query(cursor, timeframe)
+        return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR,
+                                   metadata=outcome.metadata)
+
+    return _candle_check
+
+
+def candle_checks(timeframe: Timeframe, asset: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
+    """The integrity checks every candle table must pass; errors, blocking downstream assets."""
+    return [
+        _check(timeframe, asset, "ohlc_invariants", "low <= open, close <= high; volume, count >= 0; "
+               "zero volume if and only if zero count", checks.ohlc_invariants),
+        _check(timeframe, asset, "one_row_per_window", "No two candles for one (symbol, window_start)",
+               checks.one_row_per_window),
+        _check(timeframe, asset, "windows_aligned", "Windows start on the clock's boundaries and last one window",
+               checks.windows_aligned),
+        _check(timeframe, asset, "no_missing_window", "Every window between a symbol's first and last candle exists",
+               checks.no_missing_window),
+        _check(timeframe, asset, "agg_ids_complete", "Agg trade ids of the checked final windows have no gap and "
+               "the candles span them all", checks.agg_ids_complete),
+    ]

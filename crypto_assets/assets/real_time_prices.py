@@ -1,0 +1,46 @@
+"""``real_time_prices``: the raw trades the Kafka consumer writes, an external asset Dagster observes."""
+
+import dagster as dg
+
+from crypto_assets.candles import from_ms
+from crypto_assets.checks import source_freshness
+from crypto_assets.engine import now_ms
+from crypto_assets.resources import MarketDatabase
+
+SOURCE_FRESHNESS_LIMIT_S = 300.0
+
+
+@dg.observable_source_asset(
+    key="real_time_prices",
+    group_name="market_data",
+    description="One row per Binance aggregate trade (stock.real_time_prices), written by the Kafka consumer.",
+    metadata={"table": "stock.real_time_prices"},
+    tags={"dagster/kind/postgres": "", "dagster/kind/kafka": ""},
+)
+def real_time_prices(market_db: MarketDatabase) -> dg.ObserveResult:
+    """Observes the newest trade time and the size of the table; the data version moves with new trades."""
+    with market_db.store().transaction(snapshot=True) as cursor:
+        cursor.execute("SELECT timestamp, id FROM stock.real_time_prices ORDER BY event_time DESC LIMIT 1")
+        newest = cursor.fetchone()
+        cursor.execute("SELECT coalesce(max(id), 0) FROM stock.real_time_prices")
+        max_id = cursor.fetchone()[0]
+        cursor.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'stock.real_time_prices'::regclass")
+        estimate = cursor.fetchone()[0]
+    newest_ms = None if newest is None else int(newest[0])
+    return dg.ObserveResult(
+        data_version=dg.DataVersion(f"{max_id}"),
+        metadata={
+            "newest_trade": from_ms(newest_ms).isoformat() if newest_ms is not None else None,
+            "newest_trade_age_seconds": None if newest_ms is None else round((now_ms() - newest_ms) / 1000, 3),
+            "row_count_estimate": int(estimate),
+            "max_id": int(max_id),
+        },
+    )
+
+
+@dg.asset_check(asset=real_time_prices, description=f"The newest trade is at most {SOURCE_FRESHNESS_LIMIT_S:.0f} s old")
+def source_is_fresh(market_db: MarketDatabase) -> dg.AssetCheckResult:
+    """Warns (does not block) when ingestion stalls: the candles would still be exact, only late."""
+    with market_db.store().transaction(snapshot=True) as cursor:
+        outcome = source_freshness(cursor, now_ms(), SOURCE_FRESHNESS_LIMIT_S)
+    return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.WARN, metadata=outcome.metadata)

@@ -1,0 +1,186 @@
+"""The SQL behind the asset checks: each returns (passed, metadata) for the windows it examines.
+
+Checks look at the last ``CHECK_LOOKBACK_MINUTES`` of windows (what the last runs wrote), so their cost
+does not grow with history; "no missing window" spans each symbol's whole history through the unique
+index. Every query is read-only and parameterized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg2.extensions
+from psycopg2 import sql
+
+from crypto_assets.candles import MINUTE_MS, ONE_MINUTE, Timeframe, from_ms, to_ms
+
+CHECK_LOOKBACK_MINUTES = 60
+SAMPLE_ROWS = 5
+
+Cursor = psycopg2.extensions.cursor
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    passed: bool
+    metadata: dict[str, object]
+
+
+def _table(timeframe: Timeframe) -> sql.Identifier:
+    return sql.Identifier("stock", timeframe.table)
+
+
+def check_scope(cursor: Cursor, timeframe: Timeframe) -> tuple[int, int] | None:
+    """``[lo, hi)`` of window starts examined: the lookback before the newest window, that one included."""
+    cursor.execute(sql.SQL("SELECT max(window_start) FROM {t}").format(t=_table(timeframe)))
+    newest = cursor.fetchone()[0]
+    if newest is None:
+        return None
+    hi = to_ms(newest) + timeframe.size_ms
+    return hi - max(CHECK_LOOKBACK_MINUTES * MINUTE_MS, timeframe.size_ms), hi
+
+
+def _in_scope(scope: tuple[int, int]) -> tuple[object, object]:
+    return from_ms(scope[0]), from_ms(scope[1])
+
+
+def _scope_metadata(scope: tuple[int, int] | None) -> dict[str, object]:
+    if scope is None:
+        return {"windows_checked_from": None, "windows_checked_to": None}
+    return {"windows_checked_from": from_ms(scope[0]).isoformat(), "windows_checked_to": from_ms(scope[1]).isoformat()}
+
+
+def _violations(cursor: Cursor, query: sql.Composable, params: tuple, scope: tuple[int, int] | None) -> CheckOutcome:
+    cursor.execute(query, params)
+    rows = cursor.fetchall()
+    sample = "; ".join(" ".join(str(v) for v in row) for row in rows[:SAMPLE_ROWS])
+    return CheckOutcome(not rows, {"violations": len(rows), "sample": sample, **_scope_metadata(scope)})
+
+
+def ohlc_invariants(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
+    """low <= open, close <= high; volumes and counts >= 0; zero volume if and only if zero count."""
+    scope = check_scope(cursor, timeframe)
+    if scope is None:
+        return CheckOutcome(True, _scope_metadata(scope))
+    query = sql.SQL(
+        "SELECT symbol, window_start FROM {t} WHERE window_start >= %s AND window_start < %s AND NOT ("
+        " low_price <= least(open_price, close_price) AND greatest(open_price, close_price) <= high_price"
+        " AND total_volume >= 0 AND quote_volume >= 0 AND taker_buy_volume >= 0 AND taker_buy_volume <= total_volume"
+        " AND trade_count >= 0 AND (total_volume = 0) = (trade_count = 0)) ORDER BY 2"
+    ).format(t=_table(timeframe))
+    return _violations(cursor, query, _in_scope(scope), scope)
+
+
+def one_row_per_window(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
+    """No two candles share (symbol, window_start) — the unique key could have been dropped."""
+    scope = check_scope(cursor, timeframe)
+    if scope is None:
+        return CheckOutcome(True, _scope_metadata(scope))
+    query = sql.SQL(
+        "SELECT symbol, window_start, count(*) FROM {t} WHERE window_start >= %s AND window_start < %s"
+        " GROUP BY 1, 2 HAVING count(*) > 1 ORDER BY 2"
+    ).format(t=_table(timeframe))
+    return _violations(cursor, query, _in_scope(scope), scope)
+
+
+def windows_aligned(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
+    """Window starts on the clock's boundaries, ends exactly one window later."""
+    scope = check_scope(cursor, timeframe)
+    if scope is None:
+        return CheckOutcome(True, _scope_metadata(scope))
+    query = sql.SQL(
+        "SELECT symbol, window_start, window_end FROM {t} WHERE window_start >= %s AND window_start < %s"
+        " AND ((extract(epoch FROM window_start) * 1000)::bigint %% %s <> 0"
+        "  OR window_end <> window_start + %s * interval '1 millisecond') ORDER BY 2"
+    ).format(t=_table(timeframe))
+    return _violations(cursor, query, (*_in_scope(scope), timeframe.size_ms, timeframe.size_ms), scope)
+
+
+def no_missing_window(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
+    """Every window between a symbol's first and last candle exists (empty ones included)."""
+    query = sql.SQL(
+        "SELECT symbol, min(window_start), max(window_start), count(*),"
+        " ((extract(epoch FROM max(window_start) - min(window_start)) * 1000)::bigint / %s + 1) AS expected"
+        " FROM {t} GROUP BY symbol HAVING count(*) <> ((extract(epoch FROM max(window_start) - min(window_start))"
+        " * 1000)::bigint / %s + 1) ORDER BY 1"
+    ).format(t=_table(timeframe))
+    outcome = _violations(cursor, query, (timeframe.size_ms, timeframe.size_ms), None)
+    return CheckOutcome(outcome.passed, {"symbols_with_gaps": outcome.metadata["violations"],
+                                         "sample": outcome.metadata["sample"]})
+
+
+def agg_ids_complete(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
+    """Within the final windows checked, each symbol's agg ids have no gap and the candles span them all.
+
+    A gap means trades were lost on the way in; first/last agg ids that differ from the candles' mean a
+    candle was computed from an incomplete read. The forming window is left out: trades keep arriving.
+    """
+    scope = check_scope(cursor, timeframe)
+    if scope is None:
+        return CheckOutcome(True, _scope_metadata(scope))
+    table = _table(timeframe)
+    cursor.execute(sql.SQL("SELECT max(window_end) FROM {t} WHERE is_final AND window_start >= %s").format(t=table),
+                   (from_ms(scope[0]),))
+    final_end = cursor.fetchone()[0]
+    if final_end is None:
+        return CheckOutcome(True, _scope_metadata(None))
+    scope = (scope[0], to_ms(final_end))
+    query = sql.SQL(
+        "WITH trades AS ("
+        "  SELECT symbol, count(*) AS n, min(agg_trade_id) AS lo, max(agg_trade_id) AS hi"
+        "  FROM stock.real_time_prices WHERE event_time >= %s AND event_time < %s GROUP BY symbol),"
+        " candles AS ("
+        "  SELECT symbol, min(first_agg_trade_id) AS lo, max(last_agg_trade_id) AS hi"
+        "  FROM {t} WHERE window_start >= %s AND window_start < %s GROUP BY symbol)"
+        " SELECT t.symbol, t.n, t.lo, t.hi, c.lo, c.hi FROM trades t LEFT JOIN candles c USING (symbol)"
+        " WHERE t.n <> t.hi - t.lo + 1 OR c.lo IS DISTINCT FROM t.lo OR c.hi IS DISTINCT FROM t.hi ORDER BY 1"
+    ).format(t=table)
+    return _violations(cursor, query, (*_in_scope(scope), *_in_scope(scope)), scope)
+
+
+def consistent_with_one_minute(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
+    """Each final window equals its one-minute candles rolled up: open, close, high, low, volume, count."""
+    scope = check_scope(cursor, timeframe)
+    if scope is None:
+        return CheckOutcome(True, _scope_metadata(scope))
+    query = sql.SQL(
+        "WITH rolled AS ("
+        "  SELECT symbol, window_start - ((extract(epoch FROM window_start) * 1000)::bigint %% %s)"
+        "   * interval '1 millisecond' AS bucket,"
+        "   (array_agg(open_price ORDER BY window_start))[1] AS open_price,"
+        "   (array_agg(close_price ORDER BY window_start DESC))[1] AS close_price,"
+        "   max(high_price) AS high_price, min(low_price) AS low_price,"
+        "   sum(total_volume) AS total_volume, sum(trade_count) AS trade_count"
+        "  FROM {one} WHERE window_start >= %s AND window_start < %s GROUP BY 1, 2)"
+        " SELECT f.symbol, f.window_start FROM {t} f LEFT JOIN rolled r"
+        "  ON r.symbol = f.symbol AND r.bucket = f.window_start"
+        " WHERE f.is_final AND f.window_start >= %s AND f.window_start < %s"
+        " AND (r.symbol IS NULL OR (f.open_price, f.close_price, f.high_price, f.low_price, f.total_volume, f.trade_count)"
+        "  IS DISTINCT FROM (r.open_price, r.close_price, r.high_price, r.low_price, r.total_volume, r.trade_count))"
+        " ORDER BY 2"
+    ).format(t=_table(timeframe), one=_table(ONE_MINUTE))
+    params = (timeframe.size_ms, *_in_scope(scope), *_in_scope(scope))
+    return _violations(cursor, query, params, scope)
+
+
+def source_freshness(cursor: Cursor, now_ms: int, limit_s: float) -> CheckOutcome:
+    """The newest trade is at most ``limit_s`` old."""
+    cursor.execute("SELECT max(event_time) FROM stock.real_time_prices")
+    newest = cursor.fetchone()[0]
+    if newest is None:
+        return CheckOutcome(False, {"newest_trade": None, "age_seconds": None, "limit_seconds": limit_s})
+    age = (now_ms - to_ms(newest)) / 1000
+    return CheckOutcome(age <= limit_s, {"newest_trade": newest.isoformat(), "age_seconds": round(age, 3),
+                                         "limit_seconds": limit_s})
+
+
+def latest_prices_consistent(cursor: Cursor) -> CheckOutcome:
+    """Each symbol's latest price is the close of its newest one-minute candle with trades, within 24 h range."""
+    query = sql.SQL(
+        "SELECT l.symbol, l.price, c.close_price FROM stock.latest_prices l"
+        " LEFT JOIN LATERAL (SELECT close_price, last_agg_trade_id FROM {one} a WHERE a.symbol = l.symbol"
+        "  AND a.trade_count > 0 ORDER BY a.window_start DESC LIMIT 1) c ON true"
+        " WHERE c.close_price IS DISTINCT FROM l.price OR c.last_agg_trade_id IS DISTINCT FROM l.agg_trade_id"
+        "  OR NOT (l.low_24h <= l.price AND l.price <= l.high_24h) ORDER BY 1"
+    ).format(one=_table(ONE_MINUTE))
+    return _violations(cursor, query, (), None)

@@ -1,0 +1,162 @@
+"""One run of a candle asset or of latest_prices: plan in PostgreSQL, compute in Spark, merge in one transaction.
+
+The assets and the backfill CLI call these; they hold no Dagster types so a benchmark can call them too.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from crypto_assets.candles import (
+    MINUTE_MS,
+    ONE_MINUTE,
+    Timeframe,
+    from_ms,
+    incremental_tail,
+    plan_segments,
+    watermark,
+)
+from crypto_assets.spark_io import read_candles, read_trades, read_trades_by_id, write_staging
+from crypto_assets.store import Changes, MarketStore, SymbolState
+from crypto_assets.transforms import STAGING_COLUMNS, candles_from_trades, complete_segments, latest_from_candles
+
+DAY_MINUTES = 1440
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class CandleRun:
+    """What one candle run did, reported as the materialization's metadata."""
+
+    changed_rows: int
+    trades_read: int
+    segments: int
+    windows_computed: int
+    windows_written: int
+    span: tuple[int, int] | None
+    watermark_ms: int | None
+    spark_seconds: float
+    lag_seconds: float | None
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "rows_read": self.trades_read,
+            "changed_rows": self.changed_rows,
+            "segments": self.segments,
+            "windows_computed": self.windows_computed,
+            "windows_written": self.windows_written,
+            "span_start": from_ms(self.span[0]).isoformat() if self.span else None,
+            "span_end": from_ms(self.span[1]).isoformat() if self.span else None,
+            "watermark": from_ms(self.watermark_ms).isoformat() if self.watermark_ms is not None else None,
+            "spark_seconds": round(self.spark_seconds, 3),
+            "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class LatestRun:
+    symbols: int
+    candles_read: int
+    span: tuple[int, int] | None
+    spark_seconds: float
+    lag_seconds: float | None
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "symbols_published": self.symbols,
+            "rows_read": self.candles_read,
+            "windows_written": self.symbols,
+            "span_start": from_ms(self.span[0]).isoformat() if self.span else None,
+            "span_end": from_ms(self.span[1]).isoformat() if self.span else None,
+            "spark_seconds": round(self.spark_seconds, 3),
+            "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
+        }
+
+
+def _backfill_forced(states: Mapping[str, SymbolState], dirty: Mapping[str, set[int]], lo: int, hi: int,
+                     size_ms: int) -> dict[str, list[tuple[int, int]]]:
+    """Every window of ``[lo, hi)`` from each symbol's first window (in the table or in the range) on."""
+    forced: dict[str, list[tuple[int, int]]] = {}
+    for symbol in set(states) | set(dirty):
+        firsts = [f for f in (states[symbol].first_published if symbol in states else None,
+                              min(dirty[symbol]) if dirty.get(symbol) else None) if f is not None]
+        first = max(lo, min(firsts))
+        if first < hi:
+            forced[symbol] = [(first, hi - size_ms)]
+    return forced
+
+
+def refresh_candles(spark: SparkSession, store: MarketStore, timeframe: Timeframe,
+                    backfill: tuple[int, int] | None = None, at_ms: int | None = None) -> CandleRun:
+    """Recomputes the windows touched since the cursor (or every window of ``backfill = [lo, hi)``)."""
+    size = timeframe.size_ms
+    with store.exclusive(timeframe.table):
+        changes: Changes = (store.changes_in_range(timeframe, *backfill) if backfill
+                            else store.changes_since_cursor(timeframe))
+        mark = watermark(changes.newest_trade_ms, at_ms if at_ms is not None else now_ms())
+        if mark is None:
+            return CandleRun(0, 0, 0, 0, 0, None, None, 0.0, None)
+        states = store.symbol_states(timeframe)
+        if backfill:
+            next_with_trades = store.next_with_trades(timeframe, changes.dirty, not_before_ms=backfill[1])
+            forced = _backfill_forced(states, changes.dirty, *backfill, size)
+        else:
+            next_with_trades = store.next_with_trades(timeframe, changes.dirty)
+            tails = {symbol: incremental_tail(size, mark, state.last_final, state.first_published)
+                     for symbol, state in states.items()}
+            forced = {symbol: [tail] for symbol, tail in tails.items() if tail is not None}
+        segments = plan_segments(size, mark, changes.dirty, next_with_trades, forced)
+        batch_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        if segments:
+            seeds = store.seeds(timeframe, segments)
+            trades = read_trades(spark, store.jdbc, segments, size, expected_rows=changes.rows)
+            staged = complete_segments(spark, candles_from_trades(trades, size), segments, seeds, size, mark)
+            try:
+                write_staging(staged.select(*STAGING_COLUMNS), store.jdbc, "candle_staging", batch_id)
+            except Exception:
+                store.drop_batch(batch_id)
+                raise
+        spark_seconds = time.perf_counter() - started
+        stats = store.merge_candles(timeframe, batch_id, changes.next_cursor, mark, delete_range=backfill)
+    lag = None if stats.newest_final_end_ms is None else (now_ms() - stats.newest_final_end_ms) / 1000
+    return CandleRun(changes.rows, stats.trades, len(segments), stats.windows, stats.written, stats.span, mark,
+                     spark_seconds, lag)
+
+
+def refresh_latest(spark: SparkSession, store: MarketStore) -> LatestRun:
+    """Latest trade and 24-hour statistics per symbol from the newest 1,440 one-minute candles, published at once."""
+    newest = store.newest_window_start_ms(ONE_MINUTE)
+    if newest is None:
+        return LatestRun(0, 0, None, 0.0, None)
+    lo, hi = newest - (DAY_MINUTES - 1) * MINUTE_MS, newest + MINUTE_MS
+    batch_id = uuid.uuid4().hex
+    started = time.perf_counter()
+    candles = read_candles(spark, store.jdbc, ONE_MINUTE.table, lo, hi).cache()
+    try:
+        newest_ids = [(row.symbol, int(row.agg_id)) for row in candles.where(F.col("trade_count") > 0)
+                      .groupBy("symbol").agg(F.max("last_agg_trade_id").alias("agg_id")).collect()]
+        candles_read = candles.count()
+        if newest_ids:
+            latest = latest_from_candles(candles, read_trades_by_id(spark, store.jdbc, newest_ids))
+            try:
+                write_staging(latest, store.jdbc, "latest_prices_staging", batch_id)
+            except Exception:
+                store.drop_batch(batch_id)
+                raise
+    finally:
+        candles.unpersist()
+    spark_seconds = time.perf_counter() - started
+    published = store.publish_latest(batch_id)
+    newest_trade = store.newest_published_trade_ms()
+    lag = None if newest_trade is None else (now_ms() - newest_trade) / 1000
+    return LatestRun(published, candles_read, (lo, hi), spark_seconds, lag)
