@@ -1,0 +1,98 @@
+"""Drives a whole platform through its user entry points (`make up`, `make status`, `make down`) in a
+folder of its own on free ports: what the end-to-end tests and benchmarks use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import psycopg2
+
+from local_stack.ephemeral import make_state_dir, stack_environment
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class PlatformUnderTest:
+    """One platform started with `make`, its environment, and the time each stage took."""
+
+    env: dict[str, str]
+    state_dir: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, **overrides: str) -> PlatformUnderTest:
+        state_dir = make_state_dir("crypto-e2e-")
+        env = {**os.environ, **stack_environment(state_dir), "PYTHON": sys.executable,
+               "VENV": str(Path(sys.prefix)), **overrides}
+        return cls(env=env, state_dir=state_dir)
+
+    def make(self, target: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        result = subprocess.run(["make", "--no-print-directory", target], cwd=REPO_ROOT, env=self.env,
+                                capture_output=True, text=True, timeout=timeout, check=False)
+        if result.returncode != 0:
+            raise AssertionError(f"make {target} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://crypto:crypto-local-dev@127.0.0.1:{self.env['PG_PORT']}/crypto"
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with psycopg2.connect(self.database_url, connect_timeout=5) as connection, connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        yield
+        self.timings[name] = time.monotonic() - started
+        print(f"stage {name!r}: {self.timings[name]:.1f} s", flush=True)
+
+    def wait_for(self, what: str, predicate: Callable[[], bool], timeout: float, interval: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except (psycopg2.Error, OSError) as exc:
+                last_error = exc
+            time.sleep(interval)
+        logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted((self.state_dir / "logs").glob("*.log")))
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error})\n{logs}")
+
+    def own_processes(self) -> list[psutil.Process]:
+        """Processes whose command line or environment points at this platform's state folder."""
+        mine = []
+        marker = str(self.state_dir)
+        for process in psutil.process_iter(["cmdline", "environ"]):
+            try:
+                cmdline = " ".join(process.info["cmdline"] or [])
+                environ = process.info["environ"] or {}
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            if marker in cmdline or environ.get("STATE_DIR") == marker:
+                mine.append(process)
+        return mine
+
+    def held_ports(self) -> list[int]:
+        ports = {int(v) for k, v in self.env.items() if k.endswith("_PORT") and v.isdigit()}
+        listening = {c.laddr.port for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        return sorted(ports & listening)
+
+    def destroy(self) -> None:
+        subprocess.run(["make", "--no-print-directory", "down"], cwd=REPO_ROOT, env=self.env,
+                       capture_output=True, timeout=300, check=False)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
