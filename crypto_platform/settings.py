@@ -118,6 +118,7 @@ class PlatformSettings:
     spark_master_webui_port: int = field(metadata={"env": "SPARK_MASTER_WEBUI_PORT", "doc": "Standalone master UI port (SPARK_CLUSTER=1)", "default": "8080"})
     spark_worker_cores: int = field(metadata={"env": "SPARK_WORKER_CORES", "doc": "Cores of the standalone worker", "default": "2"})
     spark_worker_memory: str = field(metadata={"env": "SPARK_WORKER_MEMORY", "doc": "Memory of the standalone worker", "default": "2g"})
+    superset: bool = field(metadata={"env": "SUPERSET", "doc": "1 = make up runs Superset (own venv, installed on first use, cached in ~/.cache/crypto-platform)", "default": "1"})
     superset_admin_user: str = field(metadata={"env": "SUPERSET_ADMIN_USER", "doc": "Superset administrator's user name", "default": "admin"})
     superset_admin_password: str = field(repr=False, metadata={"env": "SUPERSET_ADMIN_PASSWORD", "doc": "Its password; the local stack generates one into STATE_DIR/superset/admin_password when unset", "default": "generated"})
     superset_reader_password: str = field(repr=False, metadata={"env": "SUPERSET_READER_PASSWORD", "doc": "Password of superset_reader, the read-only PostgreSQL role Superset queries with", "default": "generated"})
@@ -192,6 +193,7 @@ class PlatformSettings:
             spark_master_webui_port=_env_port("SPARK_MASTER_WEBUI_PORT", 8080),
             spark_worker_cores=_env_int("SPARK_WORKER_CORES", 2, minimum=1),
             spark_worker_memory=_env("SPARK_WORKER_MEMORY", "2g"),
+            superset=_env_bool("SUPERSET", True),
             superset_admin_user=_env("SUPERSET_ADMIN_USER", "admin"),
             superset_admin_password=_env("SUPERSET_ADMIN_PASSWORD", ""),
             superset_reader_password=_env("SUPERSET_READER_PASSWORD", ""),
