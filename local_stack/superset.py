@@ -1,0 +1,264 @@
+"""Apache Superset in the local stack: its own virtual environment, its secrets, its read-only database
+role, an idempotent bootstrap (schema, roles, administrator, dashboards) and the web server.
+
+Superset's pins conflict with Dagster's (SQLAlchemy 1.4, pandas < 2.2), so it never shares the platform's
+virtual environment. Its venv (~800 MB) is cached per pinned requirements in
+``~/.cache/crypto-platform/superset-venv-<hash>`` and linked from ``$STATE_DIR/superset/venv``, so a new
+state folder (a test, a fresh clone on the same machine) does not install it again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg2
+from psycopg2 import sql
+
+from crypto_platform.settings import PlatformSettings
+from local_stack.processes import StackError
+from local_stack.stack import REPO_ROOT, ManagedService
+
+SUPERSET_DIR = REPO_ROOT / "superset"
+REQUIREMENTS = SUPERSET_DIR / "requirements.txt"
+CONFIG_PATH = SUPERSET_DIR / "superset_config.py"
+BUNDLE_DIR = SUPERSET_DIR / "bundle"
+BOOTSTRAP_SCRIPT = SUPERSET_DIR / "bootstrap.py"
+READER_ROLE = "superset_reader"
+INSTALL_TIMEOUT_S = 1800
+BOOTSTRAP_TIMEOUT_S = 600
+READY_TIMEOUT_S = 120
+
+log = logging.getLogger(__name__)
+
+
+def requirements_key() -> str:
+    """Hash of the pinned requirements (comments ignored): a new pin gets a new cached venv."""
+    lines = [line.strip() for line in REQUIREMENTS.read_text().splitlines()]
+    pins = "\n".join(line for line in lines if line and not line.startswith("#"))
+    return hashlib.sha256(pins.encode()).hexdigest()[:12]
+
+
+def venv_cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "crypto-platform" / f"superset-venv-{requirements_key()}"
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Two stacks (tests, a user's make up) installing at once install once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _install_venv(target: Path, say: Callable[[str], None]) -> None:
+    """Creates the venv and installs the pins, reporting progress every few packages (pip's cache is reused)."""
+    shutil.rmtree(target, ignore_errors=True)
+    started = time.monotonic()
+    say(f"superset: installing its virtual environment into {target} (first time only, ~800 MB)")
+    subprocess.run([sys.executable, "-m", "venv", str(target)], check=True, capture_output=True)
+    python = str(target / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True, capture_output=True)
+    process = subprocess.Popen(
+        [python, "-m", "pip", "install", "--progress-bar", "off", "-r", str(REQUIREMENTS)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    collected, tail_lines = 0, []
+    assert process.stdout is not None
+    for line in process.stdout:
+        tail_lines = [*tail_lines[-20:], line.rstrip()]
+        if line.startswith("Collecting "):
+            collected += 1
+            if collected % 25 == 0:
+                say(f"superset: {collected} packages resolved ({time.monotonic() - started:.0f} s)")
+        elif line.startswith("Installing collected packages"):
+            say(f"superset: installing {collected} packages ({time.monotonic() - started:.0f} s)")
+    if process.wait(timeout=INSTALL_TIMEOUT_S) != 0:
+        raise StackError("installing Superset failed:\n" + "\n".join(tail_lines))
+    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise StackError(f"Superset's virtual environment is inconsistent: {check.stdout.strip()}")
+    (target / ".complete").write_text(REQUIREMENTS.read_text())
+    say(f"superset: virtual environment ready in {time.monotonic() - started:.0f} s")
+
+
+def ensure_venv(settings: PlatformSettings, say: Callable[[str], None]) -> Path:
+    """The Superset venv for the pinned requirements, installed when missing, linked into the state folder."""
+    target = venv_cache_dir()
+    with _file_lock(target.parent / f".{target.name}.lock"):
+        if not (target / ".complete").exists():
+            _install_venv(target, say)
+    link = settings.state_dir / "superset" / "venv"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink() or link.resolve() != target.resolve():
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+    return link
+
+
+def state_secret(settings: PlatformSettings, name: str, configured: str) -> str:
+    """The configured value, else one generated once into ``$STATE_DIR/superset/<name>`` (mode 600)."""
+    if configured:
+        return configured
+    path = settings.state_dir / "superset" / name
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48 if name == "secret_key" else 18)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+def admin_password(settings: PlatformSettings) -> str:
+    return state_secret(settings, "admin_password", settings.superset_admin_password)
+
+
+def reader_password(settings: PlatformSettings) -> str:
+    return state_secret(settings, "reader_password", settings.superset_reader_password)
+
+
+def _sqlalchemy_url(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"postgresql+psycopg2://{rest}" if scheme in {"postgresql", "postgres"} else url
+
+
+def market_data_uri(settings: PlatformSettings) -> str:
+    """The read-only role's URI of the market data, without its password (injected at import)."""
+    parts = urlsplit(settings.database_url)
+    return f"postgresql+psycopg2://{READER_ROLE}@{parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
+def server_environment(settings: PlatformSettings) -> dict[str, str]:
+    """What superset_config.py reads; no admin or reader password (the web server does not need them)."""
+    return {
+        "SUPERSET_CONFIG_PATH": str(CONFIG_PATH),
+        "SUPERSET_SECRET_KEY": state_secret(settings, "secret_key", settings.superset_secret_key),
+        "SUPERSET_METADATA_URI": _sqlalchemy_url(settings.database_url_for(settings.superset_database)),
+        "BIND_HOST": settings.bind_host,
+        "SUPERSET_PORT": str(settings.superset_port),
+        "FLASK_APP": "superset",
+    }
+
+
+def ensure_reader_login(settings: PlatformSettings, password: str) -> bool:
+    """Gives the read-only role (created NOLOGIN by sql/003) LOGIN and its password, unless it already works."""
+    try:
+        psycopg2.connect(settings.database_url, user=READER_ROLE, password=password, connect_timeout=5).close()
+        return False
+    except psycopg2.OperationalError:
+        pass
+    connection = psycopg2.connect(settings.database_url, connect_timeout=10)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(
+                sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD %s").format(sql.Identifier(READER_ROLE)), (password,)
+            )
+    except psycopg2.errors.UndefinedObject:
+        raise StackError(f"role {READER_ROLE} is missing; apply the migrations first (make migrate)") from None
+    finally:
+        connection.close()
+    log.info("superset reader login set", extra={"role": READER_ROLE})
+    return True
+
+
+def run_bootstrap(settings: PlatformSettings, say: Callable[[str], None] = print) -> None:
+    """Venv, reader login, then ``superset/bootstrap.py``: schema, roles, admin, dashboards. Idempotent."""
+    venv = ensure_venv(settings, say)
+    reader = reader_password(settings)
+    ensure_reader_login(settings, reader)
+    state = settings.state_dir / "superset"
+    init_stamp = state / "initialized"
+    needs_init = not init_stamp.exists() or init_stamp.read_text().strip() != requirements_key()
+    log_path = settings.state_dir / "logs" / "superset-bootstrap.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ, **server_environment(settings),
+        "SUPERSET_ADMIN_USER": settings.superset_admin_user,
+        "SUPERSET_ADMIN_PASSWORD": admin_password(settings),
+        "SUPERSET_READER_PASSWORD": reader,
+        "SUPERSET_MARKET_DATA_URI": market_data_uri(settings),
+    }
+    command = [str(venv / "bin" / "python"), str(BOOTSTRAP_SCRIPT), "--bundle", str(BUNDLE_DIR),
+               "--stamp", str(state / "imported")] + (["--init"] if needs_init else [])
+    started = time.monotonic()
+    with log_path.open("a") as log_file:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env, cwd=state)
+        assert process.stdout is not None
+        for line in process.stdout:
+            log_file.write(line)
+            log_file.flush()
+            if line.startswith("superset-bootstrap "):
+                say("  " + line.strip())
+        returncode = process.wait(timeout=BOOTSTRAP_TIMEOUT_S)
+    if returncode != 0:
+        raise StackError(f"Superset bootstrap failed (exit {returncode}); read {log_path}")
+    if needs_init:
+        init_stamp.write_text(requirements_key() + "\n")
+    log.info("superset bootstrapped", extra={"seconds": f"{time.monotonic() - started:.1f}", "init": needs_init})
+
+
+def _superset_ready(base_url: str) -> Callable[[], bool]:
+    """/health is not enough (it answers while /login/ fails on a missing module): both must answer 200."""
+    def ready() -> bool:
+        try:
+            for path in ("/health", "/login/"):
+                with urllib.request.urlopen(base_url + path, timeout=5) as response:
+                    if response.status != 200:
+                        return False
+            return True
+        except OSError:
+            return False
+
+    return ready
+
+
+def superset_url(settings: PlatformSettings) -> str:
+    return f"http://{settings.bind_host}:{settings.superset_port}"
+
+
+def superset_service(settings: PlatformSettings, say: Callable[[str], None] = print) -> ManagedService:
+    """Superset behind gunicorn (one worker, threads for a dashboard's parallel chart queries) on BIND_HOST."""
+    venv = settings.state_dir / "superset" / "venv"
+    environment: dict[str, str] = {}
+
+    def prepare() -> None:
+        run_bootstrap(settings, say)
+        environment.update(server_environment(settings))
+
+    command = [str(venv / "bin" / "gunicorn"), "--bind", f"{settings.bind_host}:{settings.superset_port}",
+               "--workers", "1", "--worker-class", "gthread", "--threads", "8", "--timeout", "120",
+               "--graceful-timeout", "10", "--limit-request-line", "0", "--no-control-socket",
+               "superset.app:create_app()"]
+    return ManagedService(
+        "superset", settings, command, port=settings.superset_port, port_variable="SUPERSET_PORT",
+        env=environment, ready=_superset_ready(superset_url(settings)), before_start=prepare,
+        ready_timeout_s=READY_TIMEOUT_S,
+    )
+
+
+def login_hint(settings: PlatformSettings) -> str:
+    """Where to log in, naming the password's file (never the password)."""
+    source = ("SUPERSET_ADMIN_PASSWORD" if settings.superset_admin_password
+              else str(settings.state_dir / "superset" / "admin_password"))
+    return f"{superset_url(settings)} user {settings.superset_admin_user}, password in {source}"
