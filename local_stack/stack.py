@@ -49,6 +49,7 @@ class ManagedService:
     env: dict[str, str] = field(default_factory=dict)
     ready: Callable[[], bool] | None = None
     before_start: Callable[[], None] | None = None
+    ready_timeout_s: float = SERVICE_READY_TIMEOUT_S
 
     @property
     def log_path(self) -> Path:
@@ -72,8 +73,8 @@ class ManagedService:
         if self.before_start is not None:
             self.before_start()
         start_detached(self.command, self.log_path, self.pid_file, env={**os.environ, **self.env}, cwd=REPO_ROOT)
-        if self.ready is not None and not wait_until(self._ready_or_dead, SERVICE_READY_TIMEOUT_S, interval=0.5):
-            raise StackError(f"{self.name} did not become ready in {SERVICE_READY_TIMEOUT_S} s; read {self.log_path}")
+        if self.ready is not None and not wait_until(self._ready_or_dead, self.ready_timeout_s, interval=0.5):
+            raise StackError(f"{self.name} did not become ready in {self.ready_timeout_s:.0f} s; read {self.log_path}")
 
     def _ready_or_dead(self) -> bool:
         if not self.is_running():
@@ -202,6 +203,10 @@ class LocalStack:
         ]
         if (REPO_ROOT / "workspace.yaml").exists() and (REPO_ROOT / "dagster.yaml").exists():
             candidates.append(("crypto_assets.definitions", _dagster_service(s)))
+        if s.superset:
+            from local_stack.superset import superset_service  # it builds on ManagedService
+
+            candidates.append(("local_stack.superset", superset_service(s)))
         return [service for module, service in candidates if _module_exists(module)]
 
     def start_servers(self) -> None:
