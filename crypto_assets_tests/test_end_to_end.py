@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg2
 import pytest
 
+from crypto_assets_tests.candle_reference import Trade, fetch_candles, reference_candles
 from crypto_assets_tests.platform_harness import PlatformUnderTest
 
 REAL_FILES = (
@@ -29,11 +31,38 @@ def assert_contiguous(ids: dict[str, list[int]]) -> None:
         assert values == list(range(values[0], values[-1] + 1)), f"{symbol}: ids missing between {values[0]} and {values[-1]}"
 
 
+def assert_candles_match_the_reference(platform: PlatformUnderTest) -> None:
+    """Every final candle in both tables equals the independent Decimal reference over the stored trades."""
+    rows = platform.query("SELECT symbol, agg_trade_id, price, volume, timestamp, is_buyer_maker, trades"
+                          " FROM stock.real_time_prices")
+    trades = [Trade(s, a, p, q, t, m, n) for s, a, p, q, t, m, n in rows]
+    with psycopg2.connect(platform.database_url) as connection:
+        for table, minutes in (("aggregated_prices_1min", 1), ("aggregated_prices_5min", 5)):
+            expected = reference_candles(trades, minutes)
+            stored = {key: candle for key, candle in fetch_candles(connection, table).items() if candle["is_final"]}
+            # A final 5-minute window can take 5 minutes to come; the 1-minute ones must be there.
+            assert stored or minutes == 5, f"no final candle in {table}"
+            for key, candle in stored.items():
+                assert candle == expected[key], f"{table} {key}: {candle} != {expected[key]}"
+
+
+def assert_latest_prices_show_the_newest_trades(platform: PlatformUnderTest) -> None:
+    latest = dict(platform.query("SELECT symbol, agg_trade_id FROM stock.latest_prices"))
+    newest = dict(platform.query("SELECT symbol, max(agg_trade_id) FROM stock.real_time_prices GROUP BY symbol"))
+    assert set(latest) == set(SYMBOLS)
+    # latest_prices is as of its last run; trades keep arriving in between.
+    assert all(latest[s] <= newest[s] for s in SYMBOLS)
+    ran_at = platform.query("SELECT min(updated_at) FROM stock.latest_prices")[0][0]
+    as_of = dict(platform.query("SELECT symbol, max(agg_trade_id) FROM stock.real_time_prices"
+                                " WHERE created_at < %s - interval '60 seconds' GROUP BY symbol", (ran_at,)))
+    assert all(latest[s] >= as_of[s] for s in as_of), (latest, as_of)
+
+
 @pytest.fixture
 def platform(shared_data: Path):
     under_test = PlatformUnderTest.create(
         REPLAY_FILES=",".join(str(shared_data / name) for name in REAL_FILES), REPLAY_SPEED="1", REPLAY_RETIME="1",
-        SYMBOLS=",".join(SYMBOLS),
+        SYMBOLS=",".join(SYMBOLS), SUPERSET="0",
     )
     yield under_test
     under_test.destroy()
@@ -49,8 +78,20 @@ def test_make_up_runs_the_platform_end_to_end_and_survives_a_restart(platform: P
         platform.wait_for("trades of every symbol",
                           lambda: {s for s, in platform.query("SELECT DISTINCT symbol FROM stock.real_time_prices")}
                           == set(SYMBOLS), 180)
+    with platform.stage("first final 1-minute candle"):
+        platform.wait_for("a final candle", lambda: platform.query(
+            "SELECT count(*) FROM stock.aggregated_prices_1min WHERE is_final")[0][0] > 0, 240)
+    with platform.stage("a sensor-launched run succeeded with every check green"):
+        platform.wait_for("a successful sensor run", lambda: any(
+            status == "SUCCESS" and checks for _, status, checks in platform.sensor_runs()), 240)
+    for run_id, status, checks in platform.sensor_runs():
+        if status == "SUCCESS":
+            assert checks and all(passed for _, passed in checks), f"run {run_id}: {checks}"
+    assert_candles_match_the_reference(platform)
+    assert_latest_prices_show_the_newest_trades(platform)
+
     status = platform.make("status").stdout
-    for service in ("postgres", "kafka", "replay-server", "consumer", "producer"):
+    for service in ("postgres", "kafka", "replay-server", "consumer", "producer", "dagster"):
         assert any(line.split()[:2] == [service, "up"] for line in status.splitlines()), status
     assert "consumer lag:" in status and "newest trade:" in status
 
