@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 CLI := $(PY) -m local_stack.cli
 PYTEST_ARGS ?=
 
-.PHONY: install up down status logs test lint clean config migrate
+.PHONY: install up down status logs test lint clean config migrate backfill validate
 
 install: $(STAMP)
 
@@ -30,6 +30,15 @@ status: install
 
 logs: install
 	@$(CLI) logs $(SERVICE)
+
+backfill: install
+	@test -n "$(START)" -a -n "$(END)" || { echo "usage: make backfill START=2024-08-08T23:00:00Z END=2024-08-09T00:00:00Z"; exit 2; }
+	@$(PY) -m crypto_assets.backfill --start "$(START)" --end "$(END)"
+
+# Loads the code location as the webserver does; a throwaway instance, so no server is needed.
+validate: install
+	@home=$$(mktemp -d) && DAGSTER_HOME=$$home $(PY) -m dagster definitions validate -w workspace.yaml; \
+	status=$$?; rm -rf $$home; exit $$status
 
 migrate: install
 	@$(CLI) migrate
