@@ -93,8 +93,10 @@ def cmd_clean(stack: LocalStack, args: argparse.Namespace) -> int:
 
 
 def cmd_config(_: LocalStack, __: argparse.Namespace) -> int:
-    for variable, default, meaning in PlatformSettings.docs():
-        _say(f"{variable:<26}{default:<36}{meaning}")
+    docs = PlatformSettings.docs()
+    width = max(len(default) for _, default, _ in docs) + 2
+    for variable, default, meaning in docs:
+        _say(f"{variable:<26}{default:<{width}}{meaning}")
     return 0
 
 
