@@ -18,7 +18,9 @@ RUN pip install --no-cache-dir . \
  && ln -s "$(python -c 'import pyspark, os; print(os.path.dirname(pyspark.__file__))')/bin/spark-class" /usr/local/bin/spark-class \
  && python -c "from local_stack.jars import ensure_jars; ensure_jars()"
 
-RUN useradd --create-home --uid 10001 platform && mkdir -p /data && chown platform /data
+# DAGSTER_HOME holds the instance config; a new named volume mounted on /data starts with this content.
+RUN useradd --create-home --uid 10001 platform \
+ && mkdir -p /data/dagster && cp dagster.yaml /data/dagster/dagster.yaml && chown -R platform /data
 USER platform
 ENV STATE_DIR=/data BIND_HOST=0.0.0.0 DAGSTER_HOME=/data/dagster SPARK_NO_DAEMONIZE=1 \
     SPARK_WORKER_DIR=/data/spark-work
