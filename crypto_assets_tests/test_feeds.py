@@ -4,6 +4,7 @@ and a reproducible synthetic market."""
 from __future__ import annotations
 
 import zipfile
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -81,5 +82,5 @@ def test_synthetic_market_is_reproducible_consecutive_and_independent_of_tick_si
     assert in_one == in_steps
     assert 150 < len(in_one) < 450, "several trades a second"
     assert [t.agg_id for t in in_one] == list(range(1, len(in_one) + 1))
-    assert all(b.first_id == a.last_id + 1 for a, b in zip(in_one, in_one[1:]))
+    assert all(b.first_id == a.last_id + 1 for a, b in pairwise(in_one))
     assert all(float(t.price) > 0 and float(t.qty) > 0 for t in in_one)
