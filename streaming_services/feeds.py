@@ -21,6 +21,7 @@ from typing import Any
 
 MICROSECOND_THRESHOLD = 10**14  # epoch ms stay below this until the year 5138; µs are above it
 SYMBOL_IN_NAME = re.compile(r"(?:^|[_-])([A-Z0-9]{5,20})(?=[_-])")
+PLAIN_DECIMAL = re.compile(r"\d{1,20}(?:\.\d{1,20})?")  # how Binance writes prices and quantities
 PRICE_SIGNIFICANT_DIGITS = 7
 QTY_STEP = Decimal("0.00001")
 
@@ -48,6 +49,15 @@ class AggTrade:
                 "q": self.qty, "f": self.first_id, "l": self.last_id, "T": self.time_ms,
                 "m": self.is_buyer_maker, "M": True}
 
+    def payload_json(self, event_time_ms: int) -> str:
+        """``payload()`` as the compact JSON Binance sends, written directly: the replay server's hot path.
+
+        Safe without escaping: the symbol is alphanumeric and ``parse_rows`` let only plain decimals through.
+        """
+        return (f'{{"e":"aggTrade","E":{event_time_ms},"s":"{self.symbol}","a":{self.agg_id},"p":"{self.price}",'
+                f'"q":"{self.qty}","f":{self.first_id},"l":{self.last_id},"T":{self.time_ms},'
+                f'"m":{"true" if self.is_buyer_maker else "false"},"M":true}}')
+
     def rest_row(self) -> dict[str, Any]:
         """A row of ``GET /api/v3/aggTrades`` (no symbol or event fields, as Binance answers)."""
         return {"a": self.agg_id, "p": self.price, "q": self.qty, "f": self.first_id, "l": self.last_id,
@@ -70,6 +80,12 @@ def _flag(raw: str) -> bool:
     return raw.strip().lower() in {"true", "1"}
 
 
+def _plain_decimal(raw: str, column: str) -> str:
+    if PLAIN_DECIMAL.fullmatch(raw) is None:
+        raise ValueError(f"{column} {raw[:40]!r} is not a plain decimal number")
+    return raw
+
+
 def parse_rows(symbol: str, rows: Iterable[list[str]], origin: str) -> list[AggTrade]:
     """Rows of an aggTrades or trades CSV (header optional) → AggTrades sorted by agg id."""
     trades: list[AggTrade] = []
@@ -79,12 +95,12 @@ def parse_rows(symbol: str, rows: Iterable[list[str]], origin: str) -> list[AggT
         try:
             if len(row) == 8:
                 agg_id, price, qty, first_id, last_id, time_raw, maker = row[:7]
-                trades.append(AggTrade(symbol, int(agg_id), price, qty, int(first_id), int(last_id),
-                                       _to_ms(time_raw), _flag(maker)))
+                trades.append(AggTrade(symbol, int(agg_id), _plain_decimal(price, "price"), _plain_decimal(qty, "quantity"),
+                                       int(first_id), int(last_id), _to_ms(time_raw), _flag(maker)))
             elif len(row) == 7:
                 trade_id, price, qty, _quote, time_raw, maker = row[:6]
-                trades.append(AggTrade(symbol, int(trade_id), price, qty, int(trade_id), int(trade_id),
-                                       _to_ms(time_raw), _flag(maker)))
+                trades.append(AggTrade(symbol, int(trade_id), _plain_decimal(price, "price"), _plain_decimal(qty, "qty"),
+                                       int(trade_id), int(trade_id), _to_ms(time_raw), _flag(maker)))
             else:
                 raise FeedError(f"{origin}:{line_number}: {len(row)} columns, expected 7 (trades) or 8 (aggTrades)")
         except ValueError as exc:

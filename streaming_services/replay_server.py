@@ -400,19 +400,22 @@ class ReplayServer:
         faults, ws = self.config.faults, subscriber.ws
         connected = time.monotonic()
         while True:
-            try:
-                trade = await asyncio.wait_for(subscriber.queue.get(), timeout=1.0)
-            except TimeoutError:
-                trade = None
+            if subscriber.queue.empty():  # wait_for costs a task: only when there is nothing to send
+                try:
+                    trade = await asyncio.wait_for(subscriber.queue.get(), timeout=1.0)
+                except TimeoutError:
+                    trade = None
+            else:
+                trade = subscriber.queue.get_nowait()
             if time.monotonic() - connected >= self.config.lifetime_s:
                 await ws.send_json({"e": "serverShutdown", "E": now_ms()})
                 await ws.close(code=1001, message=b"Connection lifetime reached")
                 return
             if trade is None or subscriber.stalled or faults.skips(trade):
                 continue
-            payload = trade.payload(now_ms())
-            frame = {"stream": f"{trade.symbol.lower()}@aggTrade", "data": payload} if subscriber.combined else payload
-            await ws.send_str(json.dumps(frame, separators=(",", ":")))
+            payload = trade.payload_json(now_ms())
+            await ws.send_str(f'{{"stream":"{trade.symbol.lower()}@aggTrade","data":{payload}}}'
+                              if subscriber.combined else payload)
             subscriber.frames_sent += 1
             if faults.malformed_every and subscriber.frames_sent % faults.malformed_every == 0:
                 await ws.send_str('{"stream":"' + trade.symbol.lower() + '@aggTrade","data":{"e":"aggTrade","p":')
