@@ -19,7 +19,7 @@ import psycopg2
 
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import make_state_dir, stack_environment
-from local_stack.stack import dagster_environment
+from local_stack.status import RunSummary, dagster_runs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,21 +76,9 @@ class PlatformUnderTest:
                          for p in sorted((self.state_dir / "logs").glob("*.log")))
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error})\n{logs}")
 
-    def sensor_runs(self) -> list[tuple[str, str, list[tuple[str, bool]]]]:
-        """(run id, status, [(check, passed)]) of every run the sensor launched, from Dagster's storage."""
-        from dagster import DagsterEventType, DagsterInstance, RunsFilter
-
-        with mock.patch.dict(os.environ, dagster_environment(self.settings)):
-            with DagsterInstance.get() as instance:
-                runs = instance.get_runs(filters=RunsFilter(tags={"dagster/sensor_name": "new_trades_sensor"}))
-                result = []
-                for run in runs:
-                    records = instance.get_records_for_run(
-                        run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
-                    checks = [(r.event_log_entry.dagster_event.event_specific_data.check_name,
-                               r.event_log_entry.dagster_event.event_specific_data.passed) for r in records]
-                    result.append((run.run_id, run.status.value, checks))
-                return result
+    def sensor_runs(self) -> list[RunSummary]:
+        """Every run the sensor launched, with its asset-check results."""
+        return dagster_runs(self.settings, limit=None, sensor="new_trades_sensor")
 
     @property
     def settings(self) -> PlatformSettings:

@@ -83,10 +83,10 @@ def test_make_up_runs_the_platform_end_to_end_and_survives_a_restart(platform: P
             "SELECT count(*) FROM stock.aggregated_prices_1min WHERE is_final")[0][0] > 0, 240)
     with platform.stage("a sensor-launched run succeeded with every check green"):
         platform.wait_for("a successful sensor run", lambda: any(
-            status == "SUCCESS" and checks for _, status, checks in platform.sensor_runs()), 240)
-    for run_id, status, checks in platform.sensor_runs():
-        if status == "SUCCESS":
-            assert checks and all(passed for _, passed in checks), f"run {run_id}: {checks}"
+            run.status == "SUCCESS" and run.checks for run in platform.sensor_runs()), 240)
+    for run in platform.sensor_runs():
+        if run.status == "SUCCESS":
+            assert run.checks and all(passed for _, passed in run.checks), run.describe()
     assert_candles_match_the_reference(platform)
     assert_latest_prices_show_the_newest_trades(platform)
 

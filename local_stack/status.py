@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
+import os
 from dataclasses import dataclass, field
+from unittest import mock
 
 import psycopg2
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from crypto_platform.settings import PlatformSettings
-from local_stack.stack import LocalStack
+from local_stack.stack import LocalStack, dagster_environment
 
 PROBE_TIMEOUT_S = 3
-LAST_RUN_QUERY = "{ runsOrError(limit: 1) { ... on Runs { results { runId status startTime endTime } } } }"
 
 
 @dataclass
@@ -98,21 +97,40 @@ def consumer_lag(settings: PlatformSettings) -> dict[int, int] | None:
         consumer.close()
 
 
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    status: str
+    checks: tuple[tuple[str, bool], ...]
+
+    def describe(self) -> str:
+        failed = [name for name, passed in self.checks if not passed]
+        checks = f"{len(self.checks) - len(failed)}/{len(self.checks)} checks passed"
+        return f"{self.status.lower()} (run {self.run_id[:8]}), {checks}" + (f"; failed: {', '.join(failed)}" if failed else "")
+
+
+def dagster_runs(settings: PlatformSettings, limit: int | None = 1, sensor: str | None = None) -> list[RunSummary]:
+    """The newest runs with their asset-check results, read from Dagster's storage in PostgreSQL."""
+    from dagster import DagsterEventType, DagsterInstance, RunsFilter
+
+    with mock.patch.dict(os.environ, dagster_environment(settings)):
+        with DagsterInstance.get() as instance:
+            filters = RunsFilter(tags={"dagster/sensor_name": sensor}) if sensor else None
+            summaries = []
+            for run in instance.get_runs(filters=filters, limit=limit):
+                records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
+                checks = tuple((r.event_log_entry.dagster_event.event_specific_data.check_name,
+                                r.event_log_entry.dagster_event.event_specific_data.passed) for r in records)
+                summaries.append(RunSummary(run.run_id, run.status.value, checks))
+            return summaries
+
+
 def last_dagster_run(settings: PlatformSettings) -> str | None:
-    """The newest Dagster run, from the webserver's GraphQL API, or None when it does not answer."""
-    request = urllib.request.Request(
-        f"http://{settings.bind_host}:{settings.dagster_port}/graphql",
-        data=json.dumps({"query": LAST_RUN_QUERY}).encode(), headers={"Content-Type": "application/json"},
-    )
     try:
-        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
-            runs = json.load(response)["data"]["runsOrError"]["results"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not runs:
-        return "no run yet"
-    run = runs[0]
-    return f"{run['status'].lower()} (run {run['runId'][:8]})"
+        runs = dagster_runs(settings)
+    except Exception as exc:  # noqa: BLE001 - status must show the other figures whatever Dagster says
+        return f"unknown ({type(exc).__name__})"
+    return runs[0].describe() if runs else "no run yet"
 
 
 def collect(stack: LocalStack) -> PlatformStatus:
