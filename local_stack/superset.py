@@ -216,6 +216,7 @@ def run_bootstrap(settings: PlatformSettings, say: Callable[[str], None] = print
     if needs_init:
         init_stamp.write_text(requirements_key() + "\n")
     log.info("superset bootstrapped", extra={"seconds": f"{time.monotonic() - started:.1f}", "init": needs_init})
+    say(f"superset: log in at {login_hint(settings)}")
 
 
 def _superset_ready(base_url: str) -> Callable[[], bool]:
