@@ -13,6 +13,7 @@ COPY streaming_services streaming_services
 COPY crypto_assets crypto_assets
 COPY sql sql
 COPY bench bench
+COPY superset superset
 COPY workspace.yaml dagster.yaml ./
 RUN pip install --no-cache-dir . \
  && ln -s "$(python -c 'import pyspark, os; print(os.path.dirname(pyspark.__file__))')/bin/spark-class" /usr/local/bin/spark-class \
@@ -24,3 +25,7 @@ RUN useradd --create-home --uid 10001 platform \
 USER platform
 ENV STATE_DIR=/data BIND_HOST=0.0.0.0 DAGSTER_HOME=/data/dagster SPARK_NO_DAEMONIZE=1 \
     SPARK_WORKER_DIR=/data/spark-work
+
+# Superset's own virtual environment (its pins conflict with Dagster's), the one `make up` installs.
+RUN python -c "from crypto_platform.settings import PlatformSettings as P; from local_stack.superset import ensure_venv; ensure_venv(P.from_env(), print)" \
+ && rm -rf /home/platform/.cache/pip

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import psycopg2
 from psycopg2 import sql
 
+from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings
 from local_stack.processes import StackError
 from local_stack.stack import REPO_ROOT, ManagedService
@@ -238,21 +239,25 @@ def superset_url(settings: PlatformSettings) -> str:
     return f"http://{settings.bind_host}:{settings.superset_port}"
 
 
-def superset_service(settings: PlatformSettings, say: Callable[[str], None] = print) -> ManagedService:
-    """Superset behind gunicorn (one worker, threads for a dashboard's parallel chart queries) on BIND_HOST."""
+def server_command(settings: PlatformSettings) -> list[str]:
+    """gunicorn with one worker and threads for a dashboard's parallel chart queries, on BIND_HOST."""
     venv = settings.state_dir / "superset" / "venv"
+    return [str(venv / "bin" / "gunicorn"), "--bind", f"{settings.bind_host}:{settings.superset_port}",
+            "--workers", "1", "--worker-class", "gthread", "--threads", "8", "--timeout", "120",
+            "--graceful-timeout", "10", "--limit-request-line", "0", "--no-control-socket",
+            "superset.app:create_app()"]
+
+
+def superset_service(settings: PlatformSettings, say: Callable[[str], None] = print) -> ManagedService:
+    """Superset for ``make up``: bootstrapped before each start, ready once /health and /login/ answer."""
     environment: dict[str, str] = {}
 
     def prepare() -> None:
         run_bootstrap(settings, say)
         environment.update(server_environment(settings))
 
-    command = [str(venv / "bin" / "gunicorn"), "--bind", f"{settings.bind_host}:{settings.superset_port}",
-               "--workers", "1", "--worker-class", "gthread", "--threads", "8", "--timeout", "120",
-               "--graceful-timeout", "10", "--limit-request-line", "0", "--no-control-socket",
-               "superset.app:create_app()"]
     return ManagedService(
-        "superset", settings, command, port=settings.superset_port, port_variable="SUPERSET_PORT",
+        "superset", settings, server_command(settings), port=settings.superset_port, port_variable="SUPERSET_PORT",
         env=environment, ready=_superset_ready(superset_url(settings)), before_start=prepare,
         ready_timeout_s=READY_TIMEOUT_S,
     )
@@ -263,3 +268,15 @@ def login_hint(settings: PlatformSettings) -> str:
     source = ("SUPERSET_ADMIN_PASSWORD" if settings.superset_admin_password
               else str(settings.state_dir / "superset" / "admin_password"))
     return f"{superset_url(settings)} user {settings.superset_admin_user}, password in {source}"
+
+
+def serve() -> None:
+    """docker-compose's superset service: the same bootstrap as ``make up``, then gunicorn in the foreground."""
+    settings = PlatformSettings.from_env()
+    configure_logging(settings.log_level)
+    run_bootstrap(settings)
+    os.execve(server_command(settings)[0], server_command(settings), {**os.environ, **server_environment(settings)})
+
+
+if __name__ == "__main__":
+    serve()
