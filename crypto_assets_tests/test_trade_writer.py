@@ -1,0 +1,63 @@
+"""TradeWriter on the real PostgreSQL: COPY straight in when the rows are new, a merge when some are
+already there (a batch read again after a crash or rebalance), a dead letter for a row PostgreSQL refuses."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from streaming_services.consumer import Accepted, Rejected, TradeWriter
+from streaming_services.messages import TradeMessage
+
+START_MS = 1_723_161_255_000
+
+
+def batch(agg_ids: list[int], price: str = "61234.56000000") -> list[Accepted]:
+    return [Accepted(TradeMessage("BTCUSDT", Decimal(price), Decimal("0.00120000"), START_MS + agg_id, agg_id,
+                                  agg_id * 2, agg_id * 2 + 1, agg_id % 2 == 0, "test"), "trades", 0, agg_id)
+            for agg_id in agg_ids]
+
+
+def stored(db) -> dict[int, tuple[str, int]]:
+    with db.cursor() as cursor:
+        cursor.execute("SELECT agg_trade_id, price::text, trades FROM stock.real_time_prices")
+        return {agg_id: (price, trades) for agg_id, price, trades in cursor.fetchall()}
+
+
+@pytest.fixture
+def writer(stack, db):
+    trade_writer = TradeWriter(stack.settings.database_url)
+    yield trade_writer
+    trade_writer.close()
+
+
+def test_new_rows_are_copied_and_a_batch_read_again_writes_nothing(writer, db) -> None:
+    assert writer.write(batch(list(range(1, 1001))), []) == 1000
+    assert writer.write(batch(list(range(1, 1001))), []) == 0
+    assert len(stored(db)) == 1000 and stored(db)[7] == ("61234.56000000", 2)
+
+
+def test_a_batch_partly_written_before_writes_only_its_new_rows(writer, db) -> None:
+    writer.write(batch(list(range(1, 501))), [])
+    assert writer.write(batch(list(range(251, 751), ), price="1.00000000"), []) == 250
+    rows = stored(db)
+    assert sorted(rows) == list(range(1, 751))
+    assert rows[300][0] == "61234.56000000" and rows[700][0] == "1.00000000"  # first write wins
+
+
+def test_a_batch_holding_the_same_trade_twice_writes_it_once(writer, db) -> None:
+    assert writer.write(batch([1, 2, 2, 3, 3, 3]), []) == 3
+    assert sorted(stored(db)) == [1, 2, 3]
+
+
+def test_a_row_postgresql_refuses_becomes_a_dead_letter_with_the_others_written(writer, db) -> None:
+    refused = batch([5], price="1234567890123.5")  # NUMERIC(20, 8) holds 12 integer digits
+    dead = Rejected("trades", 0, 99, b"BTCUSDT", b"{", "malformed JSON: test")
+    assert writer.write(batch([1, 2]) + refused + batch([3]), [dead]) == 3
+    assert sorted(stored(db)) == [1, 2, 3]
+    with db.cursor() as cursor:
+        cursor.execute('SELECT "offset", error FROM stock.rejected_messages ORDER BY "offset"')
+        rows = cursor.fetchall()
+    assert [offset for offset, _ in rows] == [5, 99]
+    assert rows[0][1].startswith("refused by PostgreSQL: numeric field overflow")
