@@ -100,6 +100,10 @@ def _reject_constant(name: str) -> Any:
     raise InvalidMessage(f"{name} is not a number")
 
 
+# One decoder for every message: ``json.loads`` with options builds a new one per call.
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+
+
 def _decimal(doc: dict[str, Any], name: str) -> Decimal:
     value = doc.get(name)
     if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
@@ -137,7 +141,7 @@ def parse_trade_message(raw: bytes | None, known_symbols: frozenset[str], now_ms
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidMessage(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        doc = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+        doc = _DECODER.decode(raw.decode("utf-8"))
     except InvalidMessage:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
