@@ -17,7 +17,7 @@ import yaml
 
 from local_stack.processes import free_port
 
-SERVICES = {"producer": "PRODUCER_METRICS_PORT", "replay_server": "REPLAY_PORT"}
+SERVICES = {"consumer": "CONSUMER_METRICS_PORT", "producer": "PRODUCER_METRICS_PORT", "replay_server": "REPLAY_PORT"}
 
 
 def service_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -56,8 +56,9 @@ def test_a_taken_port_names_the_variable_to_change(module: str, tmp_path: Path, 
     assert len(lines) == 1 and f"127.0.0.1:{taken_port}" in lines[0] and f"set {variable}" in lines[0], lines
 
 
-def test_the_producer_waits_for_kafka_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    process = subprocess.Popen([sys.executable, "-m", "streaming_services.producer"], env=service_env(tmp_path),
+@pytest.mark.parametrize("module", ["consumer", "producer"])
+def test_a_service_waits_for_kafka_and_stops_cleanly_on_sigterm(module: str, tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", f"streaming_services.{module}"], env=service_env(tmp_path),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(3)
     assert process.poll() is None, process.stderr.read()

@@ -24,13 +24,14 @@ import psycopg2.errors
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 from psycopg2.extras import execute_values
 from psycopg2.pool import ThreadedConnectionPool
 
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings, SettingsError
 from streaming_services.messages import InvalidMessage, TradeMessage, parse_trade_message
+from streaming_services.startup import StartupError, start_metrics, wait_for_kafka
 
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 10.0
@@ -310,12 +311,12 @@ def main() -> int:
     try:
         settings = PlatformSettings.from_env()
         config = ConsumerConfig.from_settings(settings)
-    except SettingsError as exc:
-        print(f"consumer: configuration error: {exc}", file=sys.stderr)
+        configure_logging(settings.log_level)
+        start_metrics("CONSUMER_METRICS_PORT", settings.bind_host, settings.consumer_metrics_port)
+    except (SettingsError, StartupError) as exc:
+        print(f"consumer: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
-    start_http_server(settings.consumer_metrics_port, addr=settings.bind_host)
-    consumer = PricesConsumer(config)
+    consumer = wait_for_kafka(lambda: PricesConsumer(config), config.bootstrap_servers)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: consumer.stop())
     consumer.run()
