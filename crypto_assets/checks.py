@@ -139,7 +139,11 @@ def agg_ids_complete(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
 
 
 def consistent_with_one_minute(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
-    """Each final window equals its one-minute candles rolled up: open, close, high, low, volume, count."""
+    """Each final window equals its one-minute candles rolled up: open, close, high, low, volume, count.
+
+    Open, high and low come from the one-minute windows with trades (an empty minute carries the close
+    from before the window); a window without any trade carries that close throughout.
+    """
     scope = check_scope(cursor, timeframe)
     if scope is None:
         return CheckOutcome(True, _scope_metadata(scope))
@@ -147,9 +151,11 @@ def consistent_with_one_minute(cursor: Cursor, timeframe: Timeframe) -> CheckOut
         "WITH rolled AS ("
         "  SELECT symbol, window_start - ((extract(epoch FROM window_start) * 1000)::bigint %% %s)"
         "   * interval '1 millisecond' AS bucket,"
-        "   (array_agg(open_price ORDER BY window_start))[1] AS open_price,"
+        "   coalesce((array_agg(open_price ORDER BY window_start) FILTER (WHERE trade_count > 0))[1],"
+        "    (array_agg(open_price ORDER BY window_start))[1]) AS open_price,"
         "   (array_agg(close_price ORDER BY window_start DESC))[1] AS close_price,"
-        "   max(high_price) AS high_price, min(low_price) AS low_price,"
+        "   coalesce(max(high_price) FILTER (WHERE trade_count > 0), max(high_price)) AS high_price,"
+        "   coalesce(min(low_price) FILTER (WHERE trade_count > 0), min(low_price)) AS low_price,"
         "   sum(total_volume) AS total_volume, sum(trade_count) AS trade_count"
         "  FROM {one} WHERE window_start >= %s AND window_start < %s GROUP BY 1, 2)"
         " SELECT f.symbol, f.window_start FROM {t} f LEFT JOIN rolled r"

@@ -314,12 +314,14 @@ _MERGE_CANDLES = sql.SQL(
     " WHERE ({old}) IS DISTINCT FROM ({new})"
 )
 
-# change_pct_24h: 100 * change / price_24h_ago rounded half away from zero to 4 decimals, exactly.
+# change_pct_24h: 100 * change / price_24h_ago rounded half away from zero to 4 decimals, exactly; NULL when
+# the column (NUMERIC(12, 4)) cannot hold it (a move of a million percent and more).
 MERGE_LATEST = sql.SQL(
     "INSERT INTO stock.latest_prices AS t (symbol, {columns}, updated_at)"
     " SELECT s.symbol, s.price, timestamptz 'epoch' + s.event_time_ms * interval '1 millisecond', s.agg_trade_id,"
     " s.price_24h_ago, s.price - s.price_24h_ago,"
-    " CASE WHEN s.price_24h_ago > 0 THEN sign(s.price - s.price_24h_ago)"
+    " CASE WHEN s.price_24h_ago > 0 AND abs(s.price - s.price_24h_ago) * 100 < 99999999 * s.price_24h_ago"
+    "  THEN sign(s.price - s.price_24h_ago)"
     "  * div(2000000 * abs(s.price - s.price_24h_ago) + s.price_24h_ago, 2 * s.price_24h_ago) * 0.0001 END,"
     " s.high_24h, s.low_24h, s.volume_24h, s.quote_volume_24h, s.trade_count_24h, now()"
     " FROM stock.latest_prices_staging s WHERE s.batch_id = %(batch)s"

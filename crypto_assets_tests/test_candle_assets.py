@@ -1,0 +1,351 @@
+"""The candle assets on real Spark (one local session for the module) and the test stack's PostgreSQL.
+
+Candles are compared row by row with the Decimal reference (``candle_reference``) and, where the shared
+data has them, with Binance's own klines.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import dagster as dg
+import psycopg2
+import psycopg2.extensions
+import pytest
+from pyspark.sql import SparkSession
+
+from crypto_assets import backfill
+from crypto_assets.assets.aggregated_1min import aggregated_1min, aggregated_1min_checks
+from crypto_assets.assets.aggregated_5min import aggregated_5min, aggregated_5min_checks
+from crypto_assets.assets.common import CandleRunConfig
+from crypto_assets.assets.latest_prices import latest_prices, latest_prices_match_candles
+from crypto_assets.assets.real_time_prices import real_time_prices, source_is_fresh
+from crypto_assets.candles import Segment
+from crypto_assets.resources import MarketDatabase, build_resources, spark_config
+from crypto_assets.sensors import new_trades_sensor
+from crypto_assets.spark_io import read_trades
+from crypto_assets.store import JdbcTarget
+from crypto_assets_tests.candle_reference import (
+    Trade,
+    differences,
+    fetch_candles,
+    insert_trades,
+    reference_candles,
+    trades_from_csv,
+)
+from crypto_platform.settings import PlatformSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ALL_DEFS = [real_time_prices, aggregated_1min, aggregated_5min, latest_prices, *aggregated_1min_checks,
+            *aggregated_5min_checks, latest_prices_match_candles, source_is_fresh]
+CANDLE_ASSETS = dg.AssetSelection.assets(aggregated_1min, aggregated_5min, latest_prices)
+BTC_2023 = ("spot_BTCUSDT_2023-04-05", "spot_BTCUSDT_trades_2023-04-04T235959_to_2023-04-05T000654.csv")
+KLINES_2023 = ("spot_BTCUSDT_2023-04-05", "spot_BTCUSDT-1m-ohlcv_excerpt_2023-04-04T2359_to_2023-04-05T0007.csv")
+PAIR_2024 = "spot_BTCUSDT_ETHUSDT_2024-08-08"
+T0 = datetime(2024, 8, 9, tzinfo=UTC)
+
+
+def ms(moment: datetime, plus_ms: int = 0) -> int:
+    return int((moment - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(milliseconds=1)) + plus_ms
+
+
+@pytest.fixture(scope="module")
+def spark(stack) -> SparkSession:
+    """The one local SparkSession the assets' PySparkResource finds (getOrCreate) in every test here."""
+    settings = dataclasses.replace(stack.settings, spark_master="local[2]")
+    builder = SparkSession.builder
+    for key, value in spark_config(settings).items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+@pytest.fixture
+def candles_env(platform_env: Callable[..., PlatformSettings], spark: SparkSession,
+                monkeypatch: pytest.MonkeyPatch) -> PlatformSettings:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    return platform_env(SPARK_MASTER="local[2]")
+
+
+def run_candles(settings: PlatformSettings, config: CandleRunConfig | None = None,
+                instance: dg.DagsterInstance | None = None, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+    run_config = dg.RunConfig(ops={"aggregated_1min": config, "aggregated_5min": config}) if config else None
+    return dg.materialize(ALL_DEFS, selection=CANDLE_ASSETS, resources=build_resources(settings),
+                          instance=instance or dg.DagsterInstance.ephemeral(), run_config=run_config,
+                          raise_on_error=raise_on_error)
+
+
+def run_check(settings: PlatformSettings, check: dg.AssetChecksDefinition) -> dg.AssetCheckEvaluation:
+    result = dg.materialize(ALL_DEFS, selection=dg.AssetSelection.checks(check), resources=build_resources(settings),
+                            instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    [evaluation] = result.get_asset_check_evaluations()
+    return evaluation
+
+
+def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    return {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+
+
+def assert_matches_reference(db: psycopg2.extensions.connection, trades: list[Trade], watermark_ms: int | None = None
+                             ) -> None:
+    for minutes, table in ((1, "aggregated_prices_1min"), (5, "aggregated_prices_5min")):
+        problems = differences(reference_candles(trades, minutes, watermark_ms), fetch_candles(db, table))
+        assert not problems, f"{table}: " + "\n".join(problems[:20])
+
+
+def assert_all_checks_passed(result: dg.ExecuteInProcessResult) -> None:
+    failed = [f"{c.asset_key.to_user_string()}.{c.check_name} {({k: v.value for k, v in c.metadata.items()})}"
+              for c in result.get_asset_check_evaluations() if not c.passed]
+    assert not failed
+    assert len(result.get_asset_check_evaluations()) == 12
+
+
+def test_btcusdt_2023_equals_the_reference_and_binance_klines_on_every_fully_covered_minute(
+        db, candles_env, shared_data: Path) -> None:
+    trades = trades_from_csv(shared_data.joinpath(*BTC_2023), "BTCUSDT")
+    insert_trades(db, trades)
+    result = run_candles(candles_env)
+    assert result.success
+    assert_all_checks_passed(result)
+    assert_matches_reference(db, trades)
+
+    candles = fetch_candles(db, "aggregated_prices_1min")
+    first, last = min(t.time_ms for t in trades), max(t.time_ms for t in trades)
+    with shared_data.joinpath(*KLINES_2023).open() as handle:
+        klines = list(csv.DictReader(handle))
+    covered = [k for k in klines if int(k["open_time"]) > first and int(k["open_time"]) + 60_000 <= last]
+    assert len(covered) == 6
+    for kline in covered:
+        candle = candles[("BTCUSDT", datetime.fromtimestamp(int(kline["open_time"]) // 1000, UTC))]
+        assert (candle["open_price"], candle["high_price"], candle["low_price"], candle["close_price"],
+                candle["total_volume"]) == tuple(Decimal(kline[k]) for k in ("open", "high", "low", "close", "volume"))
+
+    meta = metadata(result, "aggregated_1min")
+    assert meta["rows_read"] == len(trades) and meta["windows_written"] == 8
+    assert meta["span_start"] == "2023-04-04T23:59:00+00:00" and meta["span_end"] == "2023-04-05T00:07:00+00:00"
+    assert meta["spark_seconds"] > 0 and meta["lag_seconds"] > 0
+    with db.cursor() as cursor:
+        cursor.execute("SELECT symbol, price, agg_trade_id, price_24h_ago, high_24h, low_24h, volume_24h,"
+                       " trade_count_24h FROM stock.latest_prices")
+        assert cursor.fetchall() == [("BTCUSDT", trades[-1].price, trades[-1].agg_id, trades[0].price,
+                                      max(t.price for t in trades), min(t.price for t in trades),
+                                      sum(t.qty for t in trades), len(trades))]
+
+
+def test_btcusdt_and_ethusdt_2024_equal_the_reference_in_both_tables(db, candles_env, shared_data: Path) -> None:
+    trades = [t for symbol in ("BTCUSDT", "ETHUSDT") for t in trades_from_csv(
+        next(shared_data.joinpath(PAIR_2024).glob(f"spot_{symbol}_trades_*.csv")), symbol)]
+    insert_trades(db, trades)
+    result = run_candles(candles_env)
+    assert_all_checks_passed(result)
+    assert_matches_reference(db, trades)
+    assert metadata(result, "latest_prices")["symbols_published"] == 2
+
+
+def edge_case_trades() -> list[Trade]:
+    """Boundaries, equal timestamps (order by agg id, not price or arrival), one-trade windows, empty
+    minutes, multi-trade aggTrades, rounding ties, and a second symbol that starts later."""
+    t = ms(T0)
+    p = Decimal
+    return [
+        Trade("BTCUSDT", 100, p("60000.00000000"), p("0.50000000"), t, True),                 # first ms of a window
+        Trade("BTCUSDT", 101, p("60010.00000000"), p("0.25000000"), t + 59_999, False, 3),     # last ms of it
+        Trade("BTCUSDT", 102, p("60005.00000000"), p("1.00000000"), t + 60_000, False),        # first ms of the next
+        Trade("BTCUSDT", 105, p("59990.00000000"), p("0.10000000"), t + 90_000, True),         # equal timestamps:
+        Trade("BTCUSDT", 103, p("60020.00000000"), p("0.10000000"), t + 90_000, False),        # open = agg 103,
+        Trade("BTCUSDT", 104, p("59980.00000000"), p("0.10000000"), t + 90_000, True),         # close = agg 105
+        Trade("BTCUSDT", 106, p("60001.00000000"), p("0.00100000"), t + 5 * 60_000 + 1, False),  # 3 empty minutes before
+        Trade("ETHUSDT", 7, p("0.00000001"), p("1.00000000"), t + 2 * 60_000 + 5, False),       # avg tie 0.000000015
+        Trade("ETHUSDT", 8, p("0.00000002"), p("1.00000000"), t + 2 * 60_000 + 6, False),       # -> 0.00000002
+        Trade("ETHUSDT", 9, p("0.00000001"), p("3.00000000"), t + 3 * 60_000, True),
+        Trade("ETHUSDT", 10, p("0.00000002"), p("1.00000000"), t + 3 * 60_000, True),           # vwap 0.0000000125
+        Trade("ETHUSDT", 11, p("2500.12345678"), p("0.33333333"), t + 7 * 60_000 + 1, False),   # one-trade window
+        Trade("BTCUSDT", 107, p("60002.00000000"), p("0.00200000"), t + 8 * 60_000 + 30_000, True),  # forming
+    ]
+
+
+def test_edge_cases_equal_the_reference(db, candles_env) -> None:
+    trades = edge_case_trades()
+    insert_trades(db, list(reversed(trades)))
+    result = run_candles(candles_env, raise_on_error=False)
+    assert_all_checks_passed(result)
+    assert_matches_reference(db, trades)
+    candles = fetch_candles(db, "aggregated_prices_1min")
+    assert candles[("BTCUSDT", T0 + timedelta(minutes=1))]["open_price"] == Decimal("60005")
+    assert candles[("BTCUSDT", T0 + timedelta(minutes=1))]["close_price"] == Decimal("59990")
+    assert candles[("BTCUSDT", T0)]["trade_count"] == 4
+    assert candles[("BTCUSDT", T0 + timedelta(minutes=3))]["close_price"] == Decimal("59990")
+    assert candles[("BTCUSDT", T0 + timedelta(minutes=8))]["is_final"] is False
+    assert candles[("ETHUSDT", T0 + timedelta(minutes=2))]["avg_price"] == Decimal("0.00000002")
+    assert candles[("ETHUSDT", T0 + timedelta(minutes=3))]["vwap"] == Decimal("0.00000001")
+    assert ("ETHUSDT", T0 + timedelta(minutes=1)) not in candles  # before ETH's first trade
+
+
+def test_late_trades_recompute_their_windows_and_the_empty_minutes_after_them(db, candles_env) -> None:
+    t = ms(T0)
+    on_time = [Trade("BTCUSDT", agg, Decimal(60000 + minute), Decimal("0.1"), t + minute * 60_000 + 1)
+               for agg, minute in ((0, 0), (1, 1), (2, 2), (5, 6), (6, 9), (7, 20))]
+    insert_trades(db, on_time)
+    first = run_candles(candles_env, raise_on_error=False)
+    assert_matches_reference(db, on_time)
+    failed = {(c.asset_key.to_user_string(), c.check_name) for c in first.get_asset_check_evaluations() if not c.passed}
+    assert failed == {("aggregated_1min", "agg_ids_complete"), ("aggregated_5min", "agg_ids_complete")}  # 3, 4 missing
+    assert "latest_prices" not in {e.asset_key.to_user_string() for e in first.get_asset_materialization_events()}
+
+    late = [Trade("BTCUSDT", 4, Decimal("59000"), Decimal("2"), t + 4 * 60_000 + 7),       # into an empty minute
+            Trade("BTCUSDT", 3, Decimal("61000"), Decimal("1"), t + 2 * 60_000 + 59_999),  # into a closed minute
+            Trade("BTCUSDT", 8, Decimal("60200"), Decimal("0.1"), t + 22 * 60_000)]        # closes minutes 20, 21
+    insert_trades(db, late)
+    result = run_candles(candles_env, raise_on_error=False)
+    assert_matches_reference(db, on_time + late)
+    assert_all_checks_passed(result)
+    meta = metadata(result, "aggregated_1min")
+    assert meta["changed_rows"] == 3
+    assert meta["rows_read"] < len(on_time + late)  # only the affected windows' trades were read
+    candles = fetch_candles(db, "aggregated_prices_1min")
+    assert candles[("BTCUSDT", T0 + timedelta(minutes=2))]["close_price"] == Decimal("61000")
+    assert candles[("BTCUSDT", T0 + timedelta(minutes=5))]["close_price"] == Decimal("59000")  # carried from the late one
+    assert candles[("BTCUSDT", T0 + timedelta(minutes=20))]["is_final"] is True
+
+
+def test_the_cursor_never_skips_rows_that_commit_out_of_order(db, candles_env, stack) -> None:
+    t = ms(T0)
+    insert_trades(db, [Trade("BTCUSDT", 1, Decimal("100"), Decimal("1"), t + 1)])
+    early = psycopg2.connect(stack.settings.database_url)
+    try:
+        insert_trades(early, [Trade("BTCUSDT", 2, Decimal("90"), Decimal("1"), t + 2)])  # older xid, still open
+        late = psycopg2.connect(stack.settings.database_url)
+        insert_trades(late, [Trade("BTCUSDT", 3, Decimal("95"), Decimal("1"), t + 70_000)])  # newer xid, commits first
+        late.commit()
+        late.close()
+        assert run_candles(candles_env).success
+        first_pass = fetch_candles(db, "aggregated_prices_1min")[("BTCUSDT", T0)]
+        assert (first_pass["trade_count"], first_pass["low_price"]) == (1, Decimal("100"))
+        early.commit()
+    finally:
+        early.close()
+    result = run_candles(candles_env)
+    assert metadata(result, "aggregated_1min")["changed_rows"] >= 1
+    trades = [Trade("BTCUSDT", 1, Decimal("100"), Decimal("1"), t + 1), Trade("BTCUSDT", 2, Decimal("90"), Decimal("1"), t + 2),
+              Trade("BTCUSDT", 3, Decimal("95"), Decimal("1"), t + 70_000)]
+    assert_matches_reference(db, trades)
+
+
+def test_backfill_recomputes_every_window_of_the_range_from_scratch(db, candles_env, shared_data: Path) -> None:
+    trades = trades_from_csv(shared_data.joinpath(*BTC_2023), "BTCUSDT")
+    insert_trades(db, trades)
+    assert run_candles(candles_env).success
+    with db.cursor() as cursor:
+        cursor.execute("UPDATE stock.aggregated_prices_1min SET close_price = 1 WHERE window_start = '2023-04-05T00:02Z'")
+        cursor.execute("DELETE FROM stock.aggregated_prices_1min WHERE window_start = '2023-04-05T00:03Z'")
+        cursor.execute("UPDATE stock.aggregated_prices_5min SET trade_count = 0 WHERE window_start < '2023-04-05T00:05Z'")
+        cursor.execute("INSERT INTO stock.aggregated_prices_1min (symbol, window_start, window_end, open_price,"
+                       " close_price, high_price, low_price, avg_price, total_volume, quote_volume, taker_buy_volume,"
+                       " trade_count, is_final) VALUES ('BTCUSDT', '2023-04-04T23:50Z', '2023-04-04T23:51Z',"
+                       " 1, 1, 1, 1, 1, 0, 0, 0, 0, true)")
+    assert backfill.main(["--start", "2023-04-04T23:45:00Z", "--end", "2023-04-05T00:04:30Z"]) == 0
+    assert_matches_reference(db, trades)
+
+
+def test_jdbc_reads_push_the_symbol_and_time_range_down(candles_env, spark: SparkSession) -> None:
+    segment = Segment("BTCUSDT", ms(T0), ms(T0) + 60_000, needs_seed=False)
+    frame = read_trades(spark, JdbcTarget.from_database_url(candles_env.database_url), [segment], 60_000)
+    spark.conf.set("spark.sql.maxMetadataStringLength", "100000")
+    try:
+        plan = frame._jdf.queryExecution().executedPlan().toString()
+    finally:
+        spark.conf.unset("spark.sql.maxMetadataStringLength")
+    pushed = plan[plan.index("PushedFilters"):].split("]", 1)[0]
+    assert "symbol" in pushed and "event_time" in pushed and "timestamp" in pushed, plan
+
+
+@pytest.fixture
+def good_data(db, candles_env, shared_data: Path) -> Iterator[psycopg2.extensions.connection]:
+    insert_trades(db, trades_from_csv(shared_data.joinpath(*BTC_2023), "BTCUSDT"))
+    assert_all_checks_passed(run_candles(candles_env))
+    yield db
+
+
+CORRUPTIONS = {
+    "ohlc_invariants": ["UPDATE stock.aggregated_prices_1min SET high_price = low_price - 1"
+                        " WHERE window_start = '2023-04-05T00:01Z'"],
+    "one_row_per_window": ["ALTER TABLE stock.aggregated_prices_1min"
+                           " DROP CONSTRAINT aggregated_prices_1min_symbol_window_start_key",
+                           "INSERT INTO stock.aggregated_prices_1min (symbol, window_start, window_end, open_price,"
+                           " close_price, high_price, low_price, avg_price, total_volume, quote_volume, taker_buy_volume,"
+                           " trade_count, first_agg_trade_id, last_agg_trade_id, is_final)"
+                           " SELECT symbol, window_start, window_end, open_price, close_price, high_price, low_price,"
+                           " avg_price, total_volume, quote_volume, taker_buy_volume, trade_count, first_agg_trade_id,"
+                           " last_agg_trade_id, is_final FROM stock.aggregated_prices_1min"
+                           " WHERE window_start = '2023-04-05T00:01Z'"],
+    "windows_aligned": ["UPDATE stock.aggregated_prices_1min SET window_end = window_end + interval '1 minute'"
+                        " WHERE window_start = '2023-04-05T00:01Z'"],
+    "no_missing_window": ["DELETE FROM stock.aggregated_prices_1min WHERE window_start = '2023-04-05T00:02Z'"],
+    "agg_ids_complete": ["DELETE FROM stock.real_time_prices WHERE agg_trade_id = 3071246000"],
+    "consistent_with_aggregated_1min": ["UPDATE stock.aggregated_prices_5min SET total_volume = total_volume + 1"
+                                        " WHERE window_start = '2023-04-05T00:00Z'"],
+    "latest_prices_match_candles": ["UPDATE stock.latest_prices SET price = price + 1"],
+}
+CHECKS = {**{next(iter(c.check_keys)).name: c for c in aggregated_1min_checks}, "consistent_with_aggregated_1min": aggregated_5min_checks[-1],
+          "latest_prices_match_candles": latest_prices_match_candles}
+
+
+@pytest.mark.parametrize("check_name", list(CORRUPTIONS))
+def test_each_check_passes_on_good_data_and_fails_on_its_corruption(good_data, candles_env, check_name: str) -> None:
+    check = CHECKS[check_name]
+    assert run_check(candles_env, check).passed
+    try:
+        with good_data.cursor() as cursor:
+            for statement in CORRUPTIONS[check_name]:
+                cursor.execute(statement)
+        evaluation = run_check(candles_env, check)
+        assert not evaluation.passed
+        assert evaluation.severity == dg.AssetCheckSeverity.ERROR
+    finally:
+        if check_name == "one_row_per_window":
+            with good_data.cursor() as cursor:
+                cursor.execute("DELETE FROM stock.aggregated_prices_1min a USING stock.aggregated_prices_1min b"
+                               " WHERE a.symbol = b.symbol AND a.window_start = b.window_start AND a.id > b.id")
+                cursor.execute("ALTER TABLE stock.aggregated_prices_1min ADD CONSTRAINT"
+                               " aggregated_prices_1min_symbol_window_start_key UNIQUE (symbol, window_start)")
+
+
+def test_source_freshness_warns_on_old_trades_and_passes_on_fresh_ones(db, candles_env) -> None:
+    insert_trades(db, [Trade("BTCUSDT", 1, Decimal("1"), Decimal("1"), ms(T0))])
+    stale = run_check(candles_env, source_is_fresh)
+    assert not stale.passed and stale.severity == dg.AssetCheckSeverity.WARN
+    now = datetime.now(UTC)
+    insert_trades(db, [Trade("ETHUSDT", 1, Decimal("1"), Decimal("1"), ms(now))])
+    assert run_check(candles_env, source_is_fresh).passed
+
+
+def test_sensor_skips_without_new_trades_and_asks_for_exactly_one_run_when_they_arrive(db, candles_env) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick() -> dg.RunRequest | dg.SkipReason:
+        context = dg.build_sensor_context(instance=instance, resources={"market_db": MarketDatabase()})
+        return new_trades_sensor(context)
+
+    assert isinstance(tick(), dg.SkipReason)
+    insert_trades(db, [Trade("BTCUSDT", 1, Decimal("1"), Decimal("1"), ms(T0))])
+    request = tick()
+    assert isinstance(request, dg.RunRequest)
+    repeat = tick()
+    assert isinstance(repeat, dg.RunRequest) and repeat.run_key == request.run_key  # Dagster launches a key once
+
+    instance.add_run(dg.DagsterRun(job_name="candles_job", run_id="in-flight", status=dg.DagsterRunStatus.STARTED,
+                                   tags={"crypto/pipeline": "candles"}))
+    assert "in flight" in tick().skip_message
+    instance.delete_run("in-flight")
+
+    assert run_candles(candles_env, instance=instance).success
+    skip = tick()
+    assert isinstance(skip, dg.SkipReason) and "no new trades" in skip.skip_message
