@@ -27,5 +27,4 @@ ENV STATE_DIR=/data BIND_HOST=0.0.0.0 DAGSTER_HOME=/data/dagster SPARK_NO_DAEMON
     SPARK_WORKER_DIR=/data/spark-work
 
 # Superset's own virtual environment (its pins conflict with Dagster's), the one `make up` installs.
-RUN python -c "from crypto_platform.settings import PlatformSettings as P; from local_stack.superset import ensure_venv; ensure_venv(P.from_env(), print)" \
- && rm -rf /home/platform/.cache/pip
+RUN python -m local_stack.superset --install-only && rm -rf /home/platform/.cache/pip

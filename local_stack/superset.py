@@ -9,6 +9,7 @@ state folder (a test, a fresh clone on the same machine) does not install it aga
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import logging
@@ -100,12 +101,18 @@ def _install_venv(target: Path, say: Callable[[str], None]) -> None:
     say(f"superset: virtual environment ready in {time.monotonic() - started:.0f} s")
 
 
-def ensure_venv(settings: PlatformSettings, say: Callable[[str], None]) -> Path:
-    """The Superset venv for the pinned requirements, installed when missing, linked into the state folder."""
+def install_venv(say: Callable[[str], None]) -> Path:
+    """The cached Superset venv for the pinned requirements, installed when missing."""
     target = venv_cache_dir()
     with _file_lock(target.parent / f".{target.name}.lock"):
         if not (target / ".complete").exists():
             _install_venv(target, say)
+    return target
+
+
+def ensure_venv(settings: PlatformSettings, say: Callable[[str], None]) -> Path:
+    """The cached Superset venv, linked into the state folder."""
+    target = install_venv(say)
     link = settings.state_dir / "superset" / "venv"
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.is_symlink() or link.resolve() != target.resolve():
@@ -278,5 +285,15 @@ def serve() -> None:
     os.execve(server_command(settings)[0], server_command(settings), {**os.environ, **server_environment(settings)})
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Superset for the platform: bootstrap, then serve.")
+    parser.add_argument("--install-only", action="store_true",
+                        help="only install the cached virtual environment (CI and image builds)")
+    if parser.parse_args(argv).install_only:
+        install_venv(print)
+    else:
+        serve()
+
+
 if __name__ == "__main__":
-    serve()
+    main()
