@@ -35,6 +35,7 @@ from streaming_services.startup import StartupError, start_metrics, wait_for_kaf
 
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 10.0
+POLL_RETRY_S = 1.0
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError)
 
@@ -242,7 +243,13 @@ class PricesConsumer:
         log.info("consumer started", extra={"topic": self.config.topic, "group": self.config.group})
         try:
             while not self._stop.is_set():
-                batches = self.kafka.poll(timeout_ms=self.config.poll_timeout_ms)
+                try:
+                    batches = self.kafka.poll(timeout_ms=self.config.poll_timeout_ms)
+                except KafkaError as exc:
+                    # The client reconnects by itself; a poll that failed while the broker is away is retried.
+                    log.warning("poll failed; retrying", extra={"error": repr(exc)[:200]})
+                    self._stop.wait(POLL_RETRY_S)
+                    continue
                 records = [record for batch in batches.values() for record in batch]
                 accepted, rejected = classify(records, self.config.symbols, time.time_ns() // 1_000_000)
                 self._finish_in_flight()
@@ -301,10 +308,18 @@ class PricesConsumer:
                 delay = min(RETRY_MAX_S, delay * 2)
 
     def _report_lag(self) -> None:
+        """Best effort and never blocking: with the broker away or a rebalance under way, ``position`` needs
+        the network (and raises); that skips one report rather than stopping the consumer."""
         for tp in self.kafka.assignment():
             highwater = self.kafka.highwater(tp)
-            if highwater is not None:
-                LAG.labels(str(tp.partition)).set(max(0, highwater - self.kafka.position(tp)))
+            if highwater is None:
+                continue
+            try:
+                position = self.kafka.position(tp, timeout_ms=0)
+            except KafkaError:
+                continue
+            if position is not None:
+                LAG.labels(str(tp.partition)).set(max(0, highwater - position))
 
 
 def main() -> int:
