@@ -100,6 +100,9 @@ class SupersetClient:
             "username": username, "password": password, "provider": "db", "refresh": False})
         response.raise_for_status()
         self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+        csrf = self.session.get(f"{base_url}/api/v1/security/csrf_token/", timeout=30)
+        csrf.raise_for_status()
+        self.session.headers.update({"X-CSRFToken": csrf.json()["result"], "Referer": base_url})
 
     def get(self, path: str, **params: object) -> dict:
         response = self.session.get(f"{self.base_url}{path}", params=params, timeout=60)
@@ -240,6 +243,23 @@ def test_reader_role_reads_stock_and_cannot_write(superset: LocalStack, market_d
                 cursor.execute("SELECT count(*) FROM public.schema_migrations")
     finally:
         connection.close()
+
+
+def test_sql_lab_reads_through_the_read_only_connection(client: SupersetClient, market_data: int) -> None:
+    (database,) = client.get("/api/v1/database/")["result"]
+    assert database["expose_in_sqllab"] and not database["allow_dml"]
+
+    def execute(statement: str) -> requests.Response:
+        return client.session.post(f"{client.base_url}/api/v1/sqllab/execute/", timeout=60, json={
+            "database_id": database["id"], "sql": statement, "runAsync": False, "schema": "stock"})
+
+    read = execute("SELECT count(*) AS trades FROM stock.real_time_prices")
+    assert read.status_code == 200, read.text
+    assert read.json()["data"] == [{"trades": market_data}]
+    for statement in ("DELETE FROM stock.real_time_prices",
+                      "WITH gone AS (DELETE FROM stock.latest_prices RETURNING 1) SELECT count(*) FROM gone"):
+        refused = execute(statement)
+        assert refused.status_code != 200 and "DML" in refused.text, refused.text
 
 
 CHROMIUM = Path("/usr/bin/chromium")
