@@ -108,7 +108,7 @@ def test_kafka_restart_and_postgres_outage_mid_stream(chain_factory, shared_data
     stack.kafka.stop()
     time.sleep(3)
     stack.kafka.start()
-    wait_until(lambda: count_rows(url) > 1000, 120, "rows after the broker restart")
+    wait_until(lambda: count_rows(url) > 1000, 240, "rows after the broker restart")
     stack.postgres.stop()
     time.sleep(30)
     stack.postgres.start()

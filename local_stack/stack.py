@@ -33,6 +33,7 @@ from local_stack.processes import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_READY_TIMEOUT_S = 30
+DAGSTER_READY_TIMEOUT_S = 120  # its webserver loads the code location first: ~6 s idle, minutes under load
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def _dagster_service(settings: PlatformSettings) -> ManagedService:
          "-w", str(REPO_ROOT / "workspace.yaml")],
         port=settings.dagster_port, port_variable="DAGSTER_PORT", env=env,
         ready=_http_ok(f"http://{settings.bind_host}:{settings.dagster_port}/server_info"),
-        before_start=install_instance_config,
+        before_start=install_instance_config, ready_timeout_s=DAGSTER_READY_TIMEOUT_S,
     )
 
 
