@@ -38,6 +38,7 @@ def spark_config(settings: PlatformSettings) -> dict[str, str]:
         "spark.driver.extraJavaOptions": utc,
         "spark.executor.extraJavaOptions": utc,
         "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
         "spark.sql.shuffle.partitions": "4",
         "spark.sql.adaptive.enabled": "true",
         **SPARK_EXACTNESS_CONFIG,
