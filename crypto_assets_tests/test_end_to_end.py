@@ -10,6 +10,8 @@ import pytest
 
 from crypto_assets_tests.candle_reference import Trade, fetch_candles, reference_candles
 from crypto_assets_tests.platform_harness import PlatformUnderTest
+from crypto_assets_tests.test_superset import SupersetClient
+from local_stack.superset import admin_password, superset_url
 
 REAL_FILES = (
     "spot_BTCUSDT_ETHUSDT_2024-08-08/spot_BTCUSDT_trades_2024-08-08T235415_to_2024-08-09T000505.csv",
@@ -58,11 +60,24 @@ def assert_latest_prices_show_the_newest_trades(platform: PlatformUnderTest) -> 
     assert all(latest[s] >= as_of[s] for s in as_of), (latest, as_of)
 
 
+def assert_superset_charts_return_rows(platform: PlatformUnderTest) -> None:
+    """Every chart's data query succeeds; all but the dead-letter charts have rows (there are none here)."""
+    settings = platform.settings
+    client = SupersetClient(superset_url(settings), settings.superset_admin_user, admin_password(settings))
+    charts = client.charts()
+    assert charts
+    for chart in charts:
+        for query in client.chart_data(chart)["result"]:
+            assert query.get("error") is None, f"{chart['slice_name']}: {query.get('error')}"
+            if "dead letter" not in chart["slice_name"].lower():
+                assert query["rowcount"] > 0, f"{chart['slice_name']} returned no rows"
+
+
 @pytest.fixture
 def platform(shared_data: Path):
     under_test = PlatformUnderTest.create(
         REPLAY_FILES=",".join(str(shared_data / name) for name in REAL_FILES), REPLAY_SPEED="1", REPLAY_RETIME="1",
-        SYMBOLS=",".join(SYMBOLS), SUPERSET="0",
+        SYMBOLS=",".join(SYMBOLS),
     )
     yield under_test
     under_test.destroy()
@@ -89,9 +104,11 @@ def test_make_up_runs_the_platform_end_to_end_and_survives_a_restart(platform: P
             assert run.checks and all(passed for _, passed in run.checks), run.describe()
     assert_candles_match_the_reference(platform)
     assert_latest_prices_show_the_newest_trades(platform)
+    with platform.stage("Superset's chart queries return rows"):
+        assert_superset_charts_return_rows(platform)
 
     status = platform.make("status").stdout
-    for service in ("postgres", "kafka", "replay-server", "consumer", "producer", "dagster"):
+    for service in ("postgres", "kafka", "replay-server", "consumer", "producer", "dagster", "superset"):
         assert any(line.split()[:2] == [service, "up"] for line in status.splitlines()), status
     assert "consumer lag:" in status and "newest trade:" in status
 
