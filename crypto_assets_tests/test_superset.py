@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+import warnings
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -160,9 +161,13 @@ def market_data(superset: LocalStack, db: psycopg2.extensions.connection, shared
 
 
 @pytest.fixture
-def client(superset: LocalStack) -> SupersetClient:
+def client(superset: LocalStack) -> Iterator[SupersetClient]:
     settings = superset.settings
-    return SupersetClient(superset_url(settings), settings.superset_admin_user, admin_password(settings))
+    api = SupersetClient(superset_url(settings), settings.superset_admin_user, admin_password(settings))
+    try:
+        yield api
+    finally:
+        api.session.close()
 
 
 def _metadata_counts(stack: LocalStack) -> dict[str, object]:
@@ -273,6 +278,7 @@ def browser(tmp_path: Path) -> Iterator[object]:
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.fail("headless Chromium is missing: apt-get install -y chromium chromium-driver")
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -281,7 +287,12 @@ def browser(tmp_path: Path) -> Iterator[object]:
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1600,1500", f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    except WebDriverException as exc:
+        # Under heavy load Chromium may fail its first start: report it as a warning and try once more.
+        warnings.warn(f"Chromium did not start, retrying once: {exc.msg}", stacklevel=1)
+        driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
     try:
         yield driver

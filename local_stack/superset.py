@@ -78,21 +78,22 @@ def _install_venv(target: Path, say: Callable[[str], None]) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(target)], check=True, capture_output=True)
     python = str(target / "bin" / "python")
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True, capture_output=True)
-    process = subprocess.Popen(
+    collected, tail_lines = 0, []
+    with subprocess.Popen(
         [python, "-m", "pip", "install", "--progress-bar", "off", "-r", str(REQUIREMENTS)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    collected, tail_lines = 0, []
-    assert process.stdout is not None
-    for line in process.stdout:
-        tail_lines = [*tail_lines[-20:], line.rstrip()]
-        if line.startswith("Collecting "):
-            collected += 1
-            if collected % 25 == 0:
-                say(f"superset: {collected} packages resolved ({time.monotonic() - started:.0f} s)")
-        elif line.startswith("Installing collected packages"):
-            say(f"superset: installing {collected} packages ({time.monotonic() - started:.0f} s)")
-    if process.wait(timeout=INSTALL_TIMEOUT_S) != 0:
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            tail_lines = [*tail_lines[-20:], line.rstrip()]
+            if line.startswith("Collecting "):
+                collected += 1
+                if collected % 25 == 0:
+                    say(f"superset: {collected} packages resolved ({time.monotonic() - started:.0f} s)")
+            elif line.startswith("Installing collected packages"):
+                say(f"superset: installing {collected} packages ({time.monotonic() - started:.0f} s)")
+        returncode = process.wait(timeout=INSTALL_TIMEOUT_S)
+    if returncode != 0:
         raise StackError("installing Superset failed:\n" + "\n".join(tail_lines))
     check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True)
     if check.returncode != 0:
@@ -210,8 +211,9 @@ def run_bootstrap(settings: PlatformSettings, say: Callable[[str], None] = print
     command = [str(venv / "bin" / "python"), str(BOOTSTRAP_SCRIPT), "--bundle", str(BUNDLE_DIR),
                "--stamp", str(state / "imported")] + (["--init"] if needs_init else [])
     started = time.monotonic()
-    with log_path.open("a") as log_file:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env, cwd=state)
+    with log_path.open("a") as log_file, subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env, cwd=state,
+    ) as process:
         assert process.stdout is not None
         for line in process.stdout:
             log_file.write(line)
