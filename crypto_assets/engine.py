@@ -117,17 +117,17 @@ def refresh_candles(spark: SparkSession, store: MarketStore, timeframe: Timefram
         segments = plan_segments(size, mark, changes.dirty, next_with_trades, forced)
         batch_id = uuid.uuid4().hex
         started = time.perf_counter()
-        if segments:
-            seeds = store.seeds(timeframe, segments)
-            trades = read_trades(spark, store.jdbc, segments, size, expected_rows=changes.rows)
-            staged = complete_segments(spark, candles_from_trades(trades, size), segments, seeds, size, mark)
-            try:
+        try:
+            if segments:
+                seeds = store.seeds(timeframe, segments)
+                trades = read_trades(spark, store.jdbc, segments, size, expected_rows=changes.rows)
+                staged = complete_segments(spark, candles_from_trades(trades, size), segments, seeds, size, mark)
                 write_staging(staged.select(*STAGING_COLUMNS), store.jdbc, "candle_staging", batch_id)
-            except Exception:
-                store.drop_batch(batch_id)
-                raise
-        spark_seconds = time.perf_counter() - started
-        stats = store.merge_candles(timeframe, batch_id, changes.next_cursor, mark, delete_range=backfill)
+            spark_seconds = time.perf_counter() - started
+            stats = store.merge_candles(timeframe, batch_id, changes.next_cursor, mark, delete_range=backfill)
+        except Exception:
+            store.drop_batch(batch_id)
+            raise
     lag = None if stats.newest_final_end_ms is None else (now_ms() - stats.newest_final_end_ms) / 1000
     return CandleRun(changes.rows, stats.trades, len(segments), stats.windows, stats.written, stats.span, mark,
                      spark_seconds, lag)
@@ -148,15 +148,14 @@ def refresh_latest(spark: SparkSession, store: MarketStore) -> LatestRun:
         candles_read = candles.count()
         if newest_ids:
             latest = latest_from_candles(candles, read_trades_by_id(spark, store.jdbc, newest_ids))
-            try:
-                write_staging(latest, store.jdbc, "latest_prices_staging", batch_id)
-            except Exception:
-                store.drop_batch(batch_id)
-                raise
+            write_staging(latest, store.jdbc, "latest_prices_staging", batch_id)
+        spark_seconds = time.perf_counter() - started
+        published = store.publish_latest(batch_id)
+    except Exception:
+        store.drop_batch(batch_id)
+        raise
     finally:
         candles.unpersist()
-    spark_seconds = time.perf_counter() - started
-    published = store.publish_latest(batch_id)
     newest_trade = store.newest_published_trade_ms()
     lag = None if newest_trade is None else (now_ms() - newest_trade) / 1000
     return LatestRun(published, candles_read, (lo, hi), spark_seconds, lag)
