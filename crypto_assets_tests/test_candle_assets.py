@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -39,6 +42,8 @@ from crypto_assets_tests.candle_reference import (
     trades_from_csv,
 )
 from crypto_platform.settings import PlatformSettings
+from local_stack.processes import free_port
+from local_stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -349,3 +354,27 @@ def test_sensor_skips_without_new_trades_and_asks_for_exactly_one_run_when_they_
     assert run_candles(candles_env, instance=instance).success
     skip = tick()
     assert isinstance(skip, dg.SkipReason) and "no new trades" in skip.skip_message
+
+
+def test_the_same_assets_run_on_a_standalone_spark_cluster(db, platform_env, shared_data: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPARK_MASTER=spark://…: the backfill CLI, as its own driver process, runs the assets on the local
+    stack's standalone master and worker (executors load the JDBC jar and read PostgreSQL themselves)."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    settings = platform_env(SPARK_CLUSTER=1, SPARK_MASTER="", SPARK_MASTER_PORT=free_port(),
+                            SPARK_MASTER_WEBUI_PORT=free_port(), SPARK_WORKER_MEMORY="1g")
+    trades = trades_from_csv(shared_data.joinpath(*BTC_2023), "BTCUSDT")
+    insert_trades(db, trades)
+    services = [s for s in LocalStack(settings).services() if s.name.startswith("spark-")]
+    try:
+        for service in services:
+            service.start()
+        result = subprocess.run([sys.executable, "-m", "crypto_assets.backfill", "--start", "2023-04-04T23:55:00Z",
+                                 "--end", "2023-04-05T00:10:00Z"], env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"},
+                                capture_output=True, text=True, timeout=600, check=False)
+    finally:
+        for service in reversed(services):
+            service.stop()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "backfill: aggregated_1min windows_written=8" in result.stdout
+    assert_matches_reference(db, trades)
