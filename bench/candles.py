@@ -24,11 +24,10 @@ from contextlib import contextmanager
 from unittest import mock
 
 import psycopg2
-from pyspark.sql import SparkSession
 
 from crypto_assets.candles import FIVE_MINUTES, ONE_MINUTE, window_start
 from crypto_assets.engine import now_ms, refresh_candles, refresh_latest
-from crypto_assets.resources import spark_config
+from crypto_assets.resources import spark_session
 from crypto_assets.store import MarketStore
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import make_state_dir
@@ -81,15 +80,6 @@ def set_cursors_to_now(database_url: str) -> None:
             cursor.execute("INSERT INTO stock.candle_cursors (name, ingest_xid) VALUES (%s, pg_snapshot_xmin(pg_current_snapshot()))"
                            " ON CONFLICT (name) DO UPDATE SET ingest_xid = EXCLUDED.ingest_xid", (name,))
     connection.close()
-
-
-def spark_session(settings: PlatformSettings) -> SparkSession:
-    builder = SparkSession.builder
-    for key, value in spark_config(settings).items():
-        builder = builder.config(key, value)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
-    return session
 
 
 def tick_in_this_process() -> dict[str, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
+from pyspark.sql import SparkSession
 
 from crypto_assets.store import MarketStore
 from crypto_assets.transforms import SPARK_EXACTNESS_CONFIG
@@ -43,6 +44,16 @@ def spark_config(settings: PlatformSettings) -> dict[str, str]:
         "spark.sql.adaptive.enabled": "true",
         **SPARK_EXACTNESS_CONFIG,
     }
+
+
+def spark_session(settings: PlatformSettings) -> SparkSession:
+    """A SparkSession with the assets' settings, outside Dagster (tests, benchmarks); quiet console."""
+    builder = SparkSession.builder
+    for key, value in spark_config(settings).items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
 
 
 def build_resources(settings: PlatformSettings | None = None) -> dict[str, dg.ConfigurableResource]:

@@ -29,7 +29,7 @@ from crypto_assets.assets.common import CandleRunConfig
 from crypto_assets.assets.latest_prices import latest_prices, latest_prices_match_candles
 from crypto_assets.assets.real_time_prices import real_time_prices, source_is_fresh
 from crypto_assets.candles import Segment
-from crypto_assets.resources import MarketDatabase, build_resources, spark_config
+from crypto_assets.resources import MarketDatabase, build_resources, spark_session
 from crypto_assets.sensors import new_trades_sensor
 from crypto_assets.spark_io import read_trades
 from crypto_assets.store import JdbcTarget
@@ -63,13 +63,7 @@ def ms(moment: datetime, plus_ms: int = 0) -> int:
 @pytest.fixture(scope="module")
 def spark(stack) -> SparkSession:
     """The one local SparkSession the assets' PySparkResource finds (getOrCreate) in every test here."""
-    settings = dataclasses.replace(stack.settings, spark_master="local[2]")
-    builder = SparkSession.builder
-    for key, value in spark_config(settings).items():
-        builder = builder.config(key, value)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
-    return session
+    return spark_session(dataclasses.replace(stack.settings, spark_master="local[2]"))
 
 
 @pytest.fixture
