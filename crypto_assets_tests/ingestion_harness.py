@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -14,6 +13,7 @@ from pathlib import Path
 import psycopg2
 
 from crypto_platform.settings import PlatformSettings
+from local_stack.processes import wait_until as poll_until
 from streaming_services.consumer import ConsumerConfig, PricesConsumer
 from streaming_services.producer import BinanceProducer, ProducerConfig
 from streaming_services.replay_server import FaultPlan, ReplayConfig, ReplayServer
@@ -45,12 +45,9 @@ def count_rows(database_url: str) -> int:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """The stack's polling loop, failing the test with what it waited for."""
+    if not poll_until(predicate, timeout, interval):
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass

@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import psycopg2
-from psycopg2 import sql
-
 from crypto_platform.settings import PlatformSettings
 from local_stack.kafka_broker import KafkaBroker
 from local_stack.migrations import apply_migrations
@@ -237,22 +234,3 @@ class LocalStack:
         self.kafka.stop()
         if self.settings.embedded_postgres:
             self.postgres.stop()
-
-    def row_counts(self) -> dict[str, int] | None:
-        """Rows per market-data table, or None when the database does not answer."""
-        tables = ("real_time_prices", "aggregated_prices_1min", "aggregated_prices_5min", "latest_prices", "rejected_messages")
-        try:
-            connection = psycopg2.connect(self.settings.database_url, connect_timeout=3)
-        except psycopg2.Error:
-            return None
-        try:
-            with connection.cursor() as cursor:
-                counts = {}
-                for table in tables:
-                    cursor.execute(sql.SQL("SELECT count(*) FROM stock.{}").format(sql.Identifier(table)))
-                    counts[table] = cursor.fetchone()[0]
-                return counts
-        except psycopg2.Error:
-            return None
-        finally:
-            connection.close()

@@ -185,11 +185,3 @@ def parse_trade_message(raw: bytes | None, known_symbols: frozenset[str], now_ms
         is_buyer_maker=is_buyer_maker,
         source=source,
     )
-
-
-def epoch_ms(moment: datetime) -> int:
-    """Epoch milliseconds of an aware datetime, exact (no float)."""
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
-
-
