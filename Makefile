@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 CLI := $(PY) -m local_stack.cli
 PYTEST_ARGS ?=
 
-.PHONY: install up down status logs test lint clean config migrate backfill validate
+.PHONY: install up down status logs test lint clean config migrate backfill import validate
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ logs: install
 backfill: install
 	@test -n "$(START)" -a -n "$(END)" || { echo "usage: make backfill START=2024-08-08T23:00:00Z END=2024-08-09T00:00:00Z"; exit 2; }
 	@$(PY) -m crypto_assets.backfill --start "$(START)" --end "$(END)"
+
+# Binance's public aggTrades files straight into PostgreSQL (no Kafka), then their candles of every interval.
+import: install
+	@test -n "$(FILES)$(DOWNLOAD)" || { echo "usage: make import FILES='BTCUSDT-aggTrades-2024-08.zip ...' or make import DOWNLOAD='BTCUSDT 2024-08-01 2024-08-31'"; exit 2; }
+	@$(PY) -m streaming_services.importer $(FILES) $(if $(DOWNLOAD),--download $(DOWNLOAD),)
 
 # Loads the code location as the webserver does; a throwaway instance, so no server is needed.
 validate: install

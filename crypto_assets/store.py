@@ -21,7 +21,9 @@ from psycopg2 import sql
 from crypto_assets.candles import Segment, Timeframe, to_ms
 
 STOCK = "stock"
-START_CURSOR = "0"
+# Above the ingest_xid 0 of bulk-imported rows (streaming_services/importer.py), whose candles the import
+# recomputes itself; below every real transaction id (3 and up), so no streamed row is skipped.
+START_CURSOR = "1"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ EXERCISED_ELSEWHERE = {
     "up": "test_end_to_end, test_local_stack", "down": "test_end_to_end, test_local_stack",
     "status": "test_end_to_end, test_local_stack", "test": ".ci/run", "lint": ".ci/run", "validate": ".ci/run",
 }
-RUN_HERE = {"logs", "backfill", "config", "migrate", "clean"}
+RUN_HERE = {"logs", "backfill", "import", "config", "migrate", "clean"}
 
 
 def readme_make_targets() -> set[str]:
@@ -63,6 +63,12 @@ def test_the_cheap_commands_work_as_the_readme_says(make_env: dict[str, str], tm
     assert usage.returncode != 0 and "usage: make backfill START=" in usage.stdout
     bad = _make("backfill", "START=yesterday", "END=today", env=make_env)
     assert bad.returncode != 0 and "not an ISO-8601" in bad.stderr and "Traceback" not in bad.stderr
+
+    usage = _make("import", env=make_env)
+    assert usage.returncode != 0 and "usage: make import FILES=" in usage.stdout
+    missing = _make("import", f"FILES={tmp_path / 'BTCUSDT-aggTrades-2024-08.zip'}", env=make_env)
+    assert missing.returncode != 0 and "BTCUSDT-aggTrades-2024-08.zip is not a file" in missing.stderr.splitlines()[0]
+    assert "Traceback" not in missing.stderr
 
     state = make_state_dir("crypto-test-readme-")
     (state / "logs").mkdir()

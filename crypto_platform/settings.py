@@ -16,6 +16,7 @@ LOCAL_DEV_PASSWORD = "crypto-local-dev"
 SEED_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT")
 BINANCE_WS_URL = "wss://stream.binance.com:9443"
 BINANCE_REST_URL = "https://api.binance.com"
+BINANCE_DATA_URL = "https://data.binance.vision"
 
 
 class SettingsError(ValueError):
@@ -100,6 +101,7 @@ class PlatformSettings:
     source: str = field(metadata={"env": "SOURCE", "doc": "replay (built-in Binance-compatible server) or binance (live)", "default": "replay"})
     binance_ws_url: str = field(metadata={"env": "BINANCE_WS_URL", "doc": "Market-stream base URL (overrides SOURCE)", "default": "per SOURCE"})
     binance_rest_url: str = field(metadata={"env": "BINANCE_REST_URL", "doc": "REST base URL for gap backfill (overrides SOURCE)", "default": "per SOURCE"})
+    binance_data_url: str = field(metadata={"env": "BINANCE_DATA_URL", "doc": "Binance's public data files, for make import --download", "default": BINANCE_DATA_URL})
     replay_port: int = field(metadata={"env": "REPLAY_PORT", "doc": "Port of the replay server (WebSocket and REST)", "default": "9443"})
     replay_files: tuple[str, ...] = field(metadata={"env": "REPLAY_FILES", "doc": "Binance trade/aggTrade CSV or ZIP files to replay; empty = synthetic market", "default": ""})
     replay_speed: float = field(metadata={"env": "REPLAY_SPEED", "doc": "1 = real time, 0 = as fast as possible", "default": "1"})
@@ -175,6 +177,7 @@ class PlatformSettings:
             source=source,
             binance_ws_url=_env("BINANCE_WS_URL", ws_default).rstrip("/"),
             binance_rest_url=_env("BINANCE_REST_URL", rest_default).rstrip("/"),
+            binance_data_url=_env("BINANCE_DATA_URL", BINANCE_DATA_URL).rstrip("/"),
             replay_port=replay_port,
             replay_files=tuple(f.strip() for f in _env("REPLAY_FILES", "").split(",") if f.strip()),
             replay_speed=_env_float("REPLAY_SPEED", 1.0),

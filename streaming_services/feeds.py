@@ -13,6 +13,7 @@ import io
 import random
 import re
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -86,47 +87,70 @@ def _plain_decimal(raw: str, column: str) -> str:
     return raw
 
 
-def parse_rows(symbol: str, rows: Iterable[list[str]], origin: str) -> list[AggTrade]:
-    """Rows of an aggTrades or trades CSV (header optional) → AggTrades sorted by agg id."""
-    trades: list[AggTrade] = []
+def iter_rows(symbol: str, rows: Iterable[list[str]], origin: str) -> Iterator[tuple[int, AggTrade]]:
+    """Rows of an aggTrades or trades CSV (header optional) → (line number, AggTrade), in file order."""
     for line_number, row in enumerate(rows, start=1):
         if not row or (line_number == 1 and not row[0].strip().lstrip("-").isdigit()):
             continue
         try:
             if len(row) == 8:
                 agg_id, price, qty, first_id, last_id, time_raw, maker = row[:7]
-                trades.append(AggTrade(symbol, int(agg_id), _plain_decimal(price, "price"), _plain_decimal(qty, "quantity"),
-                                       int(first_id), int(last_id), _to_ms(time_raw), _flag(maker)))
+                yield line_number, AggTrade(symbol, int(agg_id), _plain_decimal(price, "price"),
+                                            _plain_decimal(qty, "quantity"), int(first_id), int(last_id),
+                                            _to_ms(time_raw), _flag(maker))
             elif len(row) == 7:
                 trade_id, price, qty, _quote, time_raw, maker = row[:6]
-                trades.append(AggTrade(symbol, int(trade_id), _plain_decimal(price, "price"), _plain_decimal(qty, "qty"),
-                                       int(trade_id), int(trade_id), _to_ms(time_raw), _flag(maker)))
+                yield line_number, AggTrade(symbol, int(trade_id), _plain_decimal(price, "price"),
+                                            _plain_decimal(qty, "qty"), int(trade_id), int(trade_id),
+                                            _to_ms(time_raw), _flag(maker))
             else:
                 raise FeedError(f"{origin}:{line_number}: {len(row)} columns, expected 7 (trades) or 8 (aggTrades)")
         except ValueError as exc:
             if isinstance(exc, FeedError):
                 raise
             raise FeedError(f"{origin}:{line_number}: {exc}") from None
-    trades.sort(key=lambda t: t.agg_id)
-    return trades
+
+
+def parse_rows(symbol: str, rows: Iterable[list[str]], origin: str) -> list[AggTrade]:
+    """Rows of an aggTrades or trades CSV (header optional) → AggTrades sorted by agg id."""
+    return sorted((trade for _line, trade in iter_rows(symbol, rows, origin)), key=lambda t: t.agg_id)
+
+
+def iter_binance_file(path: Path) -> Iterator[tuple[str, int, AggTrade]]:
+    """A Binance trades or aggTrades file, ``.csv`` or ``.zip`` (every CSV inside), streamed in file order:
+    (origin, line number, AggTrade), origin naming the file (and the member of a zip)."""
+    if not path.is_file():
+        raise FeedError(f"{path} is not a file")
+    symbol = symbol_from_filename(path)
+    if path.suffix.lower() == ".zip":
+        origin, line_number = str(path), 0
+        try:
+            with zipfile.ZipFile(path) as archive:
+                for name in archive.namelist():
+                    if name.lower().endswith(".csv"):
+                        origin, line_number = f"{path}!{name}", 0
+                        with archive.open(name) as member:
+                            text = io.TextIOWrapper(member, encoding="utf-8", newline="")
+                            for line_number, trade in iter_rows(symbol, csv.reader(text), origin):
+                                yield origin, line_number, trade
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnicodeDecodeError) as exc:
+            where = f"{origin}:{line_number + 1}" if line_number or origin != str(path) else origin
+            raise FeedError(f"{where}: corrupt zip archive ({exc})") from None
+        return
+    with path.open(newline="", encoding="utf-8") as handle:
+        line_number = 0
+        try:
+            for line_number, trade in iter_rows(symbol, csv.reader(handle), str(path)):
+                yield str(path), line_number, trade
+        except UnicodeDecodeError as exc:
+            raise FeedError(f"{path}:{line_number + 1}: not UTF-8 text ({exc.reason})") from None
 
 
 def read_binance_file(path: Path) -> list[AggTrade]:
-    """A Binance trades or aggTrades file, ``.csv`` or ``.zip`` (every CSV inside)."""
+    """A Binance trades or aggTrades file, ``.csv`` or ``.zip`` (every CSV inside), sorted by agg id."""
     if not path.is_file():
         raise FeedError(f"REPLAY_FILES names {path}, which is not a file")
-    symbol = symbol_from_filename(path)
-    if path.suffix.lower() == ".zip":
-        trades: list[AggTrade] = []
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                if name.lower().endswith(".csv"):
-                    with archive.open(name) as member:
-                        text = io.TextIOWrapper(member, encoding="utf-8")
-                        trades += parse_rows(symbol, csv.reader(text), f"{path}!{name}")
-        return sorted(trades, key=lambda t: t.agg_id)
-    with path.open(newline="", encoding="utf-8") as handle:
-        return parse_rows(symbol, csv.reader(handle), str(path))
+    return sorted((trade for _origin, _line, trade in iter_binance_file(path)), key=lambda t: t.agg_id)
 
 
 def load_files(paths: Iterable[Path]) -> dict[str, list[AggTrade]]:

@@ -112,6 +112,10 @@ def _decimal(doc: dict[str, Any], name: str) -> Decimal:
         number = Decimal(value)
     except InvalidOperation:
         raise InvalidMessage(f"{name}={value!r} is not a decimal number") from None
+    return number
+
+
+def _check_amount(name: str, number: Decimal) -> Decimal:
     if not number.is_finite():
         raise InvalidMessage(f"{name} is not finite")
     if number <= 0:
@@ -155,33 +159,44 @@ def parse_trade_message(raw: bytes | None, known_symbols: frozenset[str], now_ms
     symbol = doc["symbol"]
     if not isinstance(symbol, str):
         raise InvalidMessage(f"symbol must be a string, got {type(symbol).__name__}")
-    if symbol not in known_symbols:
-        raise InvalidMessage(f"unknown symbol {symbol[:40]!r}")
-    timestamp = _integer(doc, "timestamp")
-    if not EARLIEST_TRADE_MS <= timestamp <= now_ms + MAX_CLOCK_SKEW_MS:
-        raise InvalidMessage(f"timestamp={timestamp} is not a plausible trade time")
-    first_trade_id = _integer(doc, "first_trade_id")
-    last_trade_id = _integer(doc, "last_trade_id")
-    if last_trade_id < first_trade_id:
-        raise InvalidMessage("last_trade_id is lower than first_trade_id")
-    if "trades" in doc and doc["trades"] != last_trade_id - first_trade_id + 1:
-        raise InvalidMessage("trades does not equal last_trade_id - first_trade_id + 1")
     is_buyer_maker = doc["is_buyer_maker"]
     if not isinstance(is_buyer_maker, bool):
         raise InvalidMessage("is_buyer_maker must be true or false")
-    if last_trade_id - first_trade_id + 1 > MAX_TRADES_PER_AGGREGATE:
-        raise InvalidMessage("last_trade_id - first_trade_id spans more trades than one aggregate can hold")
     source = doc["source"]
-    if not isinstance(source, str) or not source or len(source) > MAX_SOURCE_LENGTH or not source.isprintable():
+    if not isinstance(source, str):
         raise InvalidMessage(f"source must be 1 to {MAX_SOURCE_LENGTH} printable characters")
-    return TradeMessage(
+    trade = check_trade(TradeMessage(
         symbol=symbol,
         price=_decimal(doc, "price"),
         volume=_decimal(doc, "volume"),
-        timestamp=timestamp,
+        timestamp=_integer(doc, "timestamp"),
         agg_trade_id=_integer(doc, "agg_trade_id"),
-        first_trade_id=first_trade_id,
-        last_trade_id=last_trade_id,
+        first_trade_id=_integer(doc, "first_trade_id"),
+        last_trade_id=_integer(doc, "last_trade_id"),
         is_buyer_maker=is_buyer_maker,
         source=source,
-    )
+    ), known_symbols, now_ms)
+    if "trades" in doc and doc["trades"] != trade.trades:
+        raise InvalidMessage("trades does not equal last_trade_id - first_trade_id + 1")
+    return trade
+
+
+def check_trade(trade: TradeMessage, known_symbols: frozenset[str], now_ms: int) -> TradeMessage:
+    """The value rules of every trade, whatever carried it: a Kafka message (``parse_trade_message``) or a
+    row of an imported Binance file. Raises ``InvalidMessage`` with the reason; returns the trade."""
+    if trade.symbol not in known_symbols:
+        raise InvalidMessage(f"unknown symbol {trade.symbol[:40]!r}")
+    if not EARLIEST_TRADE_MS <= trade.timestamp <= now_ms + MAX_CLOCK_SKEW_MS:
+        raise InvalidMessage(f"timestamp={trade.timestamp} is not a plausible trade time")
+    for name in ("agg_trade_id", "first_trade_id", "last_trade_id"):
+        if not 0 <= getattr(trade, name) <= 2**63 - 1:
+            raise InvalidMessage(f"{name}={getattr(trade, name)} is out of range")
+    if trade.last_trade_id < trade.first_trade_id:
+        raise InvalidMessage("last_trade_id is lower than first_trade_id")
+    if trade.last_trade_id - trade.first_trade_id + 1 > MAX_TRADES_PER_AGGREGATE:
+        raise InvalidMessage("last_trade_id - first_trade_id spans more trades than one aggregate can hold")
+    if not trade.source or len(trade.source) > MAX_SOURCE_LENGTH or not trade.source.isprintable():
+        raise InvalidMessage(f"source must be 1 to {MAX_SOURCE_LENGTH} printable characters")
+    _check_amount("price", trade.price)
+    _check_amount("volume", trade.volume)
+    return trade
