@@ -84,3 +84,33 @@ def test_synthetic_market_is_reproducible_consecutive_and_independent_of_tick_si
     assert [t.agg_id for t in in_one] == list(range(1, len(in_one) + 1))
     assert all(b.first_id == a.last_id + 1 for a, b in pairwise(in_one))
     assert all(float(t.price) > 0 and float(t.qty) > 0 for t in in_one)
+
+
+def _bad_file(tmp_path: Path, kind: str) -> Path:
+    """A file a user might name in REPLAY_FILES by mistake."""
+    if kind == "not-utf8":
+        path = tmp_path / "BTCUSDT-aggTrades-2024-01-01.csv"
+        path.write_bytes(b"26129,0.0163,4.7,27781,27781,1498793709153,True,True\n" + b"\xff\xfe\x00garbage\n")
+    elif kind == "broken-zip":
+        path = tmp_path / "BTCUSDT-aggTrades-2024-01-01.zip"
+        path.write_bytes(b"PK\x03\x04" + b"\x00" * 40 + b"not a zip at all")
+    elif kind == "truncated-zip":
+        path = tmp_path / "BTCUSDT-aggTrades-2024-01-01.zip"
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("BTCUSDT-aggTrades-2024-01-01.csv", AGG_ROWS * 2000)
+        path.write_bytes(path.read_bytes()[:-200])
+    elif kind == "nul-bytes":
+        path = tmp_path / "BTCUSDT-aggTrades-2024-01-01.csv"
+        path.write_bytes(b"26129,0.0163,4.7\x00,27781\n")
+    else:
+        path = tmp_path / "BTCUSDT-aggTrades-2024-01-01.csv"
+    return path
+
+
+@pytest.mark.parametrize("kind", ["missing", "not-utf8", "broken-zip", "truncated-zip", "nul-bytes"])
+def test_a_bad_file_is_one_feed_error_naming_it(tmp_path: Path, kind: str) -> None:
+    path = _bad_file(tmp_path, kind)
+    with pytest.raises(FeedError) as error:
+        load_files([path])
+    message = str(error.value)
+    assert str(path) in message and "\n" not in message, message

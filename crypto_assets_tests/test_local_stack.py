@@ -184,7 +184,8 @@ def test_taken_port_fails_with_one_line_naming_the_variable(cli_env: dict[str, s
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("KAFKA_PORT", "abc"), ("PG_PORT", "70000"), ("SOURCE", "nyse"), ("SYMBOLS", ","), ("REPLAY_SPEED", "-1")],
+    [("KAFKA_PORT", "abc"), ("PG_PORT", "70000"), ("SOURCE", "nyse"), ("SYMBOLS", ","), ("SYMBOLS", ""),
+     ("REPLAY_SPEED", "-1")],
 )
 def test_bad_setting_exits_with_one_readable_line(variable: str, value: str) -> None:
     result = subprocess.run(
@@ -194,6 +195,21 @@ def test_bad_setting_exits_with_one_readable_line(variable: str, value: str) -> 
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and variable in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_config_says_which_settings_do_nothing_as_configured() -> None:
+    def config(**overrides: str) -> dict[str, str]:
+        result = subprocess.run([sys.executable, "-m", "local_stack.cli", "config"], cwd=REPO_ROOT,
+                                env={**os.environ, "SOURCE": "replay", "SPARK_CLUSTER": "0", **overrides},
+                                capture_output=True, text=True, timeout=60, check=True)
+        return {line.split()[0]: line for line in result.stdout.splitlines()}
+
+    synthetic = config(REPLAY_FILES="")
+    assert "no effect now: REPLAY_FILES is empty" in synthetic["REPLAY_SPEED"]
+    assert "no effect now: SPARK_CLUSTER=0" in synthetic["SPARK_WORKER_CORES"]
+    replaying = config(REPLAY_FILES="/data/BTCUSDT-aggTrades-2024-08-08.zip")
+    assert "no effect" not in replaying["REPLAY_SPEED"] and "no effect" not in replaying["REPLAY_RETIME"]
+    assert "no effect now: SOURCE=binance" in config(SOURCE="binance")["REPLAY_FILES"]
 
 
 def _status_table(env: dict[str, str]) -> dict[str, tuple[str, str]]:
@@ -212,7 +228,8 @@ def test_a_dead_server_shows_down_and_up_restarts_only_it(cli_env: dict[str, str
     before = _status_table(cli_env)
     assert before["kafka"][0] == before["postgres"][0] == "up"
 
-    broker = next(p for p in psutil.Process(int(before["kafka"][1])).children(recursive=True) if p.name() == "java")
+    broker = psutil.Process(int(before["kafka"][1]))  # the pid status shows is the broker's own
+    assert broker.name() == "java"
     broker.kill()
     psutil.wait_procs([broker], timeout=20)
     deadline = time.monotonic() + 20

@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
+from local_stack.processes import PidFile
 from local_stack.rotating_log import RotatingWriter
 
 
@@ -40,3 +43,23 @@ def test_wrapper_keeps_the_services_last_lines_when_the_group_is_stopped(tmp_pat
     os.killpg(wrapper.pid, signal.SIGTERM)
     assert wrapper.wait(timeout=20) == 0
     assert log.read_text().splitlines() == ["ready", "stopped cleanly"]
+
+
+def test_wrapper_writes_the_services_pid_not_its_own(tmp_path: Path) -> None:
+    pid_file = tmp_path / "svc.pid"
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "local_stack.rotating_log", "--pid-file", str(pid_file), str(tmp_path / "svc.log"), "--",
+         sys.executable, "-c", "import time; time.sleep(60)"],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while PidFile(pid_file).running_pid() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        service = psutil.Process(PidFile(pid_file).running_pid())
+        assert service.pid != wrapper.pid and service.ppid() == wrapper.pid
+        service.kill()
+        wrapper.wait(timeout=20)  # the wrapper does not outlive the service it logs
+    finally:
+        if wrapper.poll() is None:
+            os.killpg(wrapper.pid, signal.SIGKILL)

@@ -104,11 +104,13 @@ class PlatformSettings:
     binance_data_url: str = field(metadata={"env": "BINANCE_DATA_URL", "doc": "Binance's public data files, for make import --download", "default": BINANCE_DATA_URL})
     replay_port: int = field(metadata={"env": "REPLAY_PORT", "doc": "Port of the replay server (WebSocket and REST)", "default": "9443"})
     replay_files: tuple[str, ...] = field(metadata={"env": "REPLAY_FILES", "doc": "Binance trade/aggTrade CSV or ZIP files to replay; empty = synthetic market", "default": ""})
-    replay_speed: float = field(metadata={"env": "REPLAY_SPEED", "doc": "1 = real time, 0 = as fast as possible", "default": "1"})
-    replay_retime: bool = field(metadata={"env": "REPLAY_RETIME", "doc": "1 = shift file timestamps to now, 0 = keep them", "default": "1"})
+    replay_speed: float = field(metadata={"env": "REPLAY_SPEED", "doc": "Speed of a file replay: 1 = real time, 0 = as fast as possible (the synthetic market always runs in real time)", "default": "1"})
+    replay_retime: bool = field(metadata={"env": "REPLAY_RETIME", "doc": "1 = shift file timestamps to now, 0 = keep them (files only)", "default": "1"})
     consumer_group: str = field(metadata={"env": "CONSUMER_GROUP", "doc": "Kafka consumer group of the PostgreSQL writer", "default": "real-time-prices-writer"})
     consumer_batch_size: int = field(metadata={"env": "CONSUMER_BATCH_SIZE", "doc": "Most messages written in one transaction", "default": "5000"})
     consumer_check_crcs: bool = field(metadata={"env": "CONSUMER_CHECK_CRCS", "doc": "1 = kafka-python re-checks record CRCs (4x slower; the broker checks them on produce)", "default": "0"})
+    dead_letter_max_bytes: int = field(metadata={"env": "DEAD_LETTER_MAX_BYTES", "doc": "Bytes of a rejected payload stored in stock.rejected_messages; its full length and SHA-256 are kept beside", "default": "65536"})
+    consumer_instance_id: str = field(metadata={"env": "CONSUMER_INSTANCE_ID", "doc": "Static group membership id (Kafka group.instance.id), unique per consumer process: a restarted consumer takes its partitions back at once; empty = dynamic membership (a restart waits out the 45 s session)", "default": "make up: consumer-1; else empty"})
     producer_stall_timeout_s: float = field(metadata={"env": "PRODUCER_STALL_TIMEOUT_S", "doc": "Reconnect when no frame (data or ping) came for this long", "default": "60"})
     producer_metrics_port: int = field(metadata={"env": "PRODUCER_METRICS_PORT", "doc": "Prometheus endpoint of the producer", "default": "9101"})
     consumer_metrics_port: int = field(metadata={"env": "CONSUMER_METRICS_PORT", "doc": "Prometheus endpoint of the consumer", "default": "9102"})
@@ -173,7 +175,8 @@ class PlatformSettings:
             embedded_postgres=embedded_postgres,
             dagster_database=_env("DAGSTER_PG_DB", "dagster"),
             superset_database=_env("SUPERSET_PG_DB", "superset"),
-            symbols=_parse_symbols(_env("SYMBOLS", ",".join(SEED_SYMBOLS))),
+            # Set but empty is a mistake (``SYMBOLS= make up``), not a request for the defaults.
+            symbols=_parse_symbols(os.environ.get("SYMBOLS", ",".join(SEED_SYMBOLS))),
             source=source,
             binance_ws_url=_env("BINANCE_WS_URL", ws_default).rstrip("/"),
             binance_rest_url=_env("BINANCE_REST_URL", rest_default).rstrip("/"),
@@ -185,6 +188,8 @@ class PlatformSettings:
             consumer_group=_env("CONSUMER_GROUP", "real-time-prices-writer"),
             consumer_batch_size=_env_int("CONSUMER_BATCH_SIZE", 5000, minimum=1),
             consumer_check_crcs=_env_bool("CONSUMER_CHECK_CRCS", False),
+            dead_letter_max_bytes=_env_int("DEAD_LETTER_MAX_BYTES", 65536, minimum=0),
+            consumer_instance_id=_env("CONSUMER_INSTANCE_ID", ""),
             producer_stall_timeout_s=_env_float("PRODUCER_STALL_TIMEOUT_S", 60.0, minimum=0.1),
             producer_metrics_port=_env_port("PRODUCER_METRICS_PORT", 9101),
             consumer_metrics_port=_env_port("CONSUMER_METRICS_PORT", 9102),
@@ -208,6 +213,27 @@ class PlatformSettings:
         """The same server and credentials as DATABASE_URL, another database on it."""
         parts = urlsplit(self.database_url)
         return parts._replace(path=f"/{database}").geturl()
+
+    def inactive(self) -> dict[str, str]:
+        """Settings that do nothing with the others as they are, and why (``make config`` shows it)."""
+        notes: dict[str, str] = {}
+        if self.source != "replay":
+            notes.update(dict.fromkeys(("REPLAY_PORT", "REPLAY_FILES", "REPLAY_SPEED", "REPLAY_RETIME"),
+                                       "SOURCE=binance streams live"))
+        elif not self.replay_files:
+            notes.update(dict.fromkeys(("REPLAY_SPEED", "REPLAY_RETIME"),
+                                       "REPLAY_FILES is empty: the synthetic market always runs in real time"))
+        if not self.embedded_postgres:
+            notes.update(dict.fromkeys(("PG_PORT", "PG_USER", "PG_PASSWORD", "PG_DATABASE"),
+                                       "DATABASE_URL is set: no embedded PostgreSQL"))
+        if not self.spark_cluster:
+            notes.update(dict.fromkeys(("SPARK_MASTER_PORT", "SPARK_MASTER_WEBUI_PORT", "SPARK_WORKER_CORES",
+                                        "SPARK_WORKER_MEMORY"), "SPARK_CLUSTER=0: no standalone cluster"))
+        if not self.superset:
+            notes.update(dict.fromkeys(("SUPERSET_PORT", "SUPERSET_PG_DB", "SUPERSET_ADMIN_USER",
+                                        "SUPERSET_ADMIN_PASSWORD", "SUPERSET_READER_PASSWORD", "SUPERSET_SECRET_KEY"),
+                                       "SUPERSET=0: make up leaves Superset out"))
+        return notes
 
     @staticmethod
     def docs() -> list[tuple[str, str, str]]:

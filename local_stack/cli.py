@@ -28,7 +28,7 @@ def _say(text: str) -> None:
 
 def cmd_up(stack: LocalStack, _: argparse.Namespace) -> int:
     started = time.monotonic()
-    stack.up(progress=lambda step: _say(f"  starting {step}"))
+    stack.up(progress=lambda step: _say(f"  {step}"))
     _say(f"platform up in {time.monotonic() - started:.1f} s (state in {stack.settings.state_dir})")
     return cmd_status(stack, _)
 
@@ -92,11 +92,13 @@ def cmd_clean(stack: LocalStack, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_config(_: LocalStack, __: argparse.Namespace) -> int:
+def cmd_config(stack: LocalStack, __: argparse.Namespace) -> int:
     docs = PlatformSettings.docs()
+    inactive = stack.settings.inactive()
     width = max(len(default) for _, default, _ in docs) + 2
     for variable, default, meaning in docs:
-        _say(f"{variable:<26}{default:<{width}}{meaning}")
+        note = f"  [no effect now: {inactive[variable]}]" if variable in inactive else ""
+        _say(f"{variable:<26}{default:<{width}}{meaning}{note}")
     return 0
 
 
@@ -136,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     # Connection attempts while servers start are expected; the stack reports its own failures.
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    # Dagster's storage checks its schema through alembic, which logs each plugin it loads at INFO.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     handler = COMMANDS[args.command][0]
     try:
         return handler(LocalStack(settings), args)

@@ -18,14 +18,17 @@ from local_stack.processes import (
     PidFile,
     StackError,
     require_free_port,
+    service_marker,
     start_detached,
-    stop_process_group,
+    stop_service_processes,
     tail,
     wait_until,
 )
+from local_stack.run_record import RunRecord, settings_snapshot
 
 LOG4J = Path(__file__).with_name("kafka") / "log4j.properties"
 READY_TIMEOUT_S = 90
+WATCHED = ("BIND_HOST", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_HEAP", "KAFKA_RETENTION_HOURS")
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ class KafkaBroker:
         self.data_dir = self.root / "data"
         self.log_path = settings.state_dir / "logs" / "kafka.log"
         self.pid_file = PidFile(settings.state_dir / "run" / "kafka.pid")
+        self.run_record = RunRecord(settings.state_dir / "run" / "kafka.settings.json")
+        self.marker = service_marker(settings.state_dir, self.name)
 
     @property
     def port(self) -> int:
@@ -103,25 +108,34 @@ class KafkaBroker:
             raise StackError(f"formatting Kafka's storage failed: {(result.stdout + result.stderr).strip().splitlines()[-1]}")
 
     def start(self) -> None:
-        """Starts the broker when it is not running and waits until it answers a metadata request."""
-        if not self.is_running():
+        """Starts the broker when it is not running and waits until it answers a metadata request.
+        A broker running with other settings is not restarted behind the user's back: one line says how."""
+        if self.is_running():
+            changes = self.run_record.changes(settings_snapshot(self.settings, WATCHED))
+            if changes:
+                raise StackError(f"Kafka runs with other settings ({'; '.join(changes)}); "
+                                 "to apply them run `make down` then `make up`")
+        else:
             for port, variable in ((self.settings.kafka_port, "KAFKA_PORT"), (self.settings.kafka_controller_port, "KAFKA_CONTROLLER_PORT")):
                 require_free_port(self.settings.bind_host, port, variable, "Kafka")
             self.root.mkdir(parents=True, exist_ok=True)
             properties = self._write_properties()
             self._format_once(properties)
+            stop_service_processes(None, self.marker)  # a broker left without its pid file holds the data folder
             start_detached(
                 self._java("kafka.Kafka", str(properties), heap=self.settings.kafka_heap),
-                self.log_path, self.pid_file, env={**os.environ, "KAFKA_LOG4J_OPTS": ""},
+                self.log_path, self.pid_file, self.marker, env={**os.environ, "KAFKA_LOG4J_OPTS": ""},
             )
+            self.run_record.write(settings_snapshot(self.settings, WATCHED))
         if not wait_until(self._answers_metadata, READY_TIMEOUT_S, interval=0.5):
             raise StackError(f"Kafka did not answer within {READY_TIMEOUT_S} s; read {self.log_path}:\n{tail(self.log_path)}")
 
-    def stop(self) -> None:
-        pid = self.pid()
-        if pid is not None:
-            stop_process_group(pid, timeout=30)
+    def stop(self) -> list:
+        """Stops the broker and anything left with its marker; returns the processes that survived."""
+        survivors = stop_service_processes(self.pid(), self.marker, timeout=30)
         self.pid_file.remove()
+        self.run_record.remove()
+        return survivors
 
     def admin(self) -> KafkaAdminClient:
         return KafkaAdminClient(

@@ -19,9 +19,11 @@ from psycopg2 import sql
 
 from crypto_platform.settings import PlatformSettings
 from local_stack.processes import StackError, require_free_port, tail
+from local_stack.run_record import RunRecord, settings_snapshot
 
 SERVER_USER = "cryptopg"
 START_TIMEOUT_S = 60
+WATCHED = ("BIND_HOST", "PG_")
 
 
 def _pg_bin_dir() -> Path:
@@ -79,6 +81,7 @@ class PostgresServer:
         self.log_path = settings.state_dir / "logs" / "postgres.log"
         self.log_dir = settings.state_dir / "logs" / "postgres"
         self.bin_dir = _pg_bin_dir()
+        self.run_record = RunRecord(settings.state_dir / "run" / "postgres.settings.json")
 
     @property
     def port(self) -> int:
@@ -146,8 +149,14 @@ class PostgresServer:
         account.own(conf)
 
     def start(self) -> None:
-        """Initialises the cluster on first use, starts it and creates the platform's databases."""
-        if not self.is_running():
+        """Initialises the cluster on first use, starts it and creates the platform's databases.
+        A server running with other settings is not restarted behind the user's back: one line says how."""
+        if self.is_running():
+            changes = self.run_record.changes(settings_snapshot(self.settings, WATCHED))
+            if changes:
+                raise StackError(f"PostgreSQL runs with other settings ({'; '.join(changes)}); "
+                                 "to apply them run `make down` then `make up`")
+        else:
             require_free_port(self.settings.bind_host, self.port, "PG_PORT", "PostgreSQL")
             account = ServerAccount.for_current_user()
             if not (self.data_dir / "PG_VERSION").exists():
@@ -159,11 +168,13 @@ class PostgresServer:
             result = self._pg_ctl(account, "start", "-w", "-t", str(START_TIMEOUT_S), "-l", str(self.log_path))
             if result.returncode != 0:
                 raise StackError(f"PostgreSQL did not start; read {self.log_path} and {self.log_dir}:\n{tail(self.log_path)}")
+            self.run_record.write(settings_snapshot(self.settings, WATCHED))
         self.ensure_databases()
 
     def stop(self) -> None:
         if self.is_running():
             self._pg_ctl(ServerAccount.for_current_user(), "stop", "-m", "fast", "-w", "-t", "60")
+        self.run_record.remove()
 
     def admin_dsn(self, database: str = "postgres") -> str:
         return self.settings.database_url_for(database)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,9 @@ class PidFile:
 
     def write(self, pid: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(f"{pid} {psutil.Process(pid).create_time()}\n")
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(f"{pid} {psutil.Process(pid).create_time()}\n")
+        partial.replace(self.path)
 
     def running_pid(self) -> int | None:
         try:
@@ -48,43 +49,101 @@ class PidFile:
         self.path.unlink(missing_ok=True)
 
 
+SERVICE_MARKER = "CRYPTO_PLATFORM_SERVICE"
+"""Environment variable set on every process the stack starts (and inherited by its children):
+``<state dir>:<service>``. It finds a service's processes whatever became of its pid file or parent."""
+PID_FILE_WAIT_S = 30
+
+
+def service_marker(state_dir: Path, name: str) -> str:
+    return f"{state_dir}:{name}"
+
+
 def start_detached(
     command: Sequence[str],
     log_path: Path,
     pid_file: PidFile,
+    marker: str,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> int:
-    """Starts ``command`` in its own session (signals reach its whole tree), output to a rotated log."""
+    """Starts ``command`` in its own session under the log wrapper; returns the service's own pid.
+
+    The wrapper writes the pid of the command it runs (not its own) into ``pid_file``: the pid that
+    ``make status`` shows is the one that serves, and killing it stops the service.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = [sys.executable, "-m", "local_stack.rotating_log", str(log_path), "--", *command]
-    process = subprocess.Popen(
+    pid_file.remove()
+    wrapped = [sys.executable, "-m", "local_stack.rotating_log", "--pid-file", str(pid_file.path), str(log_path),
+               "--", *command]
+    wrapper = subprocess.Popen(
         wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+        env={**(env if env is not None else os.environ), SERVICE_MARKER: marker}, cwd=cwd, start_new_session=True,
     )
-    pid_file.write(process.pid)
-    return process.pid
+    deadline = time.monotonic() + PID_FILE_WAIT_S
+    while (pid := pid_file.running_pid()) is None:
+        if wrapper.poll() is not None or time.monotonic() > deadline:
+            wrapper.kill()
+            wrapper.wait()
+            raise StackError(f"{command[0]} could not be started (its log wrapper exited); read {log_path}")
+        time.sleep(0.05)
+    return pid
 
 
-def stop_process_group(pid: int, timeout: float = 20.0) -> None:
-    """SIGTERM to the process group, then SIGKILL to whatever is left after ``timeout`` seconds."""
-    try:
-        members = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    except PermissionError:
-        os.kill(pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(members, timeout=timeout)
+def marked_processes(marker: str, prefix: bool = False) -> list[psutil.Process]:
+    """Live processes carrying ``marker`` (one service's), or any marker starting with it (``prefix``)."""
+    found = []
+    for process in psutil.process_iter(["environ"]):
+        try:
+            value = (process.info["environ"] or {}).get(SERVICE_MARKER)
+            if value is None or not (value.startswith(marker) if prefix else value == marker):
+                continue
+            if process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def describe_processes(processes: Sequence[psutil.Process], most: int = 3) -> str:
+    """``pid 12 (python -m x), pid 13 (java) and 4 more``: what the user would find with ps."""
+    described = []
+    for process in processes[:most]:
+        try:
+            command = " ".join(process.cmdline()[:3]) or process.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            command = "gone"
+        described.append(f"pid {process.pid} ({command[:60]})")
+    more = f" and {len(processes) - most} more" if len(processes) > most else ""
+    return ", ".join(described) + more
+
+
+def stop_processes(processes: Sequence[psutil.Process], timeout: float = 20.0) -> list[psutil.Process]:
+    """SIGTERM to each, SIGKILL to whatever is left after ``timeout`` seconds; returns what survived both."""
+    for process in processes:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
     for process in alive:
         try:
             process.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=5)
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    return alive
+
+
+def stop_service_processes(pid: int | None, marker: str, timeout: float = 20.0) -> list[psutil.Process]:
+    """The service first (its children stop with it), then every process left with its marker."""
+    if pid is not None:
+        try:
+            service = psutil.Process(pid)
+            stop_processes([service, *service.children(recursive=True)], timeout)
+        except psutil.NoSuchProcess:
+            pass
+    return stop_processes(marked_processes(marker), timeout=5)
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -99,11 +158,23 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def port_holder(host: str, port: int) -> str:
+    """Who listens on ``port``, as ``pid N (command)`` when the OS tells us, else ``another process``."""
+    try:
+        for connection in psutil.net_connections("tcp"):
+            if (connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+                    and connection.laddr.ip in (host, "0.0.0.0", "::") and connection.pid):
+                return describe_processes([psutil.Process(connection.pid)])
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        pass
+    return "another process"
+
+
 def require_free_port(host: str, port: int, variable: str, service: str) -> None:
-    """Fails with one line naming the port and the variable to change."""
+    """Fails with one line naming the port, who holds it and the variable to change."""
     if not port_is_free(host, port):
         raise PortTakenError(
-            f"{service} cannot start: port {port} on {host} is already in use by another process; "
+            f"{service} cannot start: port {port} on {host} is already in use by {port_holder(host, port)}; "
             f"set {variable} to a free port"
         )
 

@@ -1,8 +1,8 @@
 """Runs a command and writes its output to a size-rotated log, so a week of running can't fill the disk.
 
-Usage: ``python -m local_stack.rotating_log LOG_PATH -- COMMAND ...``. The wrapper shares the service's
-process group: ``make down`` signals both, the wrapper keeps copying until the service has closed its
-output (so its last lines are kept), then exits with the service's exit code.
+Usage: ``python -m local_stack.rotating_log [--pid-file PATH] LOG_PATH -- COMMAND ...``. The wrapper
+writes the command's pid (not its own) to the pid file, ignores SIGTERM and SIGINT, keeps copying until
+the service has closed its output (so its last lines are kept), then exits with the service's exit code.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from local_stack.processes import PidFile
 
 MAX_BYTES = 20 * 1024 * 1024
 BACKUPS = 5
@@ -43,7 +45,7 @@ class RotatingWriter:
         self.file.close()
 
 
-def run(log_path: Path, command: list[str]) -> int:
+def run(log_path: Path, command: list[str], pid_file: Path | None = None) -> int:
     # The service receives the group's signals itself; the wrapper outlives it to keep its last words.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -54,6 +56,8 @@ def run(log_path: Path, command: list[str]) -> int:
                                                  signal.signal(signal.SIGINT, signal.SIG_DFL)),
     )
     assert child.stdout is not None
+    if pid_file is not None:
+        PidFile(pid_file).write(child.pid)
     for line in iter(child.stdout.readline, b""):
         writer.write(line)
     writer.close()
@@ -61,10 +65,13 @@ def run(log_path: Path, command: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    pid_file = None
+    if argv[:1] == ["--pid-file"] and len(argv) > 1:
+        pid_file, argv = Path(argv[1]), argv[2:]
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m local_stack.rotating_log LOG_PATH -- COMMAND ...", file=sys.stderr)
+        print("usage: python -m local_stack.rotating_log [--pid-file PATH] LOG_PATH -- COMMAND ...", file=sys.stderr)
         return 2
-    return run(Path(argv[0]), argv[2:])
+    return run(Path(argv[0]), argv[2:], pid_file)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import psutil
+
 from crypto_platform.settings import PlatformSettings
 from local_stack.kafka_broker import KafkaBroker
 from local_stack.migrations import apply_migrations
@@ -21,33 +25,52 @@ from local_stack.postgres import PostgresServer
 from local_stack.processes import (
     PidFile,
     StackError,
+    describe_processes,
+    marked_processes,
+    port_holder,
+    port_is_free,
     require_free_port,
+    service_marker,
     start_detached,
-    stop_process_group,
+    stop_processes,
+    stop_service_processes,
     tail,
     wait_until,
 )
+from local_stack.run_record import EVERY_SETTING, RunRecord, settings_snapshot
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_READY_TIMEOUT_S = 30
-DAGSTER_READY_TIMEOUT_S = 120  # its webserver loads the code location first: ~6 s idle, minutes under load
+DAGSTER_READY_TIMEOUT_S = 300  # its webserver loads the code location first: ~6 s idle, over 4 min at load 40
+HTTP_PROBE_TIMEOUT_S = 10  # a readiness probe that gives up sooner fails forever on a loaded machine
+DEFAULT_CONSUMER_INSTANCE_ID = "consumer-1"  # static group membership: see CONSUMER_INSTANCE_ID
+NOT_DAGSTERS = ("SYMBOLS", "KAFKA_", "REPLAY_", "PRODUCER_", "CONSUMER_", "DEAD_LETTER_", "SOURCE", "BINANCE_", "SUPERSET")
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ManagedService:
-    """A platform process (replay server, producer, consumer, Dagster, Superset) run detached by pid."""
+    """A platform process (replay server, producer, consumer, Dagster, Superset) run detached by pid.
+
+    Every service has a readiness check: ``make up`` returns only once each one answers, and fails with
+    the service's own last line when one exits or does not answer in time. ``watched`` are the prefixes
+    of the settings it reads: started again with other values, it is restarted.
+    """
 
     name: str
     settings: PlatformSettings
     command: Sequence[str]
+    ready: Callable[[], bool] = field(kw_only=True)
     port: int | None = None
     port_variable: str | None = None
     env: dict[str, str] = field(default_factory=dict)
-    ready: Callable[[], bool] | None = None
     before_start: Callable[[], None] | None = None
     ready_timeout_s: float = SERVICE_READY_TIMEOUT_S
+    watched: tuple[str, ...] = EVERY_SETTING
+    ignored: tuple[str, ...] = ()
 
     @property
     def log_path(self) -> Path:
@@ -57,33 +80,78 @@ class ManagedService:
     def pid_file(self) -> PidFile:
         return PidFile(self.settings.state_dir / "run" / f"{self.name}.pid")
 
+    @property
+    def run_record(self) -> RunRecord:
+        return RunRecord(self.settings.state_dir / "run" / f"{self.name}.settings.json")
+
+    @property
+    def marker(self) -> str:
+        return service_marker(self.settings.state_dir, self.name)
+
     def pid(self) -> int | None:
         return self.pid_file.running_pid()
 
     def is_running(self) -> bool:
         return self.pid() is not None
 
-    def start(self) -> None:
+    def settings_snapshot(self) -> dict[str, str]:
+        return settings_snapshot(self.settings, self.watched, self.ignored)
+
+    def recorded_port(self) -> int | None:
+        """The port it was started on (its run record), else the configured one."""
+        recorded = (self.run_record.read() or {}).get(self.port_variable or "")
+        return int(recorded) if recorded and recorded.isdigit() else self.port
+
+    def leftovers(self) -> list[psutil.Process]:
+        """Processes of an earlier run still alive while the pid file names no live service (an orphan)."""
+        return [] if self.is_running() else marked_processes(self.marker)
+
+    def start(self, say: Callable[[str], None] = log.info) -> None:
         if self.is_running():
-            return
+            changes = self.run_record.changes(self.settings_snapshot())
+            if not changes:
+                return
+            say(f"{self.name} runs with other settings ({'; '.join(changes)}): restarting it")
+            self.stop()
+        leftovers = marked_processes(self.marker)
+        if leftovers:
+            say(f"{self.name}: found {describe_processes(leftovers)} left from an earlier run; stopping them")
+            survivors = stop_processes(leftovers)
+            if survivors:
+                raise StackError(f"{self.name}: could not stop {describe_processes(survivors)}; stop them by hand")
         if self.port is not None and self.port_variable:
             require_free_port(self.settings.bind_host, self.port, self.port_variable, self.name)
         if self.before_start is not None:
             self.before_start()
-        start_detached(self.command, self.log_path, self.pid_file, env={**os.environ, **self.env}, cwd=REPO_ROOT)
-        if self.ready is not None and not wait_until(self._ready_or_dead, self.ready_timeout_s, interval=0.5):
-            raise StackError(f"{self.name} did not become ready in {self.ready_timeout_s:.0f} s; read {self.log_path}")
+        start_detached(self.command, self.log_path, self.pid_file, self.marker,
+                       env={**os.environ, **self.env}, cwd=REPO_ROOT)
+        self.run_record.write(self.settings_snapshot())
+        if not wait_until(self._ready_or_dead, self.ready_timeout_s, interval=0.5):
+            last = self._last_log_line()
+            self.stop()
+            raise StackError(f"{self.name} did not become ready in {self.ready_timeout_s:.0f} s (stopped it)"
+                             + (f"; its last line: {last}" if last else "") + f"; read {self.log_path}")
 
     def _ready_or_dead(self) -> bool:
         if not self.is_running():
-            raise StackError(f"{self.name} exited during start; read {self.log_path}:\n{tail(self.log_path)}")
-        return bool(self.ready and self.ready())
+            # The wrapper copies the service's last lines after it died: wait for it before reading them.
+            wait_until(lambda: not marked_processes(self.marker), 5, interval=0.1)
+            self.run_record.remove()
+            raise StackError(f"{self.name} exited during start: {self._last_log_line() or 'no output'} "
+                             f"(read {self.log_path})")
+        return self.ready()
 
-    def stop(self) -> None:
-        pid = self.pid()
-        if pid is not None:
-            stop_process_group(pid)
+    def _last_log_line(self) -> str:
+        lines = [ANSI_ESCAPE.sub("", line).strip() for line in tail(self.log_path, 5).splitlines()]
+        lines = [line for line in lines if line]
+        return lines[-1][:400] if lines else ""
+
+    def stop(self) -> list[psutil.Process]:
+        """Stops the service, its children and any process left with its marker; returns survivors."""
+        survivors = stop_service_processes(self.pid(), self.marker)
         self.pid_file.remove()
+        self.run_record.remove()
+        return survivors
 
 
 def _module_exists(module: str) -> bool:
@@ -117,15 +185,28 @@ def _spark_services(settings: PlatformSettings) -> list[ManagedService]:
         [spark_class, "org.apache.spark.deploy.master.Master", "--host", host,
          "--port", str(settings.spark_master_port), "--webui-port", str(settings.spark_master_webui_port)],
         port=settings.spark_master_port, port_variable="SPARK_MASTER_PORT", env=env,
-        ready=_port_answers(host, settings.spark_master_port),
+        ready=_port_answers(host, settings.spark_master_port), watched=("BIND_HOST", "SPARK_"),
     )
     worker = ManagedService(
         "spark-worker", settings,
         [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", host, "--webui-port", "0",
          "--cores", str(settings.spark_worker_cores), "--memory", settings.spark_worker_memory, master_url],
-        env=env,
+        env=env, ready=_spark_worker_registered(f"http://{host}:{settings.spark_master_webui_port}/json/"),
+        watched=("BIND_HOST", "SPARK_"),
     )
     return [master, worker]
+
+
+def _spark_worker_registered(master_json_url: str) -> Callable[[], bool]:
+    """The master's JSON lists an ALIVE worker."""
+    def registered() -> bool:
+        try:
+            with urllib.request.urlopen(master_json_url, timeout=HTTP_PROBE_TIMEOUT_S) as response:
+                return json.load(response).get("aliveworkers", 0) > 0
+        except (OSError, ValueError):
+            return False
+
+    return registered
 
 
 def dagster_environment(settings: PlatformSettings) -> dict[str, str]:
@@ -158,13 +239,14 @@ def _dagster_service(settings: PlatformSettings) -> ManagedService:
         port=settings.dagster_port, port_variable="DAGSTER_PORT", env=env,
         ready=_http_ok(f"http://{settings.bind_host}:{settings.dagster_port}/server_info"),
         before_start=install_instance_config, ready_timeout_s=DAGSTER_READY_TIMEOUT_S,
+        ignored=NOT_DAGSTERS,
     )
 
 
 def _http_ok(url: str) -> Callable[[], bool]:
     def answers() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=HTTP_PROBE_TIMEOUT_S) as response:
                 return response.status == 200
         except OSError:
             return False
@@ -172,9 +254,12 @@ def _http_ok(url: str) -> Callable[[], bool]:
     return answers
 
 
-def _python_service(settings: PlatformSettings, name: str, module: str, port: int | None = None,
-                    port_variable: str | None = None) -> ManagedService:
-    return ManagedService(name, settings, [sys.executable, "-m", module], port=port, port_variable=port_variable)
+def _python_service(settings: PlatformSettings, name: str, module: str, port: int, port_variable: str,
+                    ready_path: str, watched: tuple[str, ...], env: dict[str, str] | None = None) -> ManagedService:
+    """A streaming service; ready once its HTTP endpoint (metrics, or the replay server's ping) answers."""
+    return ManagedService(name, settings, [sys.executable, "-m", module], port=port, port_variable=port_variable,
+                          ready=_http_ok(f"http://{settings.bind_host}:{port}{ready_path}"),
+                          watched=("BIND_HOST", "LOG_LEVEL", "SYMBOLS", *watched), env=env or {})
 
 
 class LocalStack:
@@ -192,12 +277,16 @@ class LocalStack:
             candidates += [("pyspark", service) for service in _spark_services(s)]
         if s.source == "replay":
             candidates.append(("streaming_services.replay_server", _python_service(
-                s, "replay-server", "streaming_services.replay_server", s.replay_port, "REPLAY_PORT")))
+                s, "replay-server", "streaming_services.replay_server", s.replay_port, "REPLAY_PORT",
+                "/api/v3/ping", ("SOURCE", "REPLAY_", "STATE_DIR"))))
         candidates += [
             ("streaming_services.consumer", _python_service(
-                s, "consumer", "streaming_services.consumer", s.consumer_metrics_port, "CONSUMER_METRICS_PORT")),
+                s, "consumer", "streaming_services.consumer", s.consumer_metrics_port, "CONSUMER_METRICS_PORT",
+                "/metrics", ("KAFKA_", "CONSUMER_", "DEAD_LETTER_", "PG_", "DATABASE_URL"),
+                {"CONSUMER_INSTANCE_ID": s.consumer_instance_id or DEFAULT_CONSUMER_INSTANCE_ID})),
             ("streaming_services.producer", _python_service(
-                s, "producer", "streaming_services.producer", s.producer_metrics_port, "PRODUCER_METRICS_PORT")),
+                s, "producer", "streaming_services.producer", s.producer_metrics_port, "PRODUCER_METRICS_PORT",
+                "/metrics", ("KAFKA_", "PRODUCER_", "SOURCE", "BINANCE_", "REPLAY_PORT", "STATE_DIR"))),
         ]
         if (REPO_ROOT / "workspace.yaml").exists() and (REPO_ROOT / "dagster.yaml").exists():
             candidates.append(("crypto_assets.definitions", _dagster_service(s)))
@@ -222,15 +311,40 @@ class LocalStack:
         self.kafka.ensure_topic(self.settings.kafka_topic, self.settings.kafka_partitions)
 
     def up(self, progress: Callable[[str], None] = lambda _: None) -> None:
-        progress("servers: PostgreSQL, Kafka")
+        progress("starting servers: PostgreSQL, Kafka")
         self.start_servers()
         for service in self.services():
-            progress(f"service: {service.name}")
-            service.start()
+            progress(f"starting service: {service.name}")
+            service.start(say=progress)
+
+    def stopped_services(self) -> list[ManagedService]:
+        """The services of the settings of the day, and any other this state folder has a pid file of
+        (started with other settings, e.g. SUPERSET=1 then): ``make down`` stops them all."""
+        services = self.services()
+        known = {service.name for service in services}
+        run_dir = self.settings.state_dir / "run"
+        others = sorted({path.name.split(".")[0] for path in run_dir.glob("*.pid")} - known - {"kafka"}) \
+            if run_dir.is_dir() else []
+        return [ManagedService(name, self.settings, [], ready=lambda: True) for name in others] + services
 
     def down(self) -> None:
-        for service in reversed(self.services()):
-            service.stop()
-        self.kafka.stop()
+        """Stops every process this state folder started, then checks that none of their ports is held."""
+        ports: dict[int, str] = {}
+        survivors: list[psutil.Process] = []
+        for service in reversed(self.stopped_services()):
+            port = service.recorded_port()
+            if port is not None:
+                ports[port] = service.port_variable or service.name
+            survivors += service.stop()
+        ports.update({self.settings.kafka_port: "KAFKA_PORT", self.settings.kafka_controller_port: "KAFKA_CONTROLLER_PORT"})
+        survivors += self.kafka.stop()
         if self.settings.embedded_postgres:
+            ports[self.settings.pg_port] = "PG_PORT"
             self.postgres.stop()
+        survivors += stop_processes(marked_processes(service_marker(self.settings.state_dir, ""), prefix=True))
+        problems = [f"could not stop {describe_processes(survivors)}"] if survivors else []
+        wait_until(lambda: all(port_is_free(self.settings.bind_host, port) for port in ports), 10)
+        problems += [f"port {port} ({variable}) is still held by {port_holder(self.settings.bind_host, port)}"
+                     for port, variable in sorted(ports.items()) if not port_is_free(self.settings.bind_host, port)]
+        if problems:
+            raise StackError("make down left processes running: " + "; ".join(problems))

@@ -11,6 +11,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from crypto_platform.settings import PlatformSettings
+from local_stack.processes import describe_processes
 from local_stack.stack import LocalStack, dagster_environment
 
 PROBE_TIMEOUT_S = 3
@@ -27,6 +28,7 @@ class ServiceLine:
 @dataclass
 class PlatformStatus:
     services: list[ServiceLine]
+    leftovers: dict[str, str] = field(default_factory=dict)
     ingestion: dict[str, str] = field(default_factory=dict)
     lag: dict[int, int] | None = None
     last_run: str | None = None
@@ -44,6 +46,12 @@ def service_lines(stack: LocalStack) -> list[ServiceLine]:
     return lines
 
 
+def leftover_processes(stack: LocalStack) -> dict[str, str]:
+    """Services that are down while processes of their earlier run still live (``make up`` stops those)."""
+    return {service.name: describe_processes(leftovers)
+            for service in stack.services() if (leftovers := service.leftovers())}
+
+
 def ingestion_figures(settings: PlatformSettings) -> dict[str, str]:
     """Row counts, newest trade age, the last minute's ingest rate and dead letters, from PostgreSQL."""
     try:
@@ -59,11 +67,13 @@ def ingestion_figures(settings: PlatformSettings) -> dict[str, str]:
                 " (SELECT count(*) FROM stock.aggregated_prices_1min),"
                 " (SELECT count(*) FROM stock.aggregated_prices_5min),"
                 " (SELECT max(window_end) FILTER (WHERE is_final) FROM stock.aggregated_prices_1min),"
+                " (SELECT extract(epoch FROM now() - max(window_end) FILTER (WHERE is_final))"
+                "  FROM stock.aggregated_prices_1min),"
                 " (SELECT count(*) FROM stock.latest_prices),"
                 " (SELECT count(*) FROM stock.rejected_messages),"
                 " (SELECT count(*) FROM stock.rejected_messages WHERE received_at > now() - interval '1 hour')"
             )
-            trades, last_minute, newest_age, c1, c5, newest_final, latest, dead, dead_hour = cursor.fetchone()
+            trades, last_minute, newest_age, c1, c5, newest_final, final_age, latest, dead, dead_hour = cursor.fetchone()
     except psycopg2.Error as exc:
         return {"database": f"error: {str(exc).strip().splitlines()[0]}"}
     finally:
@@ -71,6 +81,8 @@ def ingestion_figures(settings: PlatformSettings) -> dict[str, str]:
     return {
         "trades": f"{trades} rows, {last_minute / 60:.1f}/s over the last minute",
         "newest trade": "none yet" if newest_age is None else f"{float(newest_age):.1f} s old",
+        "newest candle": ("no final 1-min candle yet" if final_age is None
+                          else f"final 1-min candle ending {float(final_age):.1f} s ago"),
         "candles": f"1min={c1} 5min={c5}, newest final 1-min window ends {newest_final or '-'}",
         "latest_prices": f"{latest} symbols",
         "dead letters": f"{dead} in all, {dead_hour} in the last hour",
@@ -78,7 +90,10 @@ def ingestion_figures(settings: PlatformSettings) -> dict[str, str]:
 
 
 def consumer_lag(settings: PlatformSettings) -> dict[int, int] | None:
-    """Messages not yet committed by the consumer group, per partition of the trades topic."""
+    """Messages not yet committed by the consumer group, per partition of the trades topic.
+
+    The committed offsets are read first: the end offsets read after them can only be further on, so
+    the difference is never negative however fast the consumer commits meanwhile."""
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers, group_id=settings.consumer_group,
@@ -89,8 +104,9 @@ def consumer_lag(settings: PlatformSettings) -> dict[int, int] | None:
     try:
         partitions = consumer.partitions_for_topic(settings.kafka_topic) or set()
         tps = [TopicPartition(settings.kafka_topic, p) for p in sorted(partitions)]
+        committed = {tp: consumer.committed(tp) or 0 for tp in tps}
         ends = consumer.end_offsets(tps)
-        return {tp.partition: ends[tp] - (consumer.committed(tp) or 0) for tp in tps}
+        return {tp.partition: ends[tp] - committed[tp] for tp in tps}
     except KafkaError:
         return None
     finally:
@@ -137,7 +153,7 @@ def collect(stack: LocalStack) -> PlatformStatus:
     s = stack.settings
     lines = service_lines(stack)
     running = {line.name for line in lines if line.state == "up"}
-    status = PlatformStatus(services=lines, ingestion=ingestion_figures(s))
+    status = PlatformStatus(services=lines, leftovers=leftover_processes(stack), ingestion=ingestion_figures(s))
     if "kafka" in running:
         status.lag = consumer_lag(s)
     if "dagster" in running:
@@ -152,6 +168,8 @@ def collect(stack: LocalStack) -> PlatformStatus:
 def render(status: PlatformStatus) -> str:
     out = [f"{'SERVICE':<16}{'STATE':<8}{'PORT':<10}PID"]
     out += [f"{line.name:<16}{line.state:<8}{line.port:<10}{line.pid}" for line in status.services]
+    out += [f"{'left over:':<16}{name}: {processes} (make up or make down stops them)"
+            for name, processes in status.leftovers.items()]
     out += [f"{name + ':':<16}{value}" for name, value in status.ingestion.items()]
     if status.lag is not None:
         total = sum(status.lag.values())

@@ -268,7 +268,7 @@ def superset_service(settings: PlatformSettings, say: Callable[[str], None] = pr
     return ManagedService(
         "superset", settings, server_command(settings), port=settings.superset_port, port_variable="SUPERSET_PORT",
         env=environment, ready=_superset_ready(superset_url(settings)), before_start=prepare,
-        ready_timeout_s=READY_TIMEOUT_S,
+        ready_timeout_s=READY_TIMEOUT_S, watched=("SUPERSET", "PG_", "DATABASE_URL", "BIND_HOST", "LOG_LEVEL"),
     )
 
 
