@@ -3,6 +3,7 @@ byte for byte, every good one a row, and the consumer keeps going (property-base
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import threading
@@ -98,9 +99,10 @@ def test_every_bad_message_is_dead_lettered_and_every_good_one_written(platform_
         cursor = db.cursor()
 
         def stored() -> tuple[dict, set]:
-            cursor.execute('SELECT partition, "offset", raw_payload, error FROM stock.rejected_messages WHERE topic = %s',
-                           (kafka_topic,))
-            dead = {(p, o): (bytes(raw), error) for p, o, raw, error in cursor.fetchall()}
+            cursor.execute('SELECT partition, "offset", raw_payload, payload_bytes, payload_sha256, error'
+                           " FROM stock.rejected_messages WHERE topic = %s", (kafka_topic,))
+            dead = {(p, o): (bytes(raw), length, bytes(digest), error)
+                    for p, o, raw, length, digest, error in cursor.fetchall()}
             cursor.execute("SELECT symbol, agg_trade_id FROM stock.real_time_prices")
             return dead, set(cursor.fetchall())
 
@@ -114,9 +116,37 @@ def test_every_bad_message_is_dead_lettered_and_every_good_one_written(platform_
         assert rows == expected_rows
         assert dead.keys() == expected_dead.keys()
         for position, (raw, reason) in expected_dead.items():
-            assert dead[position][0] == raw
-            assert dead[position][1] == reason
+            assert dead[position] == (raw[:config.dead_letter_max_bytes], len(raw), hashlib.sha256(raw).digest(), reason)
     finally:
         kafka.close()
         consumer.stop()
         thread.join(30)
+
+
+def test_a_one_megabyte_message_is_stored_capped_with_its_length_and_hash(platform_env, kafka_topic, db) -> None:
+    config = ConsumerConfig.from_settings(platform_env(KAFKA_TOPIC=kafka_topic, SYMBOLS=",".join(SYMBOLS),
+                                                       CONSUMER_GROUP=f"group-{kafka_topic}"))
+    assert config.dead_letter_max_bytes == 64 * 1024
+    raw = json.dumps({**AGG_TRADE, "padding": "x" * 1_000_000}).encode()
+    kafka = KafkaProducer(bootstrap_servers=config.bootstrap_servers, acks="all", max_request_size=2 * len(raw))
+    kafka.send(kafka_topic, key=b"huge", value=raw).get(30)
+    kafka.close()
+    consumer = PricesConsumer(config)
+    thread = threading.Thread(target=consumer.run, name="consumer", daemon=True)
+    thread.start()
+    try:
+        with db.cursor() as cursor:
+            deadline = time.monotonic() + 60
+            row = None
+            while row is None and time.monotonic() < deadline:
+                cursor.execute("SELECT raw_payload, payload_bytes, payload_sha256, error FROM stock.rejected_messages"
+                               " WHERE topic = %s", (kafka_topic,))
+                row = cursor.fetchone()
+                time.sleep(0.2)
+    finally:
+        consumer.stop()
+        thread.join(30)
+    assert row is not None, "the 1 MB message was not dead-lettered"
+    stored, length, digest, error = row
+    assert bytes(stored) == raw[:64 * 1024] and length == len(raw) > 1_000_000
+    assert bytes(digest) == hashlib.sha256(raw).digest() and "exceeds" in error

@@ -9,6 +9,7 @@ A crash anywhere replays at most the uncommitted batch, which the unique keys ab
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import signal
@@ -36,6 +37,7 @@ from streaming_services.startup import StartupError, start_metrics, wait_for_kaf
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 10.0
 POLL_RETRY_S = 1.0
+TOPIC_RETRY_S = 1.0
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError)
 
@@ -69,7 +71,8 @@ INSERT INTO stock.real_time_prices (symbol, price, timestamp, event_time, volume
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (symbol, agg_trade_id) DO NOTHING
 """
-DEAD_LETTERS = ('INSERT INTO stock.rejected_messages (topic, partition, "offset", message_key, raw_payload, error)'
+DEAD_LETTERS = ('INSERT INTO stock.rejected_messages (topic, partition, "offset", message_key, raw_payload,'
+                " payload_bytes, payload_sha256, error)"
                 " VALUES %s ON CONFLICT (topic, partition, \"offset\") DO NOTHING")
 
 
@@ -104,6 +107,14 @@ def classify(records: Iterable, known_symbols: frozenset[str], now_ms: int) -> t
     return accepted, rejected
 
 
+def dead_letter_row(rejected: Rejected, max_bytes: int) -> tuple:
+    """What is stored of a dead letter: the payload's first ``max_bytes``, its full length and its SHA-256."""
+    return (rejected.topic, rejected.partition, rejected.offset,
+            psycopg2.Binary(rejected.key) if rejected.key is not None else None,
+            psycopg2.Binary(rejected.raw[:max_bytes]), len(rejected.raw),
+            psycopg2.Binary(hashlib.sha256(rejected.raw).digest()), rejected.error)
+
+
 def _row(trade: TradeMessage) -> tuple:
     return (trade.symbol, trade.price, trade.timestamp, trade.event_time, trade.volume, trade.agg_trade_id,
             trade.first_trade_id, trade.last_trade_id, trade.trades, trade.is_buyer_maker, trade.source)
@@ -112,9 +123,10 @@ def _row(trade: TradeMessage) -> tuple:
 class TradeWriter:
     """Writes one batch per transaction through a small connection pool."""
 
-    def __init__(self, database_url: str, max_connections: int = 2) -> None:
+    def __init__(self, database_url: str, max_connections: int = 2, dead_letter_max_bytes: int = 65536) -> None:
         self.database_url = database_url
         self.max_connections = max_connections
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self._pool: ThreadedConnectionPool | None = None
 
     def _connection(self):
@@ -154,9 +166,7 @@ class TradeWriter:
                     writer.writerow(_row(item.trade))
                 written = self._copy(cursor, buffer)
             if rejected:
-                execute_values(cursor, DEAD_LETTERS, [
-                    (r.topic, r.partition, r.offset, psycopg2.Binary(r.key) if r.key is not None else None,
-                     psycopg2.Binary(r.raw), r.error) for r in rejected])
+                execute_values(cursor, DEAD_LETTERS, [dead_letter_row(r, self.dead_letter_max_bytes) for r in rejected])
             return written
 
     @staticmethod
@@ -210,12 +220,15 @@ class ConsumerConfig:
     batch_size: int
     check_crcs: bool = False
     poll_timeout_ms: int = 500
+    instance_id: str | None = None
+    dead_letter_max_bytes: int = 65536
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings) -> ConsumerConfig:
         return cls(settings.kafka_bootstrap_servers, settings.kafka_topic, settings.consumer_group,
                    settings.database_url, frozenset(settings.symbols), settings.consumer_batch_size,
-                   settings.consumer_check_crcs)
+                   settings.consumer_check_crcs, instance_id=settings.consumer_instance_id or None,
+                   dead_letter_max_bytes=settings.dead_letter_max_bytes)
 
 
 class PricesConsumer:
@@ -223,14 +236,18 @@ class PricesConsumer:
 
     def __init__(self, config: ConsumerConfig) -> None:
         self.config = config
-        self.writer = TradeWriter(config.database_url)
+        self.writer = TradeWriter(config.database_url, dead_letter_max_bytes=config.dead_letter_max_bytes)
         self.kafka = KafkaConsumer(
-            config.topic, bootstrap_servers=config.bootstrap_servers, group_id=config.group,
+            bootstrap_servers=config.bootstrap_servers, group_id=config.group,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=config.batch_size,
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
             check_crcs=config.check_crcs, client_id="prices-consumer",
+            # A static member that restarts takes its partitions back at once (no rebalance), instead of
+            # the group waiting out the dead member's 45 s session first.
+            group_instance_id=config.instance_id,
         )
         self._stop = threading.Event()
+        self._subscribe_once_partitions_are_known()
         # One batch is written to PostgreSQL while the next is polled and validated; offsets are
         # committed on this thread (the Kafka client is not thread-safe) once its write has committed.
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-writer")
@@ -238,6 +255,36 @@ class PricesConsumer:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _subscribe_once_partitions_are_known(self) -> None:
+        """Joins the group only once this client's metadata has the topic's partitions.
+
+        A leader that assigns before then assigns nothing ("No partition metadata for topic") and must
+        rejoin when the metadata arrives: the rebalance that exposes the client bug below.
+        """
+        while not self.kafka.partitions_for_topic(self.config.topic):
+            log.warning("topic has no partitions yet; waiting", extra={"topic": self.config.topic})
+            if self._stop.wait(TOPIC_RETRY_S):
+                return
+        self.kafka.subscribe([self.config.topic])
+
+    def _rejoin_if_join_was_dropped(self) -> None:
+        """Works around a kafka-python 3.0.12 bug that left a consumer idle for good.
+
+        When the leader rejoins because its topic metadata changed (partitions appeared or grew, a broker
+        restarted), that is remembered only as "metadata differs from the last assignment", and the
+        leader's next assignment makes them equal again. If ``poll`` times out while that join is in
+        flight, the next ``poll`` no longer sees a reason to rejoin and never collects the join's result:
+        the member stays "rebalancing" with no partitions and no heartbeats, is evicted after the session
+        timeout, and the other members take every partition. A finished join nobody collected is the
+        sign; asking for a rejoin starts a fresh one.
+        """
+        coordinator = self.kafka._coordinator
+        join = getattr(coordinator, "_join_task", None)
+        if join is not None and join.is_done and not coordinator.need_rejoin():
+            log.warning("group join result was dropped by the Kafka client; rejoining",
+                        extra={"group": self.config.group})
+            coordinator.request_rejoin()
 
     def run(self) -> None:
         log.info("consumer started", extra={"topic": self.config.topic, "group": self.config.group})
@@ -250,6 +297,7 @@ class PricesConsumer:
                     log.warning("poll failed; retrying", extra={"error": repr(exc)[:200]})
                     self._stop.wait(POLL_RETRY_S)
                     continue
+                self._rejoin_if_join_was_dropped()
                 records = [record for batch in batches.values() for record in batch]
                 accepted, rejected = classify(records, self.config.symbols, time.time_ns() // 1_000_000)
                 self._finish_in_flight()
