@@ -27,7 +27,7 @@ from local_stack.processes import (
 from local_stack.run_record import RunRecord, settings_snapshot
 
 LOG4J = Path(__file__).with_name("kafka") / "log4j.properties"
-READY_TIMEOUT_S = 90
+READY_TIMEOUT_S = 180  # ~10 s idle; over 90 s at load 40+ (a broker that dies is reported at once)
 WATCHED = ("BIND_HOST", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_HEAP", "KAFKA_RETENTION_HOURS")
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from local_stack.processes import StackError, require_free_port, tail
 from local_stack.run_record import RunRecord, settings_snapshot
 
 SERVER_USER = "cryptopg"
-START_TIMEOUT_S = 60
+START_TIMEOUT_S = 120
 WATCHED = ("BIND_HOST", "PG_")
 
 

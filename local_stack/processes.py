@@ -158,16 +158,33 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def port_holder(host: str, port: int) -> str:
-    """Who listens on ``port``, as ``pid N (command)`` when the OS tells us, else ``another process``."""
+def listener(host: str, port: int) -> psutil.Process | None:
+    """The process listening on ``port``, when the OS tells us."""
     try:
         for connection in psutil.net_connections("tcp"):
             if (connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
                     and connection.laddr.ip in (host, "0.0.0.0", "::") and connection.pid):
-                return describe_processes([psutil.Process(connection.pid)])
+                return psutil.Process(connection.pid)
     except (psutil.AccessDenied, psutil.NoSuchProcess):
         pass
-    return "another process"
+    return None
+
+
+def port_holder(host: str, port: int) -> str:
+    """Who listens on ``port``, as ``pid N (command)`` when the OS tells us, else ``another process``."""
+    process = listener(host, port)
+    return describe_processes([process]) if process is not None else "another process"
+
+
+def belongs_to(process: psutil.Process, state_dir: Path) -> bool:
+    """Started for this state folder: our marker in its environment, or the folder on its command line
+    (PostgreSQL, started by pg_ctl, carries no marker)."""
+    try:
+        if (process.environ().get(SERVICE_MARKER) or "").startswith(service_marker(state_dir, "")):
+            return True
+        return str(state_dir) in " ".join(process.cmdline())
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        return False
 
 
 def require_free_port(host: str, port: int, variable: str, service: str) -> None:

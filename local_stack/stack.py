@@ -25,7 +25,9 @@ from local_stack.postgres import PostgresServer
 from local_stack.processes import (
     PidFile,
     StackError,
+    belongs_to,
     describe_processes,
+    listener,
     marked_processes,
     port_holder,
     port_is_free,
@@ -343,8 +345,15 @@ class LocalStack:
             self.postgres.stop()
         survivors += stop_processes(marked_processes(service_marker(self.settings.state_dir, ""), prefix=True))
         problems = [f"could not stop {describe_processes(survivors)}"] if survivors else []
-        wait_until(lambda: all(port_is_free(self.settings.bind_host, port) for port in ports), 10)
-        problems += [f"port {port} ({variable}) is still held by {port_holder(self.settings.bind_host, port)}"
-                     for port, variable in sorted(ports.items()) if not port_is_free(self.settings.bind_host, port)]
+        host, state_dir = self.settings.bind_host, self.settings.state_dir
+
+        def held_by_this_stack(port: int) -> bool:
+            # A port taken since by someone else (its number was free again) is not one we failed to free.
+            holder = listener(host, port)
+            return not port_is_free(host, port) and (holder is None or belongs_to(holder, state_dir))
+
+        wait_until(lambda: not any(held_by_this_stack(port) for port in ports), 10)
+        problems += [f"port {port} ({variable}) is still held by {port_holder(host, port)}"
+                     for port, variable in sorted(ports.items()) if held_by_this_stack(port)]
         if problems:
             raise StackError("make down left processes running: " + "; ".join(problems))
