@@ -10,7 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streaming_services.consumer import classify
-from streaming_services.messages import InvalidMessage, TradeMessage, parse_trade_message
+from streaming_services.messages import (
+    InvalidMessage,
+    TradeMessage,
+    _decode_valid,
+    _parse_with_reasons,
+    decode_agg_trade_frame,
+    parse_trade_message,
+)
 
 SYMBOLS = frozenset({"BTCUSDT", "ETHUSDT"})
 NOW_MS = 1_795_600_000_000
@@ -124,3 +131,27 @@ def test_classify_accounts_for_every_record(payloads: list[bytes]) -> None:
     assert sorted([a.offset for a in accepted] + [r.offset for r in rejected]) == list(range(len(records)))
     assert accepted[-1].offset == len(payloads)
     assert all(r.error for r in rejected)
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(corrupted_messages())
+def test_the_fused_decoder_accepts_exactly_what_the_field_by_field_rules_accept(raw: bytes) -> None:
+    try:
+        reference = _parse_with_reasons(raw, SYMBOLS, NOW_MS)
+    except InvalidMessage:
+        reference = None
+    fast = _decode_valid(raw, SYMBOLS, NOW_MS)
+    assert fast is None or fast == reference
+    if reference is not None and fast is None:
+        # Only spellings the strict decoder leaves to the general path (a price given as a string, a bool as
+        # the trade count) may take it; a plain valid message never does.
+        assert raw != reference.to_json()
+
+
+def test_a_valid_message_takes_the_fast_path_and_a_frame_decodes_like_from_agg_trade() -> None:
+    message = TradeMessage.from_agg_trade(AGG_TRADE, "replay")
+    assert _decode_valid(message.to_json(), SYMBOLS, NOW_MS) == message
+    frame = json.dumps({"stream": "btcusdt@aggTrade", "data": AGG_TRADE}).encode()
+    assert decode_agg_trade_frame(frame, "replay") == message
+    assert decode_agg_trade_frame(b'{"result":null,"id":1}', "replay") is None
+    assert decode_agg_trade_frame(json.dumps({"data": {**AGG_TRADE, "p": 1.5}}).encode(), "replay") is None

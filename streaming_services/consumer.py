@@ -8,7 +8,7 @@ A crash anywhere replays at most the uncommitted batch, which the unique keys ab
 
 from __future__ import annotations
 
-import csv
+import functools
 import hashlib
 import io
 import logging
@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import msgspec
 import psycopg2
 import psycopg2.errors
 from kafka import KafkaConsumer, TopicPartition
@@ -31,8 +32,8 @@ from psycopg2.pool import ThreadedConnectionPool
 
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings, SettingsError
-from streaming_services.messages import InvalidMessage, TradeMessage, parse_trade_message
-from streaming_services.startup import StartupError, start_metrics, wait_for_kafka
+from streaming_services.messages import InvalidMessage, TradeMessage, parse_trade_message, utc_text
+from streaming_services.startup import METRICS_PORT_STRIDE, StartupError, start_metrics, wait_for_kafka, worker_argument
 
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 10.0
@@ -58,6 +59,7 @@ CREATE TEMP TABLE IF NOT EXISTS incoming_trades (
 ) ON COMMIT DELETE ROWS
 """
 COPY_INCOMING = "COPY incoming_trades FROM STDIN WITH (FORMAT csv)"
+COPY_READ_BYTES = 1 << 20
 TRADE_COLUMNS = ("symbol, price, timestamp, event_time, volume, agg_trade_id, first_trade_id, last_trade_id, trades,"
                  " is_buyer_maker, source")
 COPY_TRADES = f"COPY stock.real_time_prices ({TRADE_COLUMNS}) FROM STDIN WITH (FORMAT csv)"
@@ -76,16 +78,14 @@ DEAD_LETTERS = ('INSERT INTO stock.rejected_messages (topic, partition, "offset"
                 " VALUES %s ON CONFLICT (topic, partition, \"offset\") DO NOTHING")
 
 
-@dataclass(frozen=True)
-class Accepted:
+class Accepted(msgspec.Struct, frozen=True):
     trade: TradeMessage
     topic: str
     partition: int
     offset: int
 
 
-@dataclass(frozen=True)
-class Rejected:
+class Rejected(msgspec.Struct, frozen=True):
     topic: str
     partition: int
     offset: int
@@ -113,6 +113,22 @@ def dead_letter_row(rejected: Rejected, max_bytes: int) -> tuple:
             psycopg2.Binary(rejected.key) if rejected.key is not None else None,
             psycopg2.Binary(rejected.raw[:max_bytes]), len(rejected.raw),
             psycopg2.Binary(hashlib.sha256(rejected.raw).digest()), rejected.error)
+
+
+@functools.lru_cache(maxsize=4096)
+def _csv_text(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def encode_copy_rows(trades: Iterable[TradeMessage]) -> bytes:
+    """The COPY buffer (CSV, columns of ``TRADE_COLUMNS``) built in one pass of f-strings: a third of the
+    cost of ``csv.writer`` with ``Decimal`` and ``datetime`` objects. Texts are always quoted."""
+    return "".join([
+        f"{_csv_text(t.symbol)},{t.price},{t.timestamp},{utc_text(t.timestamp)},{t.volume},{t.agg_trade_id},"
+        f"{t.first_trade_id},{t.last_trade_id},{t.last_trade_id - t.first_trade_id + 1},"
+        f"{'t' if t.is_buyer_maker else 'f'},{_csv_text(t.source)}\n"
+        for t in trades
+    ]).encode()
 
 
 def _row(trade: TradeMessage) -> tuple:
@@ -160,31 +176,25 @@ class TradeWriter:
         with connection, connection.cursor() as cursor:
             written = 0
             if accepted:
-                buffer = io.StringIO()
-                writer = csv.writer(buffer)
-                for item in accepted:
-                    writer.writerow(_row(item.trade))
-                written = self._copy(cursor, buffer)
+                written = self._copy(cursor, encode_copy_rows(item.trade for item in accepted))
             if rejected:
                 execute_values(cursor, DEAD_LETTERS, [dead_letter_row(r, self.dead_letter_max_bytes) for r in rejected])
             return written
 
     @staticmethod
-    def _copy(cursor, rows: io.StringIO) -> int:
+    def _copy(cursor, rows: bytes) -> int:
         """COPY straight into the table, twice as fast as a merge; a batch holding a row that is already
         there (read again after a crash or a rebalance) is merged instead, skipping those rows."""
         cursor.execute("SAVEPOINT direct_copy")
         try:
-            rows.seek(0)
-            cursor.copy_expert(COPY_TRADES, rows)
+            cursor.copy_expert(COPY_TRADES, io.BytesIO(rows), size=COPY_READ_BYTES)
             copied = cursor.rowcount
             cursor.execute("RELEASE SAVEPOINT direct_copy")
             return copied
         except psycopg2.errors.UniqueViolation:
             cursor.execute("ROLLBACK TO SAVEPOINT direct_copy")
-        rows.seek(0)
         cursor.execute(STAGING_TABLE)
-        cursor.copy_expert(COPY_INCOMING, rows)
+        cursor.copy_expert(COPY_INCOMING, io.BytesIO(rows), size=COPY_READ_BYTES)
         cursor.execute(MERGE)
         return cursor.rowcount
 
@@ -241,7 +251,7 @@ class PricesConsumer:
             bootstrap_servers=config.bootstrap_servers, group_id=config.group,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=config.batch_size,
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024,
-            check_crcs=config.check_crcs, client_id="prices-consumer",
+            check_crcs=config.check_crcs, client_id="prices-consumer", metrics_enabled=False,
             # A static member that restarts takes its partitions back at once (no rebalance), instead of
             # the group waiting out the dead member's 45 s session first.
             group_instance_id=config.instance_id,
@@ -370,12 +380,17 @@ class PricesConsumer:
                 LAG.labels(str(tp.partition)).set(max(0, highwater - position))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """``--worker I`` (0 to CONSUMER_WORKERS - 1): one of the group's processes; Kafka shares the partitions."""
+    worker = worker_argument("python -m streaming_services.consumer", argv)
     try:
         settings = PlatformSettings.from_env()
+        if not 0 <= worker < settings.consumer_workers:
+            raise SettingsError(f"--worker {worker} is outside CONSUMER_WORKERS={settings.consumer_workers}")
         config = ConsumerConfig.from_settings(settings)
         configure_logging(settings.log_level)
-        start_metrics("CONSUMER_METRICS_PORT", settings.bind_host, settings.consumer_metrics_port)
+        start_metrics("CONSUMER_METRICS_PORT", settings.bind_host,
+                      settings.consumer_metrics_port + worker * METRICS_PORT_STRIDE)
     except (SettingsError, StartupError) as exc:
         print(f"consumer: {exc}", file=sys.stderr)
         return 2

@@ -4,15 +4,20 @@ The wire format is the seed's JSON shape (``symbol, price, timestamp, event_time
 aggTrade identity (``agg_trade_id, first_trade_id, last_trade_id, trades, is_buyer_maker, source``).
 Prices and quantities are JSON numbers written with exactly Binance's digits and read back as
 ``Decimal``, so no float ever touches them between Binance and PostgreSQL.
+
+Decoding is fused with validation: msgspec decoders check types and ranges while they parse (a few µs a
+message), and only a message they refuse goes through the field-by-field checks, which name the reason.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 MAX_MESSAGE_BYTES = 64 * 1024
 # The trades table stores NUMERIC(20, 8): 12 integer digits, 8 decimals.
@@ -29,9 +34,9 @@ class InvalidMessage(ValueError):
     """A message that cannot become a row; the text is the reason stored with its dead letter."""
 
 
-@dataclass(frozen=True, slots=True)
-class TradeMessage:
-    """One Binance aggregate trade as the platform carries it."""
+class TradeMessage(msgspec.Struct, frozen=True):
+    """One Binance aggregate trade as the platform carries it (a msgspec Struct: built ten times faster than
+    a frozen dataclass, which counts at tens of thousands a second)."""
 
     symbol: str
     price: Decimal
@@ -78,22 +83,71 @@ class TradeMessage:
     def to_json(self) -> bytes:
         """The Kafka value. Decimals are written as JSON numbers with their exact digits."""
         ms = self.timestamp
-        event_time = datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
         return (
             "{"
-            f'"symbol":{json.dumps(self.symbol)},'
+            f'"symbol":{_json_string(self.symbol)},'
             f'"price":{self.price},'
             f'"timestamp":{ms},'
-            f'"event_time":"{event_time}",'
+            f'"event_time":"{utc_text(ms)}",'
             f'"volume":{self.volume},'
-            f'"trades":{self.trades},'
+            f'"trades":{self.last_trade_id - self.first_trade_id + 1},'
             f'"agg_trade_id":{self.agg_trade_id},'
             f'"first_trade_id":{self.first_trade_id},'
             f'"last_trade_id":{self.last_trade_id},'
             f'"is_buyer_maker":{"true" if self.is_buyer_maker else "false"},'
-            f'"source":{json.dumps(self.source)}'
+            f'"source":{_json_string(self.source)}'
             "}"
         ).encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_string(text: str) -> str:
+    """A JSON string literal; symbols and sources are few, so each is escaped once."""
+    return json.dumps(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_second(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def utc_text(ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC (``2023-04-04T23:59:59.999Z``); trades arrive in time order, so
+    the formatted second is nearly always cached."""
+    return f"{_utc_second(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+class _AggTradeData(msgspec.Struct):
+    """A Binance aggTrade payload exactly as Binance types it; anything else takes the general path."""
+
+    e: Literal["aggTrade"]
+    s: Annotated[str, msgspec.Meta(min_length=1)]
+    a: int
+    p: str
+    q: str
+    f: int
+    l: int  # noqa: E741 - Binance's field name
+    T: int
+    m: bool
+
+
+class _StreamFrame(msgspec.Struct):
+    data: _AggTradeData
+
+
+_STREAM_FRAME_DECODER = msgspec.json.Decoder(_StreamFrame)
+
+
+def decode_agg_trade_frame(raw: bytes, source: str) -> TradeMessage | None:
+    """The fast path of the producer: a combined-stream aggTrade frame (``{"stream":…,"data":{"e":"aggTrade",…}}``)
+    → its trade; ``None`` for any other frame (control events, malformed data), which the caller handles."""
+    try:
+        data = _STREAM_FRAME_DECODER.decode(raw).data
+        return TradeMessage(symbol=data.s.upper(), price=Decimal(data.p), volume=Decimal(data.q), timestamp=data.T,
+                            agg_trade_id=data.a, first_trade_id=data.f, last_trade_id=data.l,
+                            is_buyer_maker=data.m, source=source)
+    except (msgspec.DecodeError, InvalidOperation):
+        return None
 
 
 def _reject_constant(name: str) -> Any:
@@ -138,12 +192,66 @@ def _integer(doc: dict[str, Any], name: str, minimum: int = 0) -> int:
     return value
 
 
+_Id = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class _WireTrade(msgspec.Struct):
+    """The Kafka value as the fast decoder reads it: types and ranges are checked while parsing."""
+
+    symbol: str
+    price: Decimal
+    volume: Decimal
+    timestamp: _Id
+    agg_trade_id: _Id
+    first_trade_id: _Id
+    last_trade_id: _Id
+    is_buyer_maker: bool
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_SOURCE_LENGTH)]
+    trades: int | msgspec.UnsetType = msgspec.UNSET
+
+
+_WIRE_DECODER = msgspec.json.Decoder(_WireTrade)
+
+
+def _exact_amount(number: Decimal) -> bool:
+    """What ``_decimal`` accepts, as a predicate: finite, positive, fits NUMERIC(20, 8). The decimal places
+    are counted on ``str`` (a fifth of the cost of ``as_tuple``) unless it is in exponent notation."""
+    if not (number.is_finite() and number > 0 and number.adjusted() < MAX_INTEGER_DIGITS):
+        return False
+    text = str(number)
+    if "E" in text:
+        return -number.as_tuple().exponent <= MAX_DECIMAL_PLACES
+    dot = text.find(".")
+    return dot < 0 or len(text) - dot - 1 <= MAX_DECIMAL_PLACES
+
+
+def _decode_valid(raw: bytes, known_symbols: frozenset[str], now_ms: int) -> TradeMessage | None:
+    """The fast path: the trade when every rule holds, else ``None`` (the reasoned path explains why)."""
+    try:
+        wire = _WIRE_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    span = wire.last_trade_id - wire.first_trade_id + 1
+    if (wire.symbol in known_symbols and EARLIEST_TRADE_MS <= wire.timestamp <= now_ms + MAX_CLOCK_SKEW_MS
+            and 1 <= span <= MAX_TRADES_PER_AGGREGATE and (wire.trades is msgspec.UNSET or wire.trades == span)
+            and wire.source.isprintable() and _exact_amount(wire.price) and _exact_amount(wire.volume)):
+        return TradeMessage(wire.symbol, wire.price, wire.volume, wire.timestamp, wire.agg_trade_id,
+                            wire.first_trade_id, wire.last_trade_id, wire.is_buyer_maker, wire.source)
+    return None
+
+
 def parse_trade_message(raw: bytes | None, known_symbols: frozenset[str], now_ms: int) -> TradeMessage:
     """Validates one Kafka value; raises ``InvalidMessage`` with the reason for anything unusable."""
     if raw is None:
         raise InvalidMessage("empty message (tombstone)")
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidMessage(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    trade = _decode_valid(raw, known_symbols, now_ms)
+    return trade if trade is not None else _parse_with_reasons(raw, known_symbols, now_ms)
+
+
+def _parse_with_reasons(raw: bytes, known_symbols: frozenset[str], now_ms: int) -> TradeMessage:
+    """The rules field by field, each failure with its reason; the fast path must never accept more."""
     try:
         doc = _DECODER.decode(raw.decode("utf-8"))
     except InvalidMessage:
