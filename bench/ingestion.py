@@ -1,10 +1,13 @@
 """Ingestion benchmarks on a throwaway stack (real Kafka, real PostgreSQL):
 
-1. consumer throughput from a pre-filled topic, side by side with a plain COPY of the same rows;
-2. the whole chain at full replay speed (replay server → producer → Kafka → consumer → PostgreSQL);
+1. consumer throughput from a pre-filled topic, side by side with a plain COPY of the same rows, and the
+   cost of each stage of the message path in µs per message, each stage measured alone in the same run;
+2. the whole chain at full replay speed (replay server → producer → Kafka → consumer → PostgreSQL) with 1,
+   2, … producer and consumer worker processes (``--workers``), every id compared afterwards;
 3. latency at a steady rate: producer send → broker ack, and trade time → row in PostgreSQL.
 
-Usage: ``python -m bench.ingestion [--rows N] [--rate R --seconds S] [--part consumer|chain|latency ...]``.
+Usage: ``python -m bench.ingestion [--rows N] [--workers 1,2,3] [--rate R --seconds S]
+[--part consumer|stages|chain|latency ...]``.
 """
 
 from __future__ import annotations
@@ -12,21 +15,27 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import random
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
 from pathlib import Path
 
 import psycopg2
+import websocket
 from kafka import KafkaProducer
 
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import ephemeral_stack, make_state_dir
-from local_stack.stack import LocalStack
-from streaming_services.consumer import ConsumerConfig, PricesConsumer
-from streaming_services.messages import TradeMessage
+from local_stack.processes import free_port, stop_process_group, wait_until
+from local_stack.stack import REPO_ROOT, LocalStack
+from streaming_services.consumer import COPY_TRADES, ConsumerConfig, PricesConsumer, classify, encode_copy_rows
+from streaming_services.messages import TradeMessage, decode_agg_trade_frame
 from streaming_services.producer import SEND_LATENCY, BinanceProducer, ProducerConfig
 from streaming_services.replay_server import ReplayConfig, ReplayServer
 
@@ -55,12 +64,19 @@ def truncate(database_url: str) -> None:
 
 
 def wait_rows(database_url: str, target: int, timeout: float) -> float:
+    """Seconds until the table holds ``target`` rows; one connection polled every 0.1 s, so that watching
+    costs the machine little (a new connection is a password hash on both sides)."""
     started = time.perf_counter()
-    while rows_in(database_url) < target:
-        if time.perf_counter() - started > timeout:
-            raise SystemExit(f"bench: only {rows_in(database_url)} of {target} rows after {timeout} s")
-        time.sleep(0.05)
-    return time.perf_counter() - started
+    with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
+        connection.autocommit = True
+        while True:
+            cursor.execute("SELECT count(*) FROM stock.real_time_prices")
+            rows = cursor.fetchone()[0]
+            if rows >= target:
+                return time.perf_counter() - started
+            if time.perf_counter() - started > timeout:
+                raise SystemExit(f"bench: only {rows} of {target} rows after {timeout} s")
+            time.sleep(0.1)
 
 
 def plain_copy_rate(database_url: str, trades: list[TradeMessage]) -> float:
@@ -102,10 +118,10 @@ def consumer_rate(settings: PlatformSettings, stack: LocalStack, trades: list[Tr
     return len(trades) / elapsed
 
 
-def write_agg_trades_file(folder: Path, rows: int, start_ms: int) -> Path:
-    """A Binance aggTrades CSV (no header) of ``rows`` BTCUSDT trades, 1 ms apart."""
-    path = folder / "BTCUSDT-aggTrades-bench.csv"
-    rng = random.Random(2)
+def write_agg_trades_file(folder: Path, rows: int, start_ms: int, symbol: str = "BTCUSDT") -> Path:
+    """A Binance aggTrades CSV (no header) of ``rows`` trades of ``symbol``, 1 ms apart."""
+    path = folder / f"{symbol}-aggTrades-bench.csv"
+    rng = random.Random(symbol)
     with path.open("w") as handle:
         for i in range(rows):
             handle.write(f"{i + 1},{60000 + rng.random() * 100:.8f},{rng.random() + 0.00001:.8f},{i + 1},{i + 1},"
@@ -113,32 +129,145 @@ def write_agg_trades_file(folder: Path, rows: int, start_ms: int) -> Path:
     return path
 
 
-def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int) -> float:
-    """Counted from the first committed row to the last, so connection set-up and the group join are not in it."""
-    folder = make_state_dir("crypto-bench-chain-")
-    path = write_agg_trades_file(folder, rows, int(time.time() * 1000) - rows)
-    topic = "bench-chain"
-    stack.kafka.ensure_topic(topic, settings.kafka_partitions)
-    server = ReplayServer(ReplayConfig(symbols=("BTCUSDT",), files=(path,), speed=0, port=0, state_dir=folder / "replay"))
+def write_market_files(folder: Path, rows: int) -> list[Path]:
+    """``rows`` trades shared out over the five symbols, so that producer workers have symbols to divide."""
+    start_ms = int(time.time() * 1000) - rows
+    return [write_agg_trades_file(folder, rows // len(SYMBOLS), start_ms, symbol) for symbol in SYMBOLS]
+
+
+def per_message_us(elapsed_s: float, messages: int) -> float:
+    return elapsed_s / messages * 1e6
+
+
+def stage_costs(settings: PlatformSettings, stack: LocalStack, rows: int) -> dict[str, float]:
+    """µs per message of each stage of the path, each alone: CPU time of the process for the Python stages
+    (the WebSocket read: of the reading thread only, the replay server being in this process), wall time for
+    COPY (PostgreSQL does that work)."""
+    folder = make_state_dir("crypto-bench-stages-")
+    server = ReplayServer(ReplayConfig(symbols=SYMBOLS, files=tuple(write_market_files(folder, rows)), speed=0,
+                                       port=0, state_dir=folder / "replay"))
     ws_url, rest_url = server.start_in_thread()
-    consumer = PricesConsumer(ConsumerConfig(settings.kafka_bootstrap_servers, topic, "bench-chain",
-                                             settings.database_url, frozenset({"BTCUSDT"}), settings.consumer_batch_size))
-    producer = BinanceProducer(ProducerConfig(ws_url, rest_url, ("BTCUSDT",), topic, settings.kafka_bootstrap_servers,
-                                              "replay", folder / "acked.json"))
-    threads = [threading.Thread(target=consumer.run, daemon=True), threading.Thread(target=producer.run, daemon=True)]
-    for thread in threads:
-        thread.start()
-    wait_rows(settings.database_url, 1, 120)
-    first_row = time.perf_counter()
-    wait_rows(settings.database_url, rows, 600)
-    elapsed = time.perf_counter() - first_row
-    producer.stop()
-    consumer.stop()
-    for thread in threads:
-        thread.join(30)
+    config = ProducerConfig(ws_url, rest_url, SYMBOLS, "bench-stages", settings.kafka_bootstrap_servers, "replay",
+                            folder / "acked.json")
+    stack.kafka.ensure_topic(config.topic, settings.kafka_partitions)
+    expected = rows // len(SYMBOLS) * len(SYMBOLS)
+    costs: dict[str, float] = {}
+
+    ws = websocket.create_connection(config.stream_url, timeout=10, skip_utf8_validation=True)
+    frames: list[bytes] = []
+    started = time.thread_time()
+    while len(frames) < expected:
+        opcode, frame = ws.recv_data_frame(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_TEXT:
+            frames.append(frame.data)
+    costs["WS read"] = per_message_us(time.thread_time() - started, len(frames))
+    ws.close()
     server.stop_thread()
+
+    started = time.process_time()
+    trades = [decode_agg_trade_frame(frame, "replay") for frame in frames]
+    costs["parse"] = per_message_us(time.process_time() - started, len(trades))
+
+    producer = BinanceProducer(config)
+    started = time.process_time()
+    for trade in trades:
+        producer.send(trade, "live")
+    producer.kafka.flush()
+    costs["Kafka send"] = per_message_us(time.process_time() - started, len(trades))
+    producer.kafka.close()
+
+    consumer = PricesConsumer(ConsumerConfig(settings.kafka_bootstrap_servers, config.topic, "bench-stages",
+                                             settings.database_url, frozenset(SYMBOLS), settings.consumer_batch_size))
+    while not consumer.kafka.poll(timeout_ms=1000, max_records=1):  # joins the group; read again below
+        pass
+    consumer.kafka.seek_to_beginning()
+    records = []
+    started = time.process_time()
+    while len(records) < len(trades):
+        records += [r for batch in consumer.kafka.poll(timeout_ms=5000).values() for r in batch]
+    costs["Kafka poll/decode"] = per_message_us(time.process_time() - started, len(records))
+    consumer.kafka.close()
+    consumer.writer.close()
+
+    started = time.process_time()
+    accepted, rejected = classify(records, frozenset(SYMBOLS), int(time.time() * 1000))
+    costs["validate"] = per_message_us(time.process_time() - started, len(records))
+    assert not rejected, rejected[:3]
+
+    started = time.process_time()
+    buffer = encode_copy_rows(item.trade for item in accepted)
+    costs["encode"] = per_message_us(time.process_time() - started, len(accepted))
+
     truncate(settings.database_url)
-    return rows / elapsed
+    with psycopg2.connect(settings.database_url) as connection, connection.cursor() as cursor:
+        started = time.perf_counter()
+        cursor.copy_expert(COPY_TRADES, io.BytesIO(buffer), size=1 << 20)
+        connection.commit()
+        costs["COPY"] = per_message_us(time.perf_counter() - started, len(accepted))
+    truncate(settings.database_url)
+    return costs
+
+
+def stored_ids_check(database_url: str, per_symbol: int) -> str:
+    """Every id 1..per_symbol of every symbol exactly once (the unique key forbids doubles in the table)."""
+    with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT symbol, count(*), count(DISTINCT agg_trade_id), min(agg_trade_id), max(agg_trade_id)"
+                       " FROM stock.real_time_prices GROUP BY symbol")
+        found = {symbol: rest for symbol, *rest in cursor.fetchall()}
+    wanted = {symbol: (per_symbol, per_symbol, 1, per_symbol) for symbol in SYMBOLS}
+    if {s: tuple(v) for s, v in found.items()} != wanted:
+        raise SystemExit(f"bench: ids differ: stored {found}, expected {wanted}")
+    return "every id once"
+
+
+def start_service(module: str, worker: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    with log_path.open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", module, "--worker", str(worker)], env=env, cwd=REPO_ROOT,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int, workers: int) -> float:
+    """The services as ``make up`` runs them (replay server, ``workers`` producer and consumer processes).
+    Counted from the first committed row to the last, so process start and the group join are not in it."""
+    folder = make_state_dir(f"crypto-bench-chain-{workers}-")
+    files = write_market_files(folder, rows)
+    expected = rows // len(SYMBOLS) * len(SYMBOLS)
+    topic = f"bench-chain-{workers}"
+    consumers = min(workers, settings.kafka_partitions)
+    stack.kafka.ensure_topic(topic, settings.kafka_partitions)
+    replay_port = free_port()
+    env = {**os.environ, "STATE_DIR": str(folder), "SYMBOLS": ",".join(SYMBOLS), "SOURCE": "replay",
+           "REPLAY_FILES": ",".join(map(str, files)), "REPLAY_SPEED": "0", "REPLAY_PORT": str(replay_port),
+           "BINANCE_WS_URL": f"ws://127.0.0.1:{replay_port}", "BINANCE_REST_URL": f"http://127.0.0.1:{replay_port}",
+           "KAFKA_TOPIC": topic, "CONSUMER_GROUP": topic, "PRODUCER_WORKERS": str(workers),
+           "CONSUMER_WORKERS": str(consumers), "PRODUCER_METRICS_PORT": str(free_port()),
+           "CONSUMER_METRICS_PORT": str(free_port()), "LOG_LEVEL": "WARNING"}
+    processes = [start_service("streaming_services.replay_server", 0, env, folder / "replay.log")]
+    try:
+        if not wait_until(lambda: _port_answers(replay_port), 120):
+            raise SystemExit(f"bench: the replay server did not start; read {folder / 'replay.log'}")
+        processes += [start_service("streaming_services.consumer", i, env, folder / f"consumer-{i}.log")
+                      for i in range(consumers)]
+        processes += [start_service("streaming_services.producer", i, env, folder / f"producer-{i}.log")
+                      for i in range(workers)]
+        wait_rows(settings.database_url, 1, 180)
+        first_row = time.perf_counter()
+        wait_rows(settings.database_url, expected, 600)
+        elapsed = time.perf_counter() - first_row
+        stored_ids_check(settings.database_url, rows // len(SYMBOLS))
+    finally:
+        for process in reversed(processes):
+            stop_process_group(process.pid)
+    truncate(settings.database_url)
+    return expected / elapsed
+
+
+def _port_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -194,7 +323,11 @@ def positive_int(raw: str) -> int:
     return value
 
 
-PARTS = ("consumer", "chain", "latency")
+PARTS = ("consumer", "stages", "chain", "latency")
+
+
+def worker_counts(raw: str) -> list[int]:
+    return [positive_int(part) for part in raw.split(",")]
 
 
 def main() -> None:
@@ -202,6 +335,8 @@ def main() -> None:
     parser.add_argument("--rows", type=positive_int, default=200_000, help="rows for the throughput runs")
     parser.add_argument("--rate", type=positive_int, default=1000, help="trades per second for the latency run")
     parser.add_argument("--seconds", type=positive_int, default=30, help="length of the latency run")
+    parser.add_argument("--workers", type=worker_counts, default=[1, 2, 3],
+                        help="producer and consumer processes of the chain runs, comma list (consumers at most the partitions)")
     parser.add_argument("--part", choices=PARTS, action="append", help="run only this part (repeatable)")
     args = parser.parse_args()
     parts = args.part or PARTS
@@ -213,10 +348,20 @@ def main() -> None:
             consumer = consumer_rate(settings, stack, trades)
             print(f"consumer throughput: {consumer:,.0f} rows/s committed; plain COPY of the same {args.rows:,} rows: "
                   f"{copy:,.0f} rows/s; ratio {consumer / copy:.2f}", flush=True)
+        if "stages" in parts:
+            costs = stage_costs(settings, stack, args.rows)
+            print("µs per message by stage (each alone, this run): " + ", ".join(
+                f"{name} {us:.1f}" for name, us in costs.items()) + f"; sum {sum(costs.values()):.1f}", flush=True)
         if "chain" in parts:
-            chain = chain_rate(settings, stack, args.rows)
-            print(f"whole chain at full replay speed: {chain:,.0f} trades/s ({args.rows:,} trades, replay → producer → "
-                  f"Kafka → consumer → PostgreSQL)", flush=True)
+            rates = {}
+            for workers in args.workers:
+                rates[workers] = chain_rate(settings, stack, args.rows, workers)
+                print(f"  chain with {workers} producer and {min(workers, settings.kafka_partitions)} consumer "
+                      f"worker(s): {rates[workers]:,.0f} trades/s, every id once", flush=True)
+            best = max(rates, key=rates.get)
+            print(f"whole chain at full replay speed: {rates[best]:,.0f} trades/s ({args.rows // len(SYMBOLS) * len(SYMBOLS):,} "
+                  f"trades of {len(SYMBOLS)} symbols, replay → producer → Kafka → consumer → PostgreSQL; best of "
+                  f"{', '.join(map(str, rates))} workers: {best})", flush=True)
         if "latency" in parts:
             latency = steady_latency(settings, stack, args.rate, args.seconds)
             print(f"steady {latency['rate']:,.0f} trades/s for {args.seconds} s: producer send→ack p50 "

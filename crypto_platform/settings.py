@@ -111,7 +111,9 @@ class PlatformSettings:
     consumer_check_crcs: bool = field(metadata={"env": "CONSUMER_CHECK_CRCS", "doc": "1 = kafka-python re-checks record CRCs (4x slower; the broker checks them on produce)", "default": "0"})
     dead_letter_max_bytes: int = field(metadata={"env": "DEAD_LETTER_MAX_BYTES", "doc": "Bytes of a rejected payload stored in stock.rejected_messages; its full length and SHA-256 are kept beside", "default": "65536"})
     consumer_instance_id: str = field(metadata={"env": "CONSUMER_INSTANCE_ID", "doc": "Static group membership id (Kafka group.instance.id), unique per consumer process: a restarted consumer takes its partitions back at once; empty = dynamic membership (a restart waits out the 45 s session)", "default": "make up: consumer-1; else empty"})
+    consumer_workers: int = field(metadata={"env": "CONSUMER_WORKERS", "doc": "Consumer processes in the group (at most KAFKA_PARTITIONS); worker I serves metrics on CONSUMER_METRICS_PORT + 100·I", "default": "1"})
     producer_stall_timeout_s: float = field(metadata={"env": "PRODUCER_STALL_TIMEOUT_S", "doc": "Reconnect when no frame (data or ping) came for this long", "default": "60"})
+    producer_workers: int = field(metadata={"env": "PRODUCER_WORKERS", "doc": "Producer processes, SYMBOLS shared out among them (at most one per symbol); worker I serves metrics on PRODUCER_METRICS_PORT + 100·I", "default": "1"})
     producer_metrics_port: int = field(metadata={"env": "PRODUCER_METRICS_PORT", "doc": "Prometheus endpoint of the producer", "default": "9101"})
     consumer_metrics_port: int = field(metadata={"env": "CONSUMER_METRICS_PORT", "doc": "Prometheus endpoint of the consumer", "default": "9102"})
     dagster_port: int = field(metadata={"env": "DAGSTER_PORT", "doc": "Dagster UI port", "default": "3000"})
@@ -152,6 +154,17 @@ class PlatformSettings:
             ws_default, rest_default = f"ws://{bind_host}:{replay_port}", f"http://{bind_host}:{replay_port}"
         else:
             ws_default, rest_default = BINANCE_WS_URL, BINANCE_REST_URL
+        # Set but empty is a mistake (``SYMBOLS= make up``), not a request for the defaults.
+        symbols = _parse_symbols(os.environ.get("SYMBOLS", ",".join(SEED_SYMBOLS)))
+        kafka_partitions = _env_int("KAFKA_PARTITIONS", 3, minimum=1)
+        producer_workers = _env_int("PRODUCER_WORKERS", 1, minimum=1)
+        if producer_workers > len(symbols):
+            raise SettingsError(f"PRODUCER_WORKERS={producer_workers} exceeds the {len(symbols)} SYMBOLS (a symbol is "
+                                "never in two workers)")
+        consumer_workers = _env_int("CONSUMER_WORKERS", 1, minimum=1)
+        if consumer_workers > kafka_partitions:
+            raise SettingsError(f"CONSUMER_WORKERS={consumer_workers} exceeds KAFKA_PARTITIONS={kafka_partitions} "
+                                "(a partition is read by one consumer of the group)")
         spark_cluster = _env_bool("SPARK_CLUSTER", False)
         spark_master_port = _env_port("SPARK_MASTER_PORT", 7077)
         spark_master = _env("SPARK_MASTER", f"spark://{bind_host}:{spark_master_port}" if spark_cluster else "local[*]")
@@ -164,7 +177,7 @@ class PlatformSettings:
             kafka_controller_port=_env_port("KAFKA_CONTROLLER_PORT", 9093),
             kafka_bootstrap_servers=_env("KAFKA_BOOTSTRAP_SERVERS", f"{bind_host}:{kafka_port}"),
             kafka_topic=_env("KAFKA_TOPIC", "binance-prices"),
-            kafka_partitions=_env_int("KAFKA_PARTITIONS", 3, minimum=1),
+            kafka_partitions=kafka_partitions,
             kafka_retention_hours=_env_int("KAFKA_RETENTION_HOURS", 168, minimum=1),
             kafka_heap=_env("KAFKA_HEAP", "512m"),
             pg_port=pg_port,
@@ -175,8 +188,7 @@ class PlatformSettings:
             embedded_postgres=embedded_postgres,
             dagster_database=_env("DAGSTER_PG_DB", "dagster"),
             superset_database=_env("SUPERSET_PG_DB", "superset"),
-            # Set but empty is a mistake (``SYMBOLS= make up``), not a request for the defaults.
-            symbols=_parse_symbols(os.environ.get("SYMBOLS", ",".join(SEED_SYMBOLS))),
+            symbols=symbols,
             source=source,
             binance_ws_url=_env("BINANCE_WS_URL", ws_default).rstrip("/"),
             binance_rest_url=_env("BINANCE_REST_URL", rest_default).rstrip("/"),
@@ -190,7 +202,9 @@ class PlatformSettings:
             consumer_check_crcs=_env_bool("CONSUMER_CHECK_CRCS", False),
             dead_letter_max_bytes=_env_int("DEAD_LETTER_MAX_BYTES", 65536, minimum=0),
             consumer_instance_id=_env("CONSUMER_INSTANCE_ID", ""),
+            consumer_workers=consumer_workers,
             producer_stall_timeout_s=_env_float("PRODUCER_STALL_TIMEOUT_S", 60.0, minimum=0.1),
+            producer_workers=producer_workers,
             producer_metrics_port=_env_port("PRODUCER_METRICS_PORT", 9101),
             consumer_metrics_port=_env_port("CONSUMER_METRICS_PORT", 9102),
             dagster_port=_env_port("DAGSTER_PORT", 3000),

@@ -5,6 +5,10 @@ send that Kafka refused) is filled from REST ``/api/v3/aggTrades`` before newer 
 highest id Kafka acknowledged per symbol is kept in ``<state>/producer/acked.json``, so a restarted
 producer backfills what happened while it was down. Duplicates this may cause are absorbed downstream
 (the consumer writes idempotently on (symbol, agg_trade_id)).
+
+Scale-out: ``PRODUCER_WORKERS`` processes (``--worker I``) each stream ``SYMBOLS[I::PRODUCER_WORKERS]``, so a
+symbol is never in two workers; each keeps its own acknowledged ids (``acked.json`` for worker 0,
+``acked-I.json`` for the others) and its own gap backfill.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ from typing import Any
 import websocket
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter, Histogram
 
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings, SettingsError
-from streaming_services.messages import InvalidMessage, TradeMessage
-from streaming_services.startup import StartupError, start_metrics, wait_for_kafka
+from streaming_services.messages import InvalidMessage, TradeMessage, decode_agg_trade_frame
+from streaming_services.startup import METRICS_PORT_STRIDE, StartupError, start_metrics, wait_for_kafka, worker_argument
 
 REST_PAGE = 1000
 MALFORMED_KEY = b"malformed"
@@ -65,10 +70,11 @@ class ProducerConfig:
     max_block_ms: int = 5000
 
     @classmethod
-    def from_settings(cls, settings: PlatformSettings) -> ProducerConfig:
-        return cls(ws_url=settings.binance_ws_url, rest_url=settings.binance_rest_url, symbols=settings.symbols,
+    def from_settings(cls, settings: PlatformSettings, worker: int = 0) -> ProducerConfig:
+        return cls(ws_url=settings.binance_ws_url, rest_url=settings.binance_rest_url,
+                   symbols=worker_symbols(settings.symbols, worker, settings.producer_workers),
                    topic=settings.kafka_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
-                   source=settings.source, state_path=settings.state_dir / "producer" / "acked.json",
+                   source=settings.source, state_path=acked_path(settings.state_dir, worker),
                    stall_timeout_s=settings.producer_stall_timeout_s)
 
     @property
@@ -77,13 +83,37 @@ class ProducerConfig:
         return f"{self.ws_url}/stream?streams={streams}"
 
 
+def worker_symbols(symbols: tuple[str, ...], worker: int, workers: int) -> tuple[str, ...]:
+    """The symbols worker ``worker`` of ``workers`` streams: every symbol in exactly one worker."""
+    return symbols[worker::workers]
+
+
+def acked_path(state_dir: Path, worker: int) -> Path:
+    return state_dir / "producer" / ("acked.json" if worker == 0 else f"acked-{worker}.json")
+
+
+def load_acked_ids(path: Path, symbols: tuple[str, ...]) -> dict[str, int]:
+    """This worker's acknowledged ids: its own file for its symbols; a symbol it got when PRODUCER_WORKERS
+    changed comes from the sibling file that has it (the highest, if several), so nothing is skipped."""
+    def read(file: Path) -> dict[str, int]:
+        return json.loads(file.read_text()) if file.exists() else {}
+
+    own = {symbol: agg_id for symbol, agg_id in read(path).items() if symbol in symbols}
+    for sibling in sorted(path.parent.glob("acked*.json")):
+        if sibling != path:
+            for symbol, agg_id in read(sibling).items():
+                if symbol in symbols and symbol not in own:
+                    own[symbol] = agg_id
+    return own
+
+
 class AckedIds:
     """Highest id per symbol that Kafka acknowledged with every lower id; persisted atomically."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, symbols: tuple[str, ...]) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._acked: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
+        self._acked: dict[str, int] = load_acked_ids(path, symbols)
         self._rewind: dict[str, int] = {}
 
     def snapshot(self) -> dict[str, int]:
@@ -114,6 +144,25 @@ class AckedIds:
         partial.replace(self.path)
 
 
+class SymbolPartitioner(DefaultPartitioner):
+    """kafka-python's default partitioner (murmur2 of the key, so a symbol keeps its partition) with its
+    pure-Python hash computed once per key and partition count instead of once per message."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, bytes, int], int] = {}
+
+    def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+        partitions = cluster.partitions_for_topic(topic)
+        if serialized_key is None or not partitions:
+            return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        cache_key = (topic, serialized_key, len(partitions))
+        cached = self._cache.get(cache_key)
+        if cached is None:
+            cached = self._cache[cache_key] = super().partition(topic, key, serialized_key, value, serialized_value,
+                                                                cluster)
+        return cached
+
+
 class StreamInterrupted(Exception):
     """The connection must be replaced: closed, stalled, too old, or the server announced a shutdown."""
 
@@ -127,8 +176,9 @@ class BinanceProducer:
             bootstrap_servers=config.bootstrap_servers, acks="all", enable_idempotence=True, retries=2**31 - 1,
             linger_ms=config.linger_ms, batch_size=256 * 1024, compression_type=None,
             max_block_ms=config.max_block_ms, delivery_timeout_ms=120_000, client_id="binance-producer",
+            partitioner=SymbolPartitioner(), metrics_enabled=False,
         )
-        self.acked = AckedIds(config.state_path)
+        self.acked = AckedIds(config.state_path, config.symbols)
         self.last_sent: dict[str, int] = self.acked.snapshot()
         self._stop = threading.Event()
         self._ws: websocket.WebSocket | None = None
@@ -210,6 +260,10 @@ class BinanceProducer:
             log.warning("kafka refused a send; refetching", extra={"symbol": symbol, "from_id": agg_id})
 
     def handle_frame(self, raw: bytes) -> None:
+        trade = decode_agg_trade_frame(raw, self.config.source)
+        if trade is not None:
+            self.handle_trade(trade)
+            return
         try:
             document = json.loads(raw)
         except ValueError:
@@ -306,12 +360,16 @@ class BinanceProducer:
         MESSAGES.labels(kind).inc()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    worker = worker_argument("python -m streaming_services.producer", argv)
     try:
         settings = PlatformSettings.from_env()
-        config = ProducerConfig.from_settings(settings)
+        if not 0 <= worker < settings.producer_workers:
+            raise SettingsError(f"--worker {worker} is outside PRODUCER_WORKERS={settings.producer_workers}")
+        config = ProducerConfig.from_settings(settings, worker)
         configure_logging(settings.log_level)
-        start_metrics("PRODUCER_METRICS_PORT", settings.bind_host, settings.producer_metrics_port)
+        start_metrics("PRODUCER_METRICS_PORT", settings.bind_host,
+                      settings.producer_metrics_port + worker * METRICS_PORT_STRIDE)
     except (SettingsError, StartupError) as exc:
         print(f"producer: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ and waiting (not crashing) while Kafka is not up yet."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -18,6 +19,9 @@ T = TypeVar("T")
 
 KAFKA_RETRY_INITIAL_S = 1.0
 KAFKA_RETRY_MAX_S = 15.0
+# Worker I of a scaled-out service serves its metrics on the service's port + I * METRICS_PORT_STRIDE, so the
+# producer's (9101, 9201, …) and the consumer's (9102, 9202, …) never meet.
+METRICS_PORT_STRIDE = 100
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,13 @@ def start_metrics(variable: str, host: str, port: int) -> None:
         start_http_server(port, addr=host)
     except OSError as exc:
         raise port_taken(variable, host, port, exc) from None
+
+
+def worker_argument(prog: str, argv: list[str] | None) -> int:
+    """``--worker I``: which of a scaled-out service's processes this is (default 0)."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--worker", type=int, default=0, help="this process's index, 0 to WORKERS - 1")
+    return parser.parse_args(argv).worker
 
 
 def _exit_now(signum: int, _frame: object) -> None:
