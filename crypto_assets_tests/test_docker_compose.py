@@ -68,3 +68,10 @@ def test_docker_compose_config_accepts_the_file() -> None:
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_producer_and_consumer_workers_are_supervised_in_their_containers() -> None:
+    for name, variable in (("binance-producer", "PRODUCER_WORKERS"), ("kafka-consumer", "CONSUMER_WORKERS")):
+        service = COMPOSE["services"][name]
+        assert service["command"][-2:] == ["streaming_services.workers", name.split("-")[1]]
+        assert service["environment"][variable].startswith(f"${{{variable}:-")

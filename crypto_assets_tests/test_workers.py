@@ -1,0 +1,165 @@
+"""Scale-out: several producer and consumer worker processes, as ``make up`` runs them, one of each killed
+with SIGKILL mid-stream and started again; every trade lands once, and each symbol's trades stay in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from crypto_assets_tests.ingestion_harness import (
+    IngestionChain,
+    as_decimal_strings,
+    expected_trades,
+    stored_trades,
+    wait_until,
+)
+from crypto_platform.settings import PlatformSettings
+from local_stack.ephemeral import make_state_dir
+from local_stack.processes import free_port
+from streaming_services.producer import worker_symbols
+from streaming_services.workers import supervise
+
+BTC_2024 = "spot_BTCUSDT_ETHUSDT_2024-08-08/spot_BTCUSDT_trades_2024-08-08T235415_to_2024-08-09T000505.csv"
+ETH_2024 = "spot_BTCUSDT_ETHUSDT_2024-08-08/spot_ETHUSDT_trades_2024-08-08T235415_to_2024-08-09T000505.csv"
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")
+PRODUCERS, CONSUMERS = 2, 3
+
+
+class Workers:
+    """The worker processes of one service, each started with ``--worker I`` like ``make up`` does."""
+
+    def __init__(self, module: str, env: dict[str, str], logs: Path) -> None:
+        self.module, self.env, self.logs = module, env, logs
+        self.processes: dict[int, subprocess.Popen] = {}
+
+    def start(self, worker: int) -> None:
+        with (self.logs / f"{self.module}-{worker}.log").open("ab") as log:
+            self.processes[worker] = subprocess.Popen([sys.executable, "-m", self.module, "--worker", str(worker)],
+                                                      env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill(self, worker: int) -> None:
+        self.processes[worker].send_signal(signal.SIGKILL)
+        self.processes[worker].wait(30)
+
+    def stop_all(self) -> list[int]:
+        for process in self.processes.values():
+            process.terminate()
+        return [process.wait(60) for process in self.processes.values()]
+
+
+def topic_ids_by_symbol(settings: PlatformSettings) -> dict[str, tuple[set[int], list[int]]]:
+    """Per symbol: the partitions its trades are in, and their agg ids in the order Kafka holds them."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
+                             consumer_timeout_ms=5000)
+    try:
+        partitions = [TopicPartition(settings.kafka_topic, p) for p in consumer.partitions_for_topic(settings.kafka_topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        found: dict[str, tuple[set[int], list[int]]] = {}
+        for record in consumer:
+            document = json.loads(record.value)
+            if "agg_trade_id" in document:
+                seen = found.setdefault(document["symbol"], (set(), []))
+                seen[0].add(record.partition)
+                seen[1].append(document["agg_trade_id"])
+        return found
+    finally:
+        consumer.close()
+
+
+def first_sends(ids: list[int]) -> list[int]:
+    """The ids as first sent: a restarted worker sends again from its acknowledged id (absorbed downstream)."""
+    newest, first = -1, []
+    for agg_id in ids:
+        if agg_id > newest:
+            first.append(agg_id)
+            newest = agg_id
+    return first
+
+
+@pytest.mark.slow
+def test_producer_and_consumer_workers_killed_and_restarted_keep_every_trade_once_and_in_order(
+        platform_env, kafka_topic, db, shared_data: Path) -> None:
+    files = [shared_data / BTC_2024, shared_data / ETH_2024]
+    expected = as_decimal_strings(expected_trades(files))
+    settings = platform_env(KAFKA_TOPIC=kafka_topic, SYMBOLS=",".join(SYMBOLS), CONSUMER_GROUP=f"group-{kafka_topic}",
+                            PRODUCER_WORKERS=PRODUCERS, CONSUMER_WORKERS=CONSUMERS)
+    state_dir = make_state_dir("crypto-test-workers-")
+    chain = IngestionChain.start_server(settings, files, SYMBOLS, state_dir, speed=30)
+    env = {**os.environ, "STATE_DIR": str(state_dir), "BINANCE_WS_URL": chain.ws_url,
+           "BINANCE_REST_URL": chain.rest_url, "PRODUCER_METRICS_PORT": str(free_port()),
+           "CONSUMER_METRICS_PORT": str(free_port())}
+    producers = Workers("streaming_services.producer", env, state_dir)
+    consumers = Workers("streaming_services.consumer", env, state_dir)
+    try:
+        for worker in range(CONSUMERS):
+            consumers.start(worker)
+        for worker in range(PRODUCERS):
+            producers.start(worker)
+        url = settings.database_url
+        wait_until(lambda: len(stored_trades(url)) > 1000, 240, "the first thousand trades")
+        producers.kill(1)
+        consumers.kill(0)
+        time.sleep(2)
+        producers.start(1)
+        consumers.start(0)
+        wait_until(lambda: expected.keys() <= stored_trades(url).keys(), 400, "every file trade after the kills")
+        stored = stored_trades(url)
+        file_symbols = {symbol for symbol, _ in expected}
+        assert {key: value for key, value in stored.items() if key[0] in file_symbols} == expected
+    finally:
+        exits = producers.stop_all() + consumers.stop_all()
+        chain.server.stop_thread()
+    assert exits == [0] * (PRODUCERS + CONSUMERS), f"exit codes {exits}; logs in {state_dir}"
+
+    by_symbol = topic_ids_by_symbol(settings)
+    assert set(by_symbol) == set(SYMBOLS)
+    for symbol, (partitions, ids) in by_symbol.items():
+        assert len(partitions) == 1, f"{symbol} in partitions {partitions}"
+        first = first_sends(ids)
+        assert first == list(range(first[0], first[0] + len(first))), f"{symbol}: ids out of order or missing"
+    for worker in range(PRODUCERS):
+        path = state_dir / "producer" / ("acked.json" if worker == 0 else f"acked-{worker}.json")
+        assert set(json.loads(path.read_text())) == set(worker_symbols(SYMBOLS, worker, PRODUCERS)), path
+
+
+@pytest.mark.slow
+def test_the_container_supervisor_keeps_each_worker_running_and_stops_them_cleanly(platform_env, kafka_topic) -> None:
+    platform_env(KAFKA_TOPIC=kafka_topic, CONSUMER_GROUP=f"group-{kafka_topic}", CONSUMER_WORKERS=2,
+                 CONSUMER_METRICS_PORT=free_port())
+    stop = threading.Event()
+    exit_code: list[int] = []
+    supervisor = threading.Thread(target=lambda: exit_code.append(supervise("streaming_services.consumer", 2, stop)))
+    supervisor.start()
+    try:
+        wait_until(lambda: len(consumer_workers()) == 2, 120, "two consumer workers")
+        victim = consumer_workers()[0]
+        victim.kill()
+        wait_until(lambda: len(consumer_workers()) == 2 and victim not in consumer_workers(), 120,
+                   "the killed worker started again")
+    finally:
+        stop.set()
+        supervisor.join(120)
+    assert exit_code == [0] and not consumer_workers()
+
+
+def consumer_workers() -> list[psutil.Process]:
+    """This test process's consumer workers that are alive."""
+    alive = []
+    for process in psutil.Process().children():
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and "streaming_services.consumer" in process.cmdline():
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
