@@ -52,29 +52,27 @@ def synthetic_trades(rows: int, start_ms: int) -> list[TradeMessage]:
                          source="bench") for i in range(rows)]
 
 
-def rows_in(database_url: str) -> int:
-    with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM stock.real_time_prices")
-        return cursor.fetchone()[0]
-
-
 def truncate(database_url: str) -> None:
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
         cursor.execute("TRUNCATE stock.real_time_prices, stock.rejected_messages")
 
 
-def wait_rows(database_url: str, target: int, timeout: float) -> float:
-    """Seconds until the table holds ``target`` rows; one connection polled every 0.1 s, so that watching
+def commit_rate(database_url: str, target: int, timeout: float) -> float:
+    """Rows committed per second from the first commit seen until the table holds ``target`` rows, so that
+    process start and the group join are not in it. One connection polled every 0.1 s, so that watching
     costs the machine little (a new connection is a password hash on both sides)."""
     started = time.perf_counter()
+    first: tuple[int, float] | None = None
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
         connection.autocommit = True
         while True:
             cursor.execute("SELECT count(*) FROM stock.real_time_prices")
-            rows = cursor.fetchone()[0]
-            if rows >= target:
-                return time.perf_counter() - started
-            if time.perf_counter() - started > timeout:
+            rows, now = cursor.fetchone()[0], time.perf_counter()
+            if first is None and rows > 0:
+                first = (rows, now)
+            if rows >= target and first is not None and now > first[1]:
+                return (rows - first[0]) / (now - first[1])
+            if now - started > timeout:
                 raise SystemExit(f"bench: only {rows} of {target} rows after {timeout} s")
             time.sleep(0.1)
 
@@ -97,25 +95,35 @@ def plain_copy_rate(database_url: str, trades: list[TradeMessage]) -> float:
     return len(trades) / elapsed
 
 
-def consumer_rate(settings: PlatformSettings, stack: LocalStack, trades: list[TradeMessage]) -> float:
-    topic = "bench-consumer"
-    stack.kafka.ensure_topic(topic, settings.kafka_partitions)
+CONSUMER_TOPIC = "bench-consumer"
+
+
+def fill_topic(settings: PlatformSettings, stack: LocalStack, trades: list[TradeMessage]) -> None:
+    stack.kafka.ensure_topic(CONSUMER_TOPIC, settings.kafka_partitions)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=20,
                              batch_size=512 * 1024)
     for trade in trades:
-        producer.send(topic, key=trade.key, value=trade.to_json())
+        producer.send(CONSUMER_TOPIC, key=trade.key, value=trade.to_json())
     producer.flush()
     producer.close()
-    config = ConsumerConfig(settings.kafka_bootstrap_servers, topic, "bench-consumer", settings.database_url,
-                            frozenset(SYMBOLS), settings.consumer_batch_size)
-    consumer = PricesConsumer(config)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    elapsed = wait_rows(settings.database_url, len(trades), 600)
-    consumer.stop()
-    thread.join(30)
+
+
+def consumer_rate(settings: PlatformSettings, rows: int, workers: int) -> float:
+    """``workers`` consumer processes of a new group (as ``make up`` runs them) drain the filled topic."""
+    folder = make_state_dir(f"crypto-bench-consumer-{workers}-")
+    group = f"{CONSUMER_TOPIC}-{workers}"
+    env = {**os.environ, "STATE_DIR": str(folder), "SYMBOLS": ",".join(SYMBOLS), "KAFKA_TOPIC": CONSUMER_TOPIC,
+           "CONSUMER_GROUP": group, "CONSUMER_WORKERS": str(workers), "CONSUMER_METRICS_PORT": str(free_port()),
+           "LOG_LEVEL": "WARNING"}
+    processes = [start_service("streaming_services.consumer", i, env, folder / f"consumer-{i}.log")
+                 for i in range(workers)]
+    try:
+        rate = commit_rate(settings.database_url, rows, 900)
+    finally:
+        for process in processes:
+            stop_process_group(process.pid)
     truncate(settings.database_url)
-    return len(trades) / elapsed
+    return rate
 
 
 def write_agg_trades_file(folder: Path, rows: int, start_ms: int, symbol: str = "BTCUSDT") -> Path:
@@ -220,9 +228,10 @@ def stored_ids_check(database_url: str, per_symbol: int) -> str:
     return "every id once"
 
 
-def start_service(module: str, worker: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def start_service(module: str, worker: int | None, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    arguments = [] if worker is None else ["--worker", str(worker)]
     with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", module, "--worker", str(worker)], env=env, cwd=REPO_ROOT,
+        return subprocess.Popen([sys.executable, "-m", module, *arguments], env=env, cwd=REPO_ROOT,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -242,7 +251,7 @@ def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int, workers
            "KAFKA_TOPIC": topic, "CONSUMER_GROUP": topic, "PRODUCER_WORKERS": str(workers),
            "CONSUMER_WORKERS": str(consumers), "PRODUCER_METRICS_PORT": str(free_port()),
            "CONSUMER_METRICS_PORT": str(free_port()), "LOG_LEVEL": "WARNING"}
-    processes = [start_service("streaming_services.replay_server", 0, env, folder / "replay.log")]
+    processes = [start_service("streaming_services.replay_server", None, env, folder / "replay.log")]
     try:
         if not wait_until(lambda: _port_answers(replay_port), 120):
             raise SystemExit(f"bench: the replay server did not start; read {folder / 'replay.log'}")
@@ -250,16 +259,13 @@ def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int, workers
                       for i in range(consumers)]
         processes += [start_service("streaming_services.producer", i, env, folder / f"producer-{i}.log")
                       for i in range(workers)]
-        wait_rows(settings.database_url, 1, 180)
-        first_row = time.perf_counter()
-        wait_rows(settings.database_url, expected, 600)
-        elapsed = time.perf_counter() - first_row
+        rate = commit_rate(settings.database_url, expected, 900)
         stored_ids_check(settings.database_url, rows // len(SYMBOLS))
     finally:
         for process in reversed(processes):
             stop_process_group(process.pid)
     truncate(settings.database_url)
-    return expected / elapsed
+    return rate
 
 
 def _port_answers(port: int) -> bool:
@@ -345,9 +351,15 @@ def main() -> None:
         if "consumer" in parts:
             trades = synthetic_trades(args.rows, int(time.time() * 1000) - args.rows)
             copy = plain_copy_rate(settings.database_url, trades)
-            consumer = consumer_rate(settings, stack, trades)
-            print(f"consumer throughput: {consumer:,.0f} rows/s committed; plain COPY of the same {args.rows:,} rows: "
-                  f"{copy:,.0f} rows/s; ratio {consumer / copy:.2f}", flush=True)
+            fill_topic(settings, stack, trades)
+            rates = {}
+            for workers in sorted({min(w, settings.kafka_partitions) for w in args.workers}):
+                rates[workers] = consumer_rate(settings, args.rows, workers)
+                print(f"  consumer with {workers} worker(s): {rates[workers]:,.0f} rows/s", flush=True)
+            best = max(rates, key=rates.get)
+            print(f"consumer throughput: {rates[best]:,.0f} rows/s committed; plain COPY of the same {args.rows:,} rows: "
+                  f"{copy:,.0f} rows/s; ratio {rates[best] / copy:.2f} (best of {', '.join(map(str, rates))} "
+                  f"workers: {best})", flush=True)
         if "stages" in parts:
             costs = stage_costs(settings, stack, args.rows)
             print("µs per message by stage (each alone, this run): " + ", ".join(
