@@ -113,7 +113,12 @@ def test_producer_and_consumer_workers_killed_and_restarted_keep_every_trade_onc
         time.sleep(2)
         producers.start(1)
         consumers.start(0)
-        wait_until(lambda: expected.keys() <= stored_trades(url).keys(), 400, "every file trade after the kills")
+        try:
+            wait_until(lambda: expected.keys() <= stored_trades(url).keys(), 600, "every file trade after the kills")
+        except AssertionError:
+            missing = sorted(expected.keys() - stored_trades(url).keys())
+            raise AssertionError(f"{len(missing)} file trades missing, e.g. {missing[:3]} … {missing[-3:]}; "
+                                 f"logs in {state_dir}") from None
         stored = stored_trades(url)
         file_symbols = {symbol for symbol, _ in expected}
         assert {key: value for key, value in stored.items() if key[0] in file_symbols} == expected
