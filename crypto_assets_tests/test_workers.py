@@ -23,9 +23,11 @@ from crypto_assets_tests.ingestion_harness import (
     stored_trades,
     wait_until,
 )
-from crypto_platform.settings import PlatformSettings
+from crypto_platform.settings import PlatformSettings, SettingsError
 from local_stack.ephemeral import make_state_dir
 from local_stack.processes import free_port
+from local_stack.stack import LocalStack
+from streaming_services.consumer import ConsumerConfig
 from streaming_services.producer import worker_symbols
 from streaming_services.workers import supervise
 
@@ -168,3 +170,38 @@ def consumer_workers() -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return alive
+
+
+def test_make_up_runs_and_shows_each_worker_with_its_own_port(monkeypatch, tmp_path) -> None:
+    for name, value in {"STATE_DIR": tmp_path, "PRODUCER_WORKERS": 2, "CONSUMER_WORKERS": 3, "SUPERSET": 0,
+                        "PRODUCER_METRICS_PORT": 9101, "CONSUMER_METRICS_PORT": 9102}.items():
+        monkeypatch.setenv(name, str(value))
+    services = {s.name: s for s in LocalStack(PlatformSettings.from_env()).services()}
+    workers = {name: (s.port, s.command[-1]) for name, s in services.items() if name.startswith(("producer", "consumer"))}
+    assert workers == {"consumer": (9102, "0"), "consumer-1": (9202, "1"), "consumer-2": (9302, "2"),
+                       "producer": (9101, "0"), "producer-1": (9201, "1")}
+    assert ConsumerConfig.from_settings(PlatformSettings.from_env(), 2).instance_id is None
+    monkeypatch.setenv("CONSUMER_INSTANCE_ID", "writer")
+    assert [ConsumerConfig.from_settings(PlatformSettings.from_env(), i).instance_id for i in range(3)] == [
+        "writer", "writer-1", "writer-2"]
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("CONSUMER_WORKERS", 4, "CONSUMER_WORKERS=4 exceeds KAFKA_PARTITIONS=3"),
+    ("PRODUCER_WORKERS", 6, "PRODUCER_WORKERS=6 exceeds the 5 SYMBOLS"),
+    ("PRODUCER_WORKERS", 0, "PRODUCER_WORKERS=0 must be at least 1"),
+])
+def test_worker_counts_beyond_what_can_be_shared_are_refused_naming_the_variable(monkeypatch, variable, value,
+                                                                                 message) -> None:
+    monkeypatch.delenv("SYMBOLS", raising=False)
+    monkeypatch.delenv("KAFKA_PARTITIONS", raising=False)
+    monkeypatch.setenv(variable, str(value))
+    with pytest.raises(SettingsError, match=message):
+        PlatformSettings.from_env()
+
+
+def test_symbols_are_shared_out_once_each() -> None:
+    symbols = ("A1", "B2", "C3", "D4", "E5")
+    for workers in range(1, 6):
+        shares = [worker_symbols(symbols, worker, workers) for worker in range(workers)]
+        assert sorted(s for share in shares for s in share) == sorted(symbols) and all(shares)

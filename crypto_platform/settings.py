@@ -16,6 +16,9 @@ LOCAL_DEV_PASSWORD = "crypto-local-dev"
 SEED_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT")
 BINANCE_WS_URL = "wss://stream.binance.com:9443"
 BINANCE_REST_URL = "https://api.binance.com"
+# Worker I of PRODUCER_WORKERS / CONSUMER_WORKERS serves its metrics on the service's port + I * WORKER_PORT_STRIDE,
+# so the producer's (9101, 9201, …) and the consumer's (9102, 9202, …) never meet.
+WORKER_PORT_STRIDE = 100
 BINANCE_DATA_URL = "https://data.binance.vision"
 
 

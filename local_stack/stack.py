@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import psutil
 
-from crypto_platform.settings import PlatformSettings
+from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings
 from local_stack.kafka_broker import KafkaBroker
 from local_stack.migrations import apply_migrations
 from local_stack.postgres import PostgresServer
@@ -46,6 +46,7 @@ SERVICE_READY_TIMEOUT_S = 30
 DAGSTER_READY_TIMEOUT_S = 300  # its webserver loads the code location first: ~6 s idle, over 4 min at load 40
 HTTP_PROBE_TIMEOUT_S = 10  # a readiness probe that gives up sooner fails forever on a loaded machine
 DEFAULT_CONSUMER_INSTANCE_ID = "consumer-1"  # static group membership: see CONSUMER_INSTANCE_ID
+SURPLUS_WORKER = re.compile(r"(producer|consumer)-\d+")
 NOT_DAGSTERS = ("SYMBOLS", "KAFKA_", "REPLAY_", "PRODUCER_", "CONSUMER_", "DEAD_LETTER_", "SOURCE", "BINANCE_", "SUPERSET")
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -257,11 +258,17 @@ def _http_ok(url: str) -> Callable[[], bool]:
 
 
 def _python_service(settings: PlatformSettings, name: str, module: str, port: int, port_variable: str,
-                    ready_path: str, watched: tuple[str, ...], env: dict[str, str] | None = None) -> ManagedService:
+                    ready_path: str, watched: tuple[str, ...], env: dict[str, str] | None = None,
+                    arguments: Sequence[str] = ()) -> ManagedService:
     """A streaming service; ready once its HTTP endpoint (metrics, or the replay server's ping) answers."""
-    return ManagedService(name, settings, [sys.executable, "-m", module], port=port, port_variable=port_variable,
+    return ManagedService(name, settings, [sys.executable, "-m", module, *arguments], port=port, port_variable=port_variable,
                           ready=_http_ok(f"http://{settings.bind_host}:{port}{ready_path}"),
                           watched=("BIND_HOST", "LOG_LEVEL", "SYMBOLS", *watched), env=env or {})
+
+
+def _worker_name(service: str, worker: int) -> str:
+    """Worker 0 keeps the service's own name (its pid file and log stay where they were)."""
+    return service if worker == 0 else f"{service}-{worker}"
 
 
 class LocalStack:
@@ -281,14 +288,22 @@ class LocalStack:
             candidates.append(("streaming_services.replay_server", _python_service(
                 s, "replay-server", "streaming_services.replay_server", s.replay_port, "REPLAY_PORT",
                 "/api/v3/ping", ("SOURCE", "REPLAY_", "STATE_DIR"))))
+        # CONSUMER_WORKERS / PRODUCER_WORKERS processes each: consumer, consumer-1, … (``--worker I``).
         candidates += [
             ("streaming_services.consumer", _python_service(
-                s, "consumer", "streaming_services.consumer", s.consumer_metrics_port, "CONSUMER_METRICS_PORT",
+                s, _worker_name("consumer", i), "streaming_services.consumer",
+                s.consumer_metrics_port + i * WORKER_PORT_STRIDE, "CONSUMER_METRICS_PORT",
                 "/metrics", ("KAFKA_", "CONSUMER_", "DEAD_LETTER_", "PG_", "DATABASE_URL"),
-                {"CONSUMER_INSTANCE_ID": s.consumer_instance_id or DEFAULT_CONSUMER_INSTANCE_ID})),
+                {"CONSUMER_INSTANCE_ID": s.consumer_instance_id or DEFAULT_CONSUMER_INSTANCE_ID}, ("--worker", str(i))))
+            for i in range(s.consumer_workers)
+        ]
+        candidates += [
             ("streaming_services.producer", _python_service(
-                s, "producer", "streaming_services.producer", s.producer_metrics_port, "PRODUCER_METRICS_PORT",
-                "/metrics", ("KAFKA_", "PRODUCER_", "SOURCE", "BINANCE_", "REPLAY_PORT", "STATE_DIR"))),
+                s, _worker_name("producer", i), "streaming_services.producer",
+                s.producer_metrics_port + i * WORKER_PORT_STRIDE, "PRODUCER_METRICS_PORT",
+                "/metrics", ("KAFKA_", "PRODUCER_", "SOURCE", "BINANCE_", "REPLAY_PORT", "STATE_DIR"),
+                arguments=("--worker", str(i))))
+            for i in range(s.producer_workers)
         ]
         if (REPO_ROOT / "workspace.yaml").exists() and (REPO_ROOT / "dagster.yaml").exists():
             candidates.append(("crypto_assets.definitions", _dagster_service(s)))
@@ -315,7 +330,14 @@ class LocalStack:
     def up(self, progress: Callable[[str], None] = lambda _: None) -> None:
         progress("starting servers: PostgreSQL, Kafka")
         self.start_servers()
-        for service in self.services():
+        services = self.services()
+        configured = {service.name for service in services}
+        for service in self.stopped_services():
+            if service.name not in configured and SURPLUS_WORKER.fullmatch(service.name):
+                # PRODUCER_WORKERS or CONSUMER_WORKERS went down: the shares of symbols and partitions change.
+                progress(f"stopping service: {service.name} (beyond the workers configured)")
+                service.stop()
+        for service in services:
             progress(f"starting service: {service.name}")
             service.start(say=progress)
 

@@ -31,9 +31,9 @@ from psycopg2.extras import execute_values
 from psycopg2.pool import ThreadedConnectionPool
 
 from crypto_platform.logs import configure_logging
-from crypto_platform.settings import PlatformSettings, SettingsError
+from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings, SettingsError
 from streaming_services.messages import InvalidMessage, TradeMessage, parse_trade_message, utc_text
-from streaming_services.startup import METRICS_PORT_STRIDE, StartupError, start_metrics, wait_for_kafka, worker_argument
+from streaming_services.startup import StartupError, start_metrics, wait_for_kafka, worker_argument
 
 RETRY_INITIAL_S = 0.5
 RETRY_MAX_S = 10.0
@@ -234,10 +234,14 @@ class ConsumerConfig:
     dead_letter_max_bytes: int = 65536
 
     @classmethod
-    def from_settings(cls, settings: PlatformSettings) -> ConsumerConfig:
+    def from_settings(cls, settings: PlatformSettings, worker: int = 0) -> ConsumerConfig:
+        """Worker I > 0 of CONSUMER_WORKERS is the static member ``<CONSUMER_INSTANCE_ID>-I``: ids stay unique."""
+        instance_id = settings.consumer_instance_id
+        if instance_id and worker:
+            instance_id = f"{instance_id}-{worker}"
         return cls(settings.kafka_bootstrap_servers, settings.kafka_topic, settings.consumer_group,
                    settings.database_url, frozenset(settings.symbols), settings.consumer_batch_size,
-                   settings.consumer_check_crcs, instance_id=settings.consumer_instance_id or None,
+                   settings.consumer_check_crcs, instance_id=instance_id or None,
                    dead_letter_max_bytes=settings.dead_letter_max_bytes)
 
 
@@ -387,10 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = PlatformSettings.from_env()
         if not 0 <= worker < settings.consumer_workers:
             raise SettingsError(f"--worker {worker} is outside CONSUMER_WORKERS={settings.consumer_workers}")
-        config = ConsumerConfig.from_settings(settings)
+        config = ConsumerConfig.from_settings(settings, worker)
         configure_logging(settings.log_level)
         start_metrics("CONSUMER_METRICS_PORT", settings.bind_host,
-                      settings.consumer_metrics_port + worker * METRICS_PORT_STRIDE)
+                      settings.consumer_metrics_port + worker * WORKER_PORT_STRIDE)
     except (SettingsError, StartupError) as exc:
         print(f"consumer: {exc}", file=sys.stderr)
         return 2

@@ -34,9 +34,9 @@ from kafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter, Histogram
 
 from crypto_platform.logs import configure_logging
-from crypto_platform.settings import PlatformSettings, SettingsError
+from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings, SettingsError
 from streaming_services.messages import InvalidMessage, TradeMessage, decode_agg_trade_frame
-from streaming_services.startup import METRICS_PORT_STRIDE, StartupError, start_metrics, wait_for_kafka, worker_argument
+from streaming_services.startup import StartupError, start_metrics, wait_for_kafka, worker_argument
 
 REST_PAGE = 1000
 MALFORMED_KEY = b"malformed"
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         config = ProducerConfig.from_settings(settings, worker)
         configure_logging(settings.log_level)
         start_metrics("PRODUCER_METRICS_PORT", settings.bind_host,
-                      settings.producer_metrics_port + worker * METRICS_PORT_STRIDE)
+                      settings.producer_metrics_port + worker * WORKER_PORT_STRIDE)
     except (SettingsError, StartupError) as exc:
         print(f"producer: {exc}", file=sys.stderr)
         return 2

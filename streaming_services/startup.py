@@ -19,9 +19,6 @@ T = TypeVar("T")
 
 KAFKA_RETRY_INITIAL_S = 1.0
 KAFKA_RETRY_MAX_S = 15.0
-# Worker I of a scaled-out service serves its metrics on the service's port + I * METRICS_PORT_STRIDE, so the
-# producer's (9101, 9201, …) and the consumer's (9102, 9202, …) never meet.
-METRICS_PORT_STRIDE = 100
 
 log = logging.getLogger(__name__)
 
