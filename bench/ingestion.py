@@ -26,13 +26,14 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import psutil
 import psycopg2
 import websocket
 from kafka import KafkaProducer
 
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import ephemeral_stack, make_state_dir
-from local_stack.processes import free_port, stop_process_group, wait_until
+from local_stack.processes import free_port, stop_processes, wait_until
 from local_stack.stack import REPO_ROOT, LocalStack
 from streaming_services.consumer import COPY_TRADES, ConsumerConfig, PricesConsumer, classify, encode_copy_rows
 from streaming_services.messages import TradeMessage, decode_agg_trade_frame
@@ -120,8 +121,7 @@ def consumer_rate(settings: PlatformSettings, rows: int, workers: int) -> float:
     try:
         rate = commit_rate(settings.database_url, rows, 900)
     finally:
-        for process in processes:
-            stop_process_group(process.pid)
+        stop_processes([psutil.Process(process.pid) for process in processes])
     truncate(settings.database_url)
     return rate
 
@@ -262,8 +262,7 @@ def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int, workers
         rate = commit_rate(settings.database_url, expected, 900)
         stored_ids_check(settings.database_url, rows // len(SYMBOLS))
     finally:
-        for process in reversed(processes):
-            stop_process_group(process.pid)
+        stop_processes([psutil.Process(process.pid) for process in reversed(processes)])
     truncate(settings.database_url)
     return rate
 
