@@ -117,6 +117,9 @@ def test_make_up_runs_the_platform_end_to_end_and_survives_a_restart(platform: P
     with platform.stage("make down + make up"):
         platform.make("down")
         platform.make("up")
+    restarted = platform.make("status").stdout
+    for service in ("redis", "superset-worker", "superset-beat"):
+        assert any(line.split()[:2] == [service, "up"] for line in restarted.splitlines()), restarted
     with platform.stage("trades after the restart"):
         platform.wait_for("new trades of every symbol after the restart",
                           lambda: all(max(ids_by_symbol(platform).get(s, [0])) > max(before[s]) for s in SYMBOLS), 180)

@@ -79,6 +79,18 @@ def _parse_symbols(raw: str) -> tuple[str, ...]:
     return symbols
 
 
+def _webhook_url(raw: str) -> str:
+    """An https:// URL, or http:// to a loopback address (the local stack's receivers); empty = none."""
+    if not raw:
+        return raw
+    parts = urlsplit(raw)
+    if parts.scheme == "https" and parts.hostname:
+        return raw
+    if parts.scheme == "http" and parts.hostname in {"127.0.0.1", "localhost", "::1"}:
+        return raw
+    raise SettingsError(f"SUPERSET_ALERT_WEBHOOK_URL={raw!r} must be https://, or http:// to 127.0.0.1 or localhost")
+
+
 @dataclass(frozen=True)
 class PlatformSettings:
     """All settings of the platform. ``docs()`` lists them for the README and ``crypto-platform config``."""
@@ -132,6 +144,21 @@ class PlatformSettings:
     superset_admin_password: str = field(repr=False, metadata={"env": "SUPERSET_ADMIN_PASSWORD", "doc": "Its password; the local stack generates one into STATE_DIR/superset/admin_password when unset", "default": "generated"})
     superset_reader_password: str = field(repr=False, metadata={"env": "SUPERSET_READER_PASSWORD", "doc": "Password of superset_reader, the read-only PostgreSQL role Superset queries with", "default": "generated"})
     superset_secret_key: str = field(repr=False, metadata={"env": "SUPERSET_SECRET_KEY", "doc": "Superset's SECRET_KEY (signs sessions, encrypts stored passwords)", "default": "generated"})
+    superset_alerts: bool = field(metadata={"env": "SUPERSET_ALERTS", "doc": "1 = make up runs Superset's alerts & reports: Redis, a Celery worker and beat", "default": "1"})
+    redis_port: int = field(metadata={"env": "REDIS_PORT", "doc": "Port of the local Redis (Celery broker and results of Superset's alerts)", "default": "6379"})
+    redis_url: str = field(repr=False, metadata={"env": "REDIS_URL", "doc": "Celery broker of Superset's alerts; when set, the local Redis is not started", "default": "built from REDIS_PORT"})
+    embedded_redis: bool = field(metadata={"env": "REDIS_URL", "doc": "(derived) the local stack runs Redis itself unless REDIS_URL is set", "default": "true"})
+    superset_public_url: str = field(metadata={"env": "SUPERSET_PUBLIC_URL", "doc": "Superset's address in alert links; the alerts' worker fetches chart data there too", "default": "http://BIND_HOST:SUPERSET_PORT"})
+    superset_alert_webhook_url: str = field(repr=False, metadata={"env": "SUPERSET_ALERT_WEBHOOK_URL", "doc": "Alerts and reports POST here (https://, or http:// to a loopback address)", "default": "none"})
+    superset_alert_grace_s: int = field(metadata={"env": "SUPERSET_ALERT_GRACE_S", "doc": "An alert that fired stays quiet this long (its grace period)", "default": "600"})
+    smtp_host: str = field(metadata={"env": "SMTP_HOST", "doc": "SMTP server for alert and report e-mails (with SMTP_MAIL_TO)", "default": "none"})
+    smtp_port: int = field(metadata={"env": "SMTP_PORT", "doc": "Its port", "default": "25"})
+    smtp_starttls: bool = field(metadata={"env": "SMTP_STARTTLS", "doc": "1 = STARTTLS before sending", "default": "1"})
+    smtp_ssl: bool = field(metadata={"env": "SMTP_SSL", "doc": "1 = SMTP over TLS from the first byte", "default": "0"})
+    smtp_user: str = field(metadata={"env": "SMTP_USER", "doc": "SMTP login (none = no login)", "default": "none"})
+    smtp_password: str = field(repr=False, metadata={"env": "SMTP_PASSWORD", "doc": "SMTP password", "default": "none"})
+    smtp_mail_from: str = field(metadata={"env": "SMTP_MAIL_FROM", "doc": "Sender address of alert e-mails", "default": "superset@localhost"})
+    smtp_mail_to: str = field(metadata={"env": "SMTP_MAIL_TO", "doc": "Recipient(s) of alert and report e-mails (comma list)", "default": "none"})
     log_level: str = field(metadata={"env": "LOG_LEVEL", "doc": "Log level of the platform's services", "default": "INFO"})
 
     @classmethod
@@ -168,6 +195,8 @@ class PlatformSettings:
         if consumer_workers > kafka_partitions:
             raise SettingsError(f"CONSUMER_WORKERS={consumer_workers} exceeds KAFKA_PARTITIONS={kafka_partitions} "
                                 "(a partition is read by one consumer of the group)")
+        redis_port = _env_port("REDIS_PORT", 6379)
+        superset_port = _env_port("SUPERSET_PORT", 8088)
         spark_cluster = _env_bool("SPARK_CLUSTER", False)
         spark_master_port = _env_port("SPARK_MASTER_PORT", 7077)
         spark_master = _env("SPARK_MASTER", f"spark://{bind_host}:{spark_master_port}" if spark_cluster else "local[*]")
@@ -211,7 +240,7 @@ class PlatformSettings:
             producer_metrics_port=_env_port("PRODUCER_METRICS_PORT", 9101),
             consumer_metrics_port=_env_port("CONSUMER_METRICS_PORT", 9102),
             dagster_port=_env_port("DAGSTER_PORT", 3000),
-            superset_port=_env_port("SUPERSET_PORT", 8088),
+            superset_port=superset_port,
             spark_master=spark_master,
             spark_cluster=spark_cluster,
             spark_master_port=spark_master_port,
@@ -223,6 +252,21 @@ class PlatformSettings:
             superset_admin_password=_env("SUPERSET_ADMIN_PASSWORD", ""),
             superset_reader_password=_env("SUPERSET_READER_PASSWORD", ""),
             superset_secret_key=_env("SUPERSET_SECRET_KEY", ""),
+            superset_alerts=_env_bool("SUPERSET_ALERTS", True),
+            redis_port=redis_port,
+            redis_url=_env("REDIS_URL", ""),
+            embedded_redis=not _env("REDIS_URL", ""),
+            superset_public_url=_env("SUPERSET_PUBLIC_URL", f"http://{bind_host}:{superset_port}").rstrip("/"),
+            superset_alert_webhook_url=_webhook_url(_env("SUPERSET_ALERT_WEBHOOK_URL", "")),
+            superset_alert_grace_s=_env_int("SUPERSET_ALERT_GRACE_S", 600, minimum=1),
+            smtp_host=_env("SMTP_HOST", ""),
+            smtp_port=_env_port("SMTP_PORT", 25),
+            smtp_starttls=_env_bool("SMTP_STARTTLS", True),
+            smtp_ssl=_env_bool("SMTP_SSL", False),
+            smtp_user=_env("SMTP_USER", ""),
+            smtp_password=_env("SMTP_PASSWORD", ""),
+            smtp_mail_from=_env("SMTP_MAIL_FROM", "superset@localhost"),
+            smtp_mail_to=_env("SMTP_MAIL_TO", ""),
             log_level=_env("LOG_LEVEL", "INFO").upper(),
         )
 

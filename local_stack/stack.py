@@ -308,9 +308,15 @@ class LocalStack:
         if (REPO_ROOT / "workspace.yaml").exists() and (REPO_ROOT / "dagster.yaml").exists():
             candidates.append(("crypto_assets.definitions", _dagster_service(s)))
         if s.superset:
-            from local_stack.superset import superset_service  # it builds on ManagedService
+            from local_stack.redis_server import redis_service
+            from local_stack.superset import celery_services, superset_service  # they build on ManagedService
 
+            alerts = s.superset_alerts
+            if alerts and s.embedded_redis:
+                candidates.append(("local_stack.redis_server", redis_service(s)))
             candidates.append(("local_stack.superset", superset_service(s)))
+            if alerts:
+                candidates += [("local_stack.superset", service) for service in celery_services(s)]
         return [service for module, service in candidates if _module_exists(module)]
 
     def start_servers(self) -> None:

@@ -38,6 +38,7 @@ REQUIREMENTS = SUPERSET_DIR / "requirements.txt"
 CONFIG_PATH = SUPERSET_DIR / "superset_config.py"
 BUNDLE_DIR = SUPERSET_DIR / "bundle"
 BOOTSTRAP_SCRIPT = SUPERSET_DIR / "bootstrap.py"
+ALERTS_PATH = SUPERSET_DIR / "alerts.yaml"
 READER_ROLE = "superset_reader"
 INSTALL_TIMEOUT_S = 1800
 BOOTSTRAP_TIMEOUT_S = 600
@@ -166,6 +167,26 @@ def server_environment(settings: PlatformSettings) -> dict[str, str]:
         "BIND_HOST": settings.bind_host,
         "SUPERSET_PORT": str(settings.superset_port),
         "FLASK_APP": "superset",
+        **alerts_environment(settings),
+    }
+
+
+def alerts_environment(settings: PlatformSettings) -> dict[str, str]:
+    """The broker, the web server's address and the destinations, for superset_config.py (alerts on only)."""
+    if not settings.superset_alerts:
+        return {}
+    from local_stack.redis_server import broker_url
+
+    return {
+        "SUPERSET_CELERY_BROKER_URL": broker_url(settings),
+        "SUPERSET_BASE_URL": settings.superset_public_url,
+        "SUPERSET_ALERT_WEBHOOK_URL": settings.superset_alert_webhook_url,
+        "SUPERSET_ALERT_GRACE_S": str(settings.superset_alert_grace_s),
+        "SMTP_HOST": settings.smtp_host, "SMTP_PORT": str(settings.smtp_port),
+        "SMTP_STARTTLS": "1" if settings.smtp_starttls else "0", "SMTP_SSL": "1" if settings.smtp_ssl else "0",
+        "SMTP_USER": settings.smtp_user, "SMTP_PASSWORD": settings.smtp_password,
+        "SMTP_MAIL_FROM": settings.smtp_mail_from,
+        "SMTP_MAIL_TO": settings.smtp_mail_to if settings.smtp_host else "",
     }
 
 
@@ -210,6 +231,8 @@ def run_bootstrap(settings: PlatformSettings, say: Callable[[str], None] = print
     }
     command = [str(venv / "bin" / "python"), str(BOOTSTRAP_SCRIPT), "--bundle", str(BUNDLE_DIR),
                "--stamp", str(state / "imported")] + (["--init"] if needs_init else [])
+    if settings.superset_alerts:
+        command += ["--alerts", str(ALERTS_PATH)]
     started = time.monotonic()
     with log_path.open("a") as log_file, subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env, cwd=state,
@@ -272,6 +295,37 @@ def superset_service(settings: PlatformSettings, say: Callable[[str], None] = pr
     )
 
 
+def worker_command(settings: PlatformSettings) -> list[str]:
+    """One Celery worker process (solo pool): alert queries and notifications run one after another."""
+    venv = settings.state_dir / "superset" / "venv"
+    return [str(venv / "bin" / "celery"), "--app=celery_worker:app", "worker", "--pool=solo",
+            "--loglevel=INFO", "--without-gossip", "--without-mingle", "--hostname=superset-worker@%h"]
+
+
+def beat_command(settings: PlatformSettings) -> list[str]:
+    """The beat without the Superset app (superset/celery_beat.py); its schedule file in the state folder."""
+    venv = settings.state_dir / "superset" / "venv"
+    return [str(venv / "bin" / "celery"), "--app=celery_beat:app", "beat", "--loglevel=INFO",
+            f"--schedule={settings.state_dir / 'superset' / 'celerybeat-schedule'}"]
+
+
+def celery_services(settings: PlatformSettings) -> list[ManagedService]:
+    """Superset's Celery worker and beat for ``make up``; they start after the web server's bootstrap."""
+    worker_env: dict[str, str] = {"PYTHONPATH": str(SUPERSET_DIR)}
+    beat_env: dict[str, str] = {"PYTHONPATH": str(SUPERSET_DIR)}
+
+    def prepare(environment: dict[str, str]) -> Callable[[], None]:
+        def fill() -> None:
+            ensure_venv(settings, print)
+            environment.update(server_environment(settings))
+        return fill
+
+    return [ManagedService("superset-worker", settings, worker_command(settings), env=worker_env,
+                           before_start=prepare(worker_env)),
+            ManagedService("superset-beat", settings, beat_command(settings), env=beat_env,
+                           before_start=prepare(beat_env))]
+
+
 def login_hint(settings: PlatformSettings) -> str:
     """Where to log in, naming the password's file (never the password)."""
     source = ("SUPERSET_ADMIN_PASSWORD" if settings.superset_admin_password
@@ -287,14 +341,28 @@ def serve() -> None:
     os.execve(server_command(settings)[0], server_command(settings), {**os.environ, **server_environment(settings)})
 
 
+def serve_celery(role: str) -> None:
+    """docker-compose's superset-worker and superset-beat: the same commands as ``make up``, in the foreground."""
+    settings = PlatformSettings.from_env()
+    configure_logging(settings.log_level)
+    ensure_venv(settings, print)
+    command = worker_command(settings) if role == "worker" else beat_command(settings)
+    os.execve(command[0], command, {**os.environ, **server_environment(settings), "PYTHONPATH": str(SUPERSET_DIR)})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Superset for the platform: bootstrap, then serve.")
+    parser.add_argument("role", nargs="?", choices=("web", "worker", "beat"), default="web",
+                        help="web (bootstrap, then gunicorn), or the alerts' Celery worker or beat")
     parser.add_argument("--install-only", action="store_true",
                         help="only install the cached virtual environment (CI and image builds)")
-    if parser.parse_args(argv).install_only:
+    args = parser.parse_args(argv)
+    if args.install_only:
         install_venv(print)
-    else:
+    elif args.role == "web":
         serve()
+    else:
+        serve_celery(args.role)
 
 
 if __name__ == "__main__":

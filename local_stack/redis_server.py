@@ -1,0 +1,54 @@
+"""Redis for the local stack: the broker and result backend of Superset's Celery worker and beat.
+
+Debian's ``redis-server`` on BIND_HOST:REDIS_PORT with a password generated into the state folder and
+read from a mode-600 configuration file (never from the command line). Nothing is persisted: a lost
+message is a scheduler tick, and the beat sends the next one within a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from urllib.parse import quote
+
+from crypto_platform.settings import PlatformSettings
+from local_stack.processes import StackError
+from local_stack.stack import ManagedService, _port_answers
+
+REDIS_SERVER = "redis-server"
+
+
+def redis_password(settings: PlatformSettings) -> str:
+    from local_stack.superset import state_secret
+
+    return state_secret(settings, "redis_password", "")
+
+
+def broker_url(settings: PlatformSettings) -> str:
+    """REDIS_URL, else the local Redis's URL with its generated password (database 0)."""
+    if settings.redis_url:
+        return settings.redis_url
+    return f"redis://:{quote(redis_password(settings), safe='')}@{settings.bind_host}:{settings.redis_port}/0"
+
+
+def redis_service(settings: PlatformSettings) -> ManagedService:
+    data_dir = settings.state_dir / "redis"
+    config_path = data_dir / "redis.conf"
+
+    def write_config() -> None:
+        if shutil.which(REDIS_SERVER) is None:
+            raise StackError("redis-server is not installed (apt-get install redis-server), "
+                             "or set SUPERSET_ALERTS=0 to run Superset without alerts")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lines = [f"bind {settings.bind_host}", f"port {settings.redis_port}", f"dir {data_dir}",
+                 'save ""', "appendonly no", "daemonize no", "protected-mode yes", "loglevel notice",
+                 "logfile \"\"", "maxmemory 64mb", "maxmemory-policy noeviction",
+                 f"requirepass {redis_password(settings)}"]
+        descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+
+    return ManagedService(
+        "redis", settings, [REDIS_SERVER, str(config_path)], port=settings.redis_port, port_variable="REDIS_PORT",
+        ready=_port_answers(settings.bind_host, settings.redis_port), before_start=write_config,
+    )
