@@ -28,7 +28,9 @@ from local_stack.processes import free_port
 from local_stack.stack import LocalStack
 from local_stack.superset import run_bootstrap
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The module's platform starts inside the first test's budget: make up (Dagster, Superset) takes minutes on a
+# loaded machine, and each alert case waits for minute ticks.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 GRACE_S = 150  # short enough to see the recovery within the test, long enough to span two quiet ticks
 MAIL_TO = "ops@example.com"
