@@ -51,4 +51,5 @@ def redis_service(settings: PlatformSettings) -> ManagedService:
     return ManagedService(
         "redis", settings, [REDIS_SERVER, str(config_path)], port=settings.redis_port, port_variable="REDIS_PORT",
         ready=_port_answers(settings.bind_host, settings.redis_port), before_start=write_config,
+        watched=("BIND_HOST", "REDIS_"),
     )

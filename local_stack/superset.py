@@ -43,6 +43,8 @@ READER_ROLE = "superset_reader"
 INSTALL_TIMEOUT_S = 1800
 BOOTSTRAP_TIMEOUT_S = 600
 READY_TIMEOUT_S = 120
+# Settings whose change restarts Superset and its Celery worker and beat (SMTP_/REDIS_: the alerts' config).
+SUPERSET_WATCHED = ("SUPERSET", "PG_", "DATABASE_URL", "BIND_HOST", "LOG_LEVEL", "REDIS_", "SMTP_")
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +293,7 @@ def superset_service(settings: PlatformSettings, say: Callable[[str], None] = pr
     return ManagedService(
         "superset", settings, server_command(settings), port=settings.superset_port, port_variable="SUPERSET_PORT",
         env=environment, ready=_superset_ready(superset_url(settings)), before_start=prepare,
-        ready_timeout_s=READY_TIMEOUT_S, watched=("SUPERSET", "PG_", "DATABASE_URL", "BIND_HOST", "LOG_LEVEL"),
+        ready_timeout_s=READY_TIMEOUT_S, watched=SUPERSET_WATCHED,
     )
 
 
@@ -320,10 +322,16 @@ def celery_services(settings: PlatformSettings) -> list[ManagedService]:
             environment.update(server_environment(settings))
         return fill
 
+    def log_says(name: str, text: str) -> Callable[[], bool]:
+        path = settings.state_dir / "logs" / f"{name}.log"
+        return lambda: path.exists() and text in path.read_text(errors="replace")
+
     return [ManagedService("superset-worker", settings, worker_command(settings), env=worker_env,
-                           before_start=prepare(worker_env)),
+                           before_start=prepare(worker_env), ready=log_says("superset-worker", " ready."),
+                           ready_timeout_s=READY_TIMEOUT_S, watched=SUPERSET_WATCHED),
             ManagedService("superset-beat", settings, beat_command(settings), env=beat_env,
-                           before_start=prepare(beat_env))]
+                           before_start=prepare(beat_env), ready=log_says("superset-beat", "beat: Starting"),
+                           ready_timeout_s=READY_TIMEOUT_S, watched=SUPERSET_WATCHED)]
 
 
 def login_hint(settings: PlatformSettings) -> str:
