@@ -1,16 +1,34 @@
-"""The 60-second sensor: one candle run when new trades arrived, never two at once, never one tick twice."""
+"""The minute-close sensor: one candle run right after each minute closes, never two at once, never one
+minute twice.
+
+Why a sensor and not a ``* * * * *`` schedule: a schedule fires at the minute's boundary, before the
+trades that close the minute have reached PostgreSQL, so its run would publish the minute as not final
+and the minute would wait a whole further minute for the next run. The sensor's cursor is the end of
+the last closed minute it requested a run for; it asks for the next run as soon as the stream's
+watermark has passed that minute's end (the minute can be published final), or ``CLOSE_GRACE_S``
+after it (a quiet stream), whichever comes first. The sensor daemon evaluates it about every 5 s.
+"""
+
+from __future__ import annotations
 
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from crypto_assets.assets.aggregated_1min import aggregated_1min
 from crypto_assets.assets.aggregated_5min import aggregated_5min
 from crypto_assets.assets.common import PIPELINE_TAG
 from crypto_assets.assets.latest_prices import latest_prices
-from crypto_assets.candles import ONE_MINUTE
+from crypto_assets.assets.real_time_prices import observe, real_time_prices
+from crypto_assets.candles import MINUTE_MS, ONE_MINUTE, from_ms, window_start
+from crypto_assets.engine import now_ms
 from crypto_assets.resources import MarketDatabase
 
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+# The daemon evaluates sensors at most every 5 s (dagster's MIN_INTERVAL_LOOP_TIME); ask for every loop.
+SENSOR_INTERVAL_S = 1
+# After a minute closes, wait at most this long for the watermark to pass its end before running anyway.
+CLOSE_GRACE_S = 10
 
 candles_job = dg.define_asset_job(
     "candles_job",
@@ -21,20 +39,43 @@ candles_job = dg.define_asset_job(
 )
 
 
-@dg.sensor(job=candles_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
-def new_trades_sensor(context: dg.SensorEvaluationContext, market_db: MarketDatabase) -> dg.RunRequest | dg.SkipReason:
-    """Requests a run when rows past the candle cursor exist and no candle run is queued or running.
+def _minute(ms: int) -> str:
+    return from_ms(ms).strftime("%H:%M")
 
-    The run key names the cursor and the rows waiting past it, so a tick that sees nothing new since the
-    last request repeats its key and Dagster does not launch it again. The queued run coordinator's tag
-    limit (dagster.yaml) keeps runs started elsewhere (UI, backfill) from overlapping as well.
+
+@dg.sensor(job=candles_job, minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=dg.DefaultSensorStatus.RUNNING)
+def minute_close_sensor(context: dg.SensorEvaluationContext, market_db: MarketDatabase
+                        ) -> dg.SensorResult | dg.SkipReason:
+    """Requests the run that finalizes the minute that just closed, once per minute.
+
+    Conditions, in order: a minute closed since the cursor's (else skip, without touching PostgreSQL);
+    no candle run is queued or running (the queued run coordinator's tag limit in dagster.yaml also
+    covers runs launched elsewhere); rows past the candle cursor exist, late ones included (else
+    nothing would change); the watermark passed the minute's end or the grace period is over. The run
+    key names the minute, so Dagster launches one run per minute whatever the evaluations repeat. With
+    the request it records an observation of ``real_time_prices`` (newest trade time as data version).
     """
+    now = now_ms()
+    closed_until = window_start(now, MINUTE_MS)
+    requested_until = int(context.cursor) if context.cursor else 0
+    if closed_until <= requested_until:
+        return dg.SkipReason(f"the run for the minute that closed at {_minute(requested_until)} was requested")
     in_flight = context.instance.get_run_records(
         filters=dg.RunsFilter(statuses=IN_FLIGHT, tags={PIPELINE_TAG: "candles"}), limit=1)
     if in_flight:
         return dg.SkipReason(f"candle run {in_flight[0].dagster_run.run_id} is still in flight")
-    position, waiting, newest_xid = market_db.store().pending_trades(ONE_MINUTE)
+    store = market_db.store()
+    position, waiting, _ = store.pending_trades(ONE_MINUTE)
     if waiting == 0:
         return dg.SkipReason(f"no new trades past cursor {position}")
-    return dg.RunRequest(run_key=f"trades-{position}-{newest_xid}-{waiting}",
-                         tags={"crypto/cursor": position, "crypto/rows_waiting": str(waiting)})
+    with store.transaction(snapshot=True) as cursor:
+        watermark = store.newest_trade_ms(cursor)
+    if (watermark or 0) < closed_until and now < closed_until + CLOSE_GRACE_S * 1000:
+        return dg.SkipReason(f"waiting for the watermark to pass {_minute(closed_until)}")
+    request = dg.RunRequest(run_key=f"minute-{closed_until}",
+                            tags={"crypto/minute_closed": from_ms(closed_until).isoformat(),
+                                  "crypto/cursor": position, "crypto/rows_waiting": str(waiting)})
+    version, metadata = observe(store)
+    observation = dg.AssetObservation(asset_key=real_time_prices.key, metadata=metadata,
+                                      tags={DATA_VERSION_TAG: version.value})
+    return dg.SensorResult(run_requests=[request], cursor=str(closed_until), asset_events=[observation])

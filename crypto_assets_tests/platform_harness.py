@@ -78,7 +78,7 @@ class PlatformUnderTest:
 
     def sensor_runs(self) -> list[RunSummary]:
         """Every run the sensor launched, with its asset-check results."""
-        return dagster_runs(self.settings, limit=None, sensor="new_trades_sensor")
+        return dagster_runs(self.settings, limit=None, sensor="minute_close_sensor")
 
     @property
     def settings(self) -> PlatformSettings:

@@ -22,7 +22,7 @@ import psycopg2.extensions
 import pytest
 from pyspark.sql import SparkSession
 
-from crypto_assets import backfill
+from crypto_assets import backfill, sensors
 from crypto_assets.assets.aggregated_1min import aggregated_1min, aggregated_1min_checks
 from crypto_assets.assets.aggregated_5min import aggregated_5min, aggregated_5min_checks
 from crypto_assets.assets.common import CandleRunConfig
@@ -30,7 +30,7 @@ from crypto_assets.assets.latest_prices import latest_prices, latest_prices_matc
 from crypto_assets.assets.real_time_prices import real_time_prices, source_is_fresh
 from crypto_assets.candles import Segment
 from crypto_assets.resources import MarketDatabase, build_resources, spark_session
-from crypto_assets.sensors import new_trades_sensor
+from crypto_assets.sensors import minute_close_sensor
 from crypto_assets.spark_io import read_trades
 from crypto_assets.store import JdbcTarget
 from crypto_assets_tests.candle_reference import (
@@ -62,15 +62,16 @@ def ms(moment: datetime, plus_ms: int = 0) -> int:
 
 @pytest.fixture(scope="module")
 def spark(stack) -> SparkSession:
-    """The one local SparkSession the assets' PySparkResource finds (getOrCreate) in every test here."""
-    return spark_session(dataclasses.replace(stack.settings, spark_master="local[2]"))
+    """The one in-process SparkSession (SPARK_REMOTE empty) the assets' PySparkResource finds (getOrCreate) in
+    every test here; test_spark_connect.py runs the assets through a Spark Connect server."""
+    return spark_session(dataclasses.replace(stack.settings, spark_master="local[2]", spark_remote=""))
 
 
 @pytest.fixture
 def candles_env(platform_env: Callable[..., PlatformSettings], spark: SparkSession,
                 monkeypatch: pytest.MonkeyPatch) -> PlatformSettings:
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    return platform_env(SPARK_MASTER="local[2]")
+    return platform_env(SPARK_MASTER="local[2]", SPARK_REMOTE="")
 
 
 def run_candles(settings: PlatformSettings, config: CandleRunConfig | None = None,
@@ -107,15 +108,8 @@ def assert_all_checks_passed(result: dg.ExecuteInProcessResult) -> None:
     assert len(result.get_asset_check_evaluations()) == 12
 
 
-def test_btcusdt_2023_equals_the_reference_and_binance_klines_on_every_fully_covered_minute(
-        db, candles_env, shared_data: Path) -> None:
-    trades = trades_from_csv(shared_data.joinpath(*BTC_2023), "BTCUSDT")
-    insert_trades(db, trades)
-    result = run_candles(candles_env)
-    assert result.success
-    assert_all_checks_passed(result)
-    assert_matches_reference(db, trades)
-
+def assert_equals_binance_klines(db: psycopg2.extensions.connection, trades: list[Trade], shared_data: Path) -> None:
+    """BTCUSDT 2023's one-minute candles equal Binance's klines on the six minutes the trades fully cover."""
     candles = fetch_candles(db, "aggregated_prices_1min")
     first, last = min(t.time_ms for t in trades), max(t.time_ms for t in trades)
     with shared_data.joinpath(*KLINES_2023).open() as handle:
@@ -126,6 +120,17 @@ def test_btcusdt_2023_equals_the_reference_and_binance_klines_on_every_fully_cov
         candle = candles[("BTCUSDT", datetime.fromtimestamp(int(kline["open_time"]) // 1000, UTC))]
         assert (candle["open_price"], candle["high_price"], candle["low_price"], candle["close_price"],
                 candle["total_volume"]) == tuple(Decimal(kline[k]) for k in ("open", "high", "low", "close", "volume"))
+
+
+def test_btcusdt_2023_equals_the_reference_and_binance_klines_on_every_fully_covered_minute(
+        db, candles_env, shared_data: Path) -> None:
+    trades = trades_from_csv(shared_data.joinpath(*BTC_2023), "BTCUSDT")
+    insert_trades(db, trades)
+    result = run_candles(candles_env)
+    assert result.success
+    assert_all_checks_passed(result)
+    assert_matches_reference(db, trades)
+    assert_equals_binance_klines(db, trades, shared_data)
 
     meta = metadata(result, "aggregated_1min")
     assert meta["rows_read"] == len(trades) and meta["windows_written"] == 8
@@ -326,40 +331,68 @@ def test_source_freshness_warns_on_old_trades_and_passes_on_fresh_ones(db, candl
     assert run_check(candles_env, source_is_fresh).passed
 
 
-def test_sensor_skips_without_new_trades_and_asks_for_exactly_one_run_when_they_arrive(db, candles_env) -> None:
+def test_the_minute_close_sensor_asks_once_per_closed_minute_as_soon_as_the_watermark_passed_it(
+        db, candles_env, monkeypatch: pytest.MonkeyPatch) -> None:
     instance = dg.DagsterInstance.ephemeral()
+    state: dict[str, object] = {"cursor": None}
 
-    def tick() -> dg.RunRequest | dg.SkipReason:
-        context = dg.build_sensor_context(instance=instance, resources={"market_db": MarketDatabase()})
-        return new_trades_sensor(context)
+    def tick(at_ms: int) -> dg.SkipReason | dg.RunRequest:
+        monkeypatch.setattr(sensors, "now_ms", lambda: at_ms)
+        context = dg.build_sensor_context(instance=instance, cursor=state["cursor"],
+                                          resources={"market_db": MarketDatabase()})
+        result = minute_close_sensor(context)
+        if isinstance(result, dg.SkipReason):
+            return result
+        state["cursor"] = result.cursor
+        [observation] = result.asset_events
+        assert observation.asset_key == dg.AssetKey("real_time_prices")
+        assert observation.tags["dagster/data_version"] == str(newest_trade_ms())
+        [request] = result.run_requests
+        return request
 
-    assert isinstance(tick(), dg.SkipReason)
-    insert_trades(db, [Trade("BTCUSDT", 1, Decimal("1"), Decimal("1"), ms(T0))])
-    request = tick()
-    assert isinstance(request, dg.RunRequest)
-    repeat = tick()
-    assert isinstance(repeat, dg.RunRequest) and repeat.run_key == request.run_key  # Dagster launches a key once
+    def newest_trade_ms() -> int:
+        with db.cursor() as cursor:
+            cursor.execute("SELECT max(timestamp) FROM stock.real_time_prices")
+            return cursor.fetchone()[0]
+
+    def trade(agg_id: int, offset_ms: int) -> None:
+        insert_trades(db, [Trade("BTCUSDT", agg_id, Decimal("1"), Decimal("1"), ms(T0, offset_ms))])
+
+    closes, grace = ms(T0), sensors.CLOSE_GRACE_S * 1000
+    assert "no new trades" in tick(closes + 1_000).skip_message
+    trade(1, -30_000)
+    # Closed 2 s ago, but no trade at or after its end yet: a run now would publish it as not final.
+    assert "waiting for the watermark" in tick(closes + 2_000).skip_message
+    trade(2, 500)
+    request = tick(closes + 3_000)
+    assert isinstance(request, dg.RunRequest) and request.run_key == f"minute-{closes}"
+    assert "was requested" in tick(closes + 8_000).skip_message  # once per minute, no query
 
     instance.add_run(dg.DagsterRun(job_name="candles_job", run_id="in-flight", status=dg.DagsterRunStatus.STARTED,
                                    tags={"crypto/pipeline": "candles"}))
-    assert "in flight" in tick().skip_message
+    assert "in flight" in tick(closes + 61_000).skip_message
     instance.delete_run("in-flight")
+    # A quiet stream: the next minute's run comes at the end of the grace period.
+    assert "waiting for the watermark" in tick(closes + 61_000).skip_message
+    assert tick(closes + 60_000 + grace).run_key == f"minute-{closes + 60_000}"
 
     assert run_candles(candles_env, instance=instance).success
-    skip = tick()
-    assert isinstance(skip, dg.SkipReason) and "no new trades" in skip.skip_message
+    assert "no new trades" in tick(closes + 121_000).skip_message
+    trade(3, -90_000)  # only a late trade, into a minute published final long ago
+    assert tick(closes + 120_000 + grace).run_key == f"minute-{closes + 120_000}"
 
 
 def test_the_same_assets_run_on_a_standalone_spark_cluster(db, platform_env, shared_data: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """SPARK_MASTER=spark://…: the backfill CLI, as its own driver process, runs the assets on the local
-    stack's standalone master and worker (executors load the JDBC jar and read PostgreSQL themselves)."""
+    """SPARK_CLUSTER=1: the backfill CLI attaches to the local stack's Spark Connect server, which runs the
+    assets on the standalone master and worker (executors load the JDBC jar and read PostgreSQL themselves)."""
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     settings = platform_env(SPARK_CLUSTER=1, SPARK_MASTER="", SPARK_MASTER_PORT=free_port(),
                             SPARK_MASTER_WEBUI_PORT=free_port(), SPARK_WORKER_MEMORY="1g")
     trades = trades_from_csv(shared_data.joinpath(*BTC_2023), "BTCUSDT")
     insert_trades(db, trades)
     services = [s for s in LocalStack(settings).services() if s.name.startswith("spark-")]
+    assert [s.name for s in services] == ["spark-master", "spark-worker", "spark-connect"]
     try:
         for service in services:
             service.start()

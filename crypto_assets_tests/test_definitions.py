@@ -44,9 +44,9 @@ def test_lineage_groups_kinds_freshness_and_checks() -> None:
     assert ("aggregated_5min", "consistent_with_aggregated_1min") in checks
 
 
-def test_sensor_ticks_every_60_seconds_for_the_tagged_candle_job() -> None:
-    sensor = defs.resolve_sensor_def("new_trades_sensor")
-    assert sensor.minimum_interval_seconds == 60
+def test_the_minute_close_sensor_is_evaluated_on_every_daemon_loop_for_the_tagged_candle_job() -> None:
+    sensor = defs.resolve_sensor_def("minute_close_sensor")
+    assert sensor.minimum_interval_seconds <= 5
     assert sensor.job_name == "candles_job"
     assert defs.resolve_job_def("candles_job").tags["crypto/pipeline"] == "candles"
 
@@ -57,4 +57,5 @@ def test_instance_config_uses_postgres_a_queue_limited_to_one_candle_run_and_no_
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert {"key": "crypto/pipeline", "value": "candles", "limit": 1} in \
         config["run_coordinator"]["config"]["tag_concurrency_limits"]
+    assert config["run_coordinator"]["config"]["dequeue_interval_seconds"] == 1
     assert config["telemetry"]["enabled"] is False

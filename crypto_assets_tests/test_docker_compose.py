@@ -76,3 +76,12 @@ def test_producer_and_consumer_workers_are_supervised_in_their_containers() -> N
         service = COMPOSE["services"][name]
         assert service["command"][-2:] == ["streaming_services.workers", name.split("-")[1]]
         assert service["environment"][variable].startswith(f"${{{variable}:-")
+
+
+def test_dagster_attaches_to_the_spark_connect_service() -> None:
+    services = COMPOSE["services"]
+    assert services["spark-connect"]["command"] == ["python", "-m", "local_stack.spark_connect"]
+    assert "spark-master" in services["spark-connect"]["depends_on"]
+    assert "spark-connect" in services["dagster-webserver"]["depends_on"]
+    assert services["dagster-daemon"]["environment"]["SPARK_REMOTE"] == "sc://spark-connect:15002"
+    assert "ports" not in services["spark-connect"]  # reachable inside stock-network only

@@ -36,7 +36,8 @@ def test_standalone_cluster_from_the_pyspark_package_runs_a_job(monkeypatch: pyt
     monkeypatch.setenv("SPARK_WORKER_MEMORY", "1g")
     settings = PlatformSettings.from_env()
     services = [s for s in LocalStack(settings).services() if s.name.startswith("spark-")]
-    assert [s.name for s in services] == ["spark-master", "spark-worker"]
+    assert [s.name for s in services] == ["spark-master", "spark-worker", "spark-connect"]
+    services = services[:2]  # the cluster alone; test_spark_connect.py runs the Connect server on it
     assert settings.spark_master == f"spark://127.0.0.1:{settings.spark_master_port}"
     try:
         for service in services:

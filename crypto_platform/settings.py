@@ -139,6 +139,11 @@ class PlatformSettings:
     spark_master_webui_port: int = field(metadata={"env": "SPARK_MASTER_WEBUI_PORT", "doc": "Standalone master UI port (SPARK_CLUSTER=1)", "default": "8080"})
     spark_worker_cores: int = field(metadata={"env": "SPARK_WORKER_CORES", "doc": "Cores of the standalone worker", "default": "2"})
     spark_worker_memory: str = field(metadata={"env": "SPARK_WORKER_MEMORY", "doc": "Memory of the standalone worker", "default": "2g"})
+    spark_remote: str = field(metadata={"env": "SPARK_REMOTE", "doc": "Spark Connect URL the candle runs attach to; empty = an in-process SparkSession on SPARK_MASTER (a JVM per run)", "default": "sc://BIND_HOST:SPARK_CONNECT_PORT (the local Spark Connect server)"})
+    spark_connect_server: bool = field(metadata={"env": "SPARK_REMOTE", "doc": "(derived) the local stack runs the Spark Connect server when SPARK_REMOTE is its URL", "default": "true"})
+    spark_connect_port: int = field(metadata={"env": "SPARK_CONNECT_PORT", "doc": "Port of the local Spark Connect server (gRPC)", "default": "15002"})
+    spark_connect_memory: str = field(metadata={"env": "SPARK_CONNECT_MEMORY", "doc": "Driver memory of the local Spark Connect server", "default": "1g"})
+    spark_connect_cores: int = field(metadata={"env": "SPARK_CONNECT_CORES", "doc": "Cores the Spark Connect server uses (local[N], or spark.cores.max on the cluster)", "default": "2"})
     superset: bool = field(metadata={"env": "SUPERSET", "doc": "1 = make up runs Superset (own venv, installed on first use, cached in ~/.cache/crypto-platform)", "default": "1"})
     superset_admin_user: str = field(metadata={"env": "SUPERSET_ADMIN_USER", "doc": "Superset administrator's user name", "default": "admin"})
     superset_admin_password: str = field(repr=False, metadata={"env": "SUPERSET_ADMIN_PASSWORD", "doc": "Its password; the local stack generates one into STATE_DIR/superset/admin_password when unset", "default": "generated"})
@@ -202,6 +207,12 @@ class PlatformSettings:
         spark_master = _env("SPARK_MASTER", f"spark://{bind_host}:{spark_master_port}" if spark_cluster else "local[*]")
         if not (spark_master.startswith("local") or spark_master.startswith("spark://")):
             raise SettingsError(f"SPARK_MASTER={spark_master!r} must be local[...] or spark://host:port")
+        spark_connect_port = _env_port("SPARK_CONNECT_PORT", 15002)
+        local_connect_url = f"sc://{bind_host}:{spark_connect_port}"
+        # Unset = the local server; set but empty = no Connect at all (the in-process path).
+        spark_remote = os.environ.get("SPARK_REMOTE", local_connect_url).strip()
+        if spark_remote and not spark_remote.startswith("sc://"):
+            raise SettingsError(f"SPARK_REMOTE={spark_remote!r} must be sc://host:port or empty")
         return cls(
             state_dir=Path(_env("STATE_DIR", ".platform")).expanduser().resolve(),
             bind_host=bind_host,
@@ -247,6 +258,11 @@ class PlatformSettings:
             spark_master_webui_port=_env_port("SPARK_MASTER_WEBUI_PORT", 8080),
             spark_worker_cores=_env_int("SPARK_WORKER_CORES", 2, minimum=1),
             spark_worker_memory=_env("SPARK_WORKER_MEMORY", "2g"),
+            spark_remote=spark_remote,
+            spark_connect_server=spark_remote == local_connect_url,
+            spark_connect_port=spark_connect_port,
+            spark_connect_memory=_env("SPARK_CONNECT_MEMORY", "1g"),
+            spark_connect_cores=_env_int("SPARK_CONNECT_CORES", 2, minimum=1),
             superset=_env_bool("SUPERSET", True),
             superset_admin_user=_env("SUPERSET_ADMIN_USER", "admin"),
             superset_admin_password=_env("SUPERSET_ADMIN_PASSWORD", ""),

@@ -15,7 +15,7 @@ from local_stack.stack import LocalStack
 
 PORT_VARIABLES = ("PG_PORT", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "REPLAY_PORT", "PRODUCER_METRICS_PORT",
                   "CONSUMER_METRICS_PORT", "DAGSTER_PORT", "SUPERSET_PORT", "SPARK_MASTER_PORT",
-                  "SPARK_MASTER_WEBUI_PORT", "REDIS_PORT")
+                  "SPARK_MASTER_WEBUI_PORT", "REDIS_PORT", "SPARK_CONNECT_PORT")
 
 
 def stack_environment(state_dir: Path) -> dict[str, str]:

@@ -284,6 +284,10 @@ class LocalStack:
         candidates: list[tuple[str, ManagedService]] = []
         if s.spark_cluster:
             candidates += [("pyspark", service) for service in _spark_services(s)]
+        if s.spark_connect_server:
+            from local_stack.spark_connect import spark_connect_service  # it builds on ManagedService
+
+            candidates.append(("pyspark.sql.connect.session", spark_connect_service(s)))
         if s.source == "replay":
             candidates.append(("streaming_services.replay_server", _python_service(
                 s, "replay-server", "streaming_services.replay_server", s.replay_port, "REPLAY_PORT",

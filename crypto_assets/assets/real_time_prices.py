@@ -6,6 +6,7 @@ from crypto_assets.candles import from_ms
 from crypto_assets.checks import source_freshness
 from crypto_assets.engine import now_ms
 from crypto_assets.resources import MarketDatabase
+from crypto_assets.store import MarketStore
 
 SOURCE_FRESHNESS_LIMIT_S = 300.0
 
@@ -19,23 +20,27 @@ SOURCE_FRESHNESS_LIMIT_S = 300.0
 )
 def real_time_prices(market_db: MarketDatabase) -> dg.ObserveResult:
     """Observes the newest trade time and the size of the table; the data version moves with new trades."""
-    with market_db.store().transaction(snapshot=True) as cursor:
-        cursor.execute("SELECT timestamp, id FROM stock.real_time_prices ORDER BY event_time DESC LIMIT 1")
+    version, metadata = observe(market_db.store())
+    return dg.ObserveResult(data_version=version, metadata=metadata)
+
+
+def observe(store: MarketStore) -> tuple[dg.DataVersion, dict[str, object]]:
+    """The data version is the newest trade's time (ms): it moves exactly when newer trades arrived. The
+    minute-close sensor records it with every run it requests, so the UI shows the source's freshness."""
+    with store.transaction(snapshot=True) as cursor:
+        cursor.execute("SELECT timestamp FROM stock.real_time_prices ORDER BY event_time DESC LIMIT 1")
         newest = cursor.fetchone()
         cursor.execute("SELECT coalesce(max(id), 0) FROM stock.real_time_prices")
         max_id = cursor.fetchone()[0]
         cursor.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'stock.real_time_prices'::regclass")
         estimate = cursor.fetchone()[0]
     newest_ms = None if newest is None else int(newest[0])
-    return dg.ObserveResult(
-        data_version=dg.DataVersion(f"{max_id}"),
-        metadata={
-            "newest_trade": from_ms(newest_ms).isoformat() if newest_ms is not None else None,
-            "newest_trade_age_seconds": None if newest_ms is None else round((now_ms() - newest_ms) / 1000, 3),
-            "row_count_estimate": int(estimate),
-            "max_id": int(max_id),
-        },
-    )
+    return dg.DataVersion(str(newest_ms or 0)), {
+        "newest_trade": from_ms(newest_ms).isoformat() if newest_ms is not None else None,
+        "newest_trade_age_seconds": None if newest_ms is None else round((now_ms() - newest_ms) / 1000, 3),
+        "row_count_estimate": int(estimate),
+        "max_id": int(max_id),
+    }
 
 
 @dg.asset_check(asset=real_time_prices, description=f"The newest trade is at most {SOURCE_FRESHNESS_LIMIT_S:.0f} s old")
