@@ -74,6 +74,7 @@ def ingestion_figures(settings: PlatformSettings) -> dict[str, str]:
                 " (SELECT count(*) FROM stock.rejected_messages WHERE received_at > now() - interval '1 hour')"
             )
             trades, last_minute, newest_age, c1, c5, newest_final, final_age, latest, dead, dead_hour = cursor.fetchone()
+            close_to_final = finality_delays(cursor)
     except psycopg2.Error as exc:
         return {"database": f"error: {str(exc).strip().splitlines()[0]}"}
     finally:
@@ -84,9 +85,27 @@ def ingestion_figures(settings: PlatformSettings) -> dict[str, str]:
         "newest candle": ("no final 1-min candle yet" if final_age is None
                           else f"final 1-min candle ending {float(final_age):.1f} s ago"),
         "candles": f"1min={c1} 5min={c5}, newest final 1-min window ends {newest_final or '-'}",
+        "close → final": close_to_final,
         "latest_prices": f"{latest} symbols",
         "dead letters": f"{dead} in all, {dead_hour} in the last hour",
     }
+
+
+FINALITY_WINDOWS = 5
+
+
+def finality_delays(cursor) -> str:
+    """Window close → final, the newest one-minute windows: the delay until every symbol's candle of the
+    window was final (``finalized_at``, stamped by sql/006), newest first."""
+    cursor.execute(
+        "SELECT to_char(window_end AT TIME ZONE 'UTC', 'HH24:MI'),"
+        " extract(epoch FROM max(finalized_at) - window_end)::float"
+        " FROM stock.aggregated_prices_1min WHERE window_start > now() - interval '1 hour'"
+        " GROUP BY window_end HAVING bool_and(is_final) ORDER BY window_end DESC LIMIT %s", (FINALITY_WINDOWS,))
+    rows = cursor.fetchall()
+    if not rows:
+        return "no final window in the last hour"
+    return ", ".join(f"{delay:.1f} s ({end})" for end, delay in rows) + " (window end, UTC)"
 
 
 def consumer_lag(settings: PlatformSettings) -> dict[int, int] | None:
