@@ -1,0 +1,168 @@
+"""What a user sees: how long after a one-minute window closes its candle is final, on a whole platform.
+
+``python -m bench.freshness [--minutes 6] [--paths connect,in-process]``
+
+For each path, a throwaway platform (``make up`` in a private state folder on free ports, no Superset,
+the replay feed) runs for ``--minutes`` after ``make up`` returned. Meanwhile the benchmark polls
+``stock.aggregated_prices_1min`` twice a second and records, for every window that closes in that time,
+the first moment every symbol's candle of it is final; after the last window it waits up to
+``FINAL_WAIT_S`` for it. Then it reads the candle runs from Dagster's storage: wall time (start to
+end), the Spark share (the assets' ``spark_seconds`` over the wall time), the resource set-up (Spark
+session acquisition) and the run's start after its minute closed. ``connect`` is the default
+(``SPARK_REMOTE`` = the local Spark Connect server); ``in-process`` sets ``SPARK_REMOTE=`` empty (a
+JVM per run). Both print in one invocation, with the machine's load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from unittest import mock
+
+import psycopg2
+
+from crypto_assets_tests.platform_harness import PlatformUnderTest  # run from the repository's root
+from crypto_platform.settings import PlatformSettings
+from local_stack.stack import dagster_environment
+
+FINAL_WAIT_S = 120
+POLL_S = 0.5
+PATHS = {"connect": {}, "in-process": {"SPARK_REMOTE": ""}}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, -(-len(ordered) * q // 100) - 1))]
+
+
+@dataclass
+class PathFigures:
+    name: str
+    delays_s: list[float] = field(default_factory=list)
+    not_final: int = 0
+    run_wall_s: list[float] = field(default_factory=list)
+    spark_s: list[float] = field(default_factory=list)
+    session_s: list[float] = field(default_factory=list)
+    start_after_close_s: list[float] = field(default_factory=list)
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def lines(self) -> list[str]:
+        def fmt(values: list[float], q: float) -> str:
+            value = percentile(values, q)
+            return "-" if value is None else f"{value:.1f}"
+
+        share = sum(self.spark_s) / sum(self.run_wall_s) if self.run_wall_s else 0.0
+        return [
+            f"{self.name}: window end -> final, {len(self.delays_s)} windows"
+            + (f" ({self.not_final} not final within {FINAL_WAIT_S} s)" if self.not_final else "")
+            + f": p50 {fmt(self.delays_s, 50)} s, p95 {fmt(self.delays_s, 95)} s, max {fmt(self.delays_s, 100)} s",
+            f"{self.name}: candle runs {len(self.run_wall_s)}: wall p50 {fmt(self.run_wall_s, 50)} s, "
+            f"p95 {fmt(self.run_wall_s, 95)} s; Spark share {share:.0%}; session set-up p50 "
+            f"{fmt(self.session_s, 50)} s, p95 {fmt(self.session_s, 95)} s; run start after its minute closed "
+            f"p50 {fmt(self.start_after_close_s, 50)} s, p95 {fmt(self.start_after_close_s, 95)} s",
+            f"{self.name}: load average during the run {self.load[0]:.1f} {self.load[1]:.1f} {self.load[2]:.1f}",
+        ]
+
+
+def _final_windows(connection, since: datetime) -> dict[datetime, bool]:
+    """Per window ending after ``since``: whether every symbol's candle of it is final."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT window_end, bool_and(is_final) FROM stock.aggregated_prices_1min"
+                       " WHERE window_end > %s GROUP BY window_end", (since,))
+        return dict(cursor.fetchall())
+
+
+def watch_windows(database_url: str, started: float, minutes: int) -> tuple[list[float], int]:
+    """Delays (s) from each window's end to the first poll that saw it final; count of windows never final."""
+    since = datetime.fromtimestamp(started).astimezone()
+    first_minute = int(started // 60 + 1) * 60
+    windows = [first_minute + 60 * i for i in range(minutes)]
+    seen: dict[int, float] = {}
+    deadline = windows[-1] + FINAL_WAIT_S
+    connection = psycopg2.connect(database_url, connect_timeout=10)
+    connection.autocommit = True
+    try:
+        while time.time() < deadline and len(seen) < len(windows):
+            polled = time.time()
+            for end, final in _final_windows(connection, since).items():
+                end_s = int(end.timestamp())
+                if final and end_s in windows and end_s not in seen:
+                    seen[end_s] = polled - end_s
+            time.sleep(max(0.0, POLL_S - (time.time() - polled)))
+    finally:
+        connection.close()
+    return [seen[w] for w in windows if w in seen], len([w for w in windows if w not in seen])
+
+
+def run_figures(settings: PlatformSettings, figures: PathFigures, since: float) -> None:
+    """Candle runs the sensor launched after ``since``: wall time, Spark seconds, resource set-up, start delay."""
+    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+    with mock.patch.dict(os.environ, dagster_environment(settings)), DagsterInstance.get() as instance:
+        records = instance.get_run_records(RunsFilter(job_name="candles_job", statuses=[DagsterRunStatus.SUCCESS]))
+        for record in records:
+            if record.start_time is None or record.end_time is None or record.start_time < since:
+                continue
+            figures.run_wall_s.append(record.end_time - record.start_time)
+            closed = record.dagster_run.tags.get("crypto/minute_closed")
+            if closed:
+                figures.start_after_close_s.append(record.start_time - datetime.fromisoformat(closed).timestamp())
+            events = instance.all_logs(record.dagster_run.run_id)
+            spark = 0.0
+            init_started = None
+            for event in events:
+                dagster_event = event.dagster_event
+                if dagster_event is None:
+                    continue
+                if dagster_event.event_type == DagsterEventType.RESOURCE_INIT_STARTED and init_started is None:
+                    init_started = event.timestamp
+                elif dagster_event.event_type == DagsterEventType.RESOURCE_INIT_SUCCESS and init_started is not None:
+                    figures.session_s.append(event.timestamp - init_started)
+                    init_started = float("inf")
+                elif dagster_event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                    value = dagster_event.event_specific_data.materialization.metadata.get("spark_seconds")
+                    spark += float(value.value) if value is not None else 0.0
+            figures.spark_s.append(spark)
+
+
+def measure(name: str, overrides: dict[str, str], minutes: int) -> PathFigures:
+    platform = PlatformUnderTest.create(SUPERSET="0", **overrides)
+    figures = PathFigures(name)
+    try:
+        print(f"{name}: make up (state in {platform.state_dir})", flush=True)
+        platform.make("up", timeout=900)
+        started = time.time()
+        print(f"{name}: up; watching {minutes} windows", flush=True)
+        figures.delays_s, figures.not_final = watch_windows(platform.database_url, started, minutes)
+        figures.load = os.getloadavg()
+        run_figures(platform.settings, figures, started)
+    finally:
+        platform.destroy()
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.freshness", description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=int, default=6, help="closed windows to measure per path (default 6)")
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma list of: " + ", ".join(PATHS))
+    args = parser.parse_args(argv)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = [p for p in paths if p not in PATHS]
+    if args.minutes < 1 or unknown or not paths:
+        print(f"bench.freshness: --minutes must be at least 1 and --paths a list of {', '.join(PATHS)}",
+              file=sys.stderr)
+        return 2
+    results = [measure(path, PATHS[path], args.minutes) for path in paths]
+    print("\n".join(line for figures in results for line in figures.lines()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
