@@ -26,8 +26,8 @@ from local_stack.stack import ManagedService
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 LOG_CONFIG = Path(__file__).with_name("spark") / "log4j2.properties"
-# Server start plus the first query's JIT warm-up: ~20 s + ~25 s on the loaded 2-core machine.
-READY_TIMEOUT_S = 240
+# Server start plus the first query's JIT warm-up: ~45 s on the 2-core machine, 8 min seen at load average 50.
+READY_TIMEOUT_S = 900
 # A run's session is released by the client's exit; the server forgets idle sessions after this.
 SESSION_TIMEOUT = "10min"
 
