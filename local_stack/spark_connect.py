@@ -121,7 +121,7 @@ def spark_connect_service(settings: PlatformSettings) -> ManagedService:
         "spark-connect", settings, server_command(settings), port=settings.spark_connect_port,
         port_variable="SPARK_CONNECT_PORT", env=env, ready=_answers_a_query(settings),
         before_start=lambda: (settings.state_dir / "spark-connect" / "tmp").mkdir(parents=True, exist_ok=True),
-        ready_timeout_s=READY_TIMEOUT_S,
+        ready_timeout_s=READY_TIMEOUT_S, watched=("BIND_HOST", "SPARK_"),
     )
 
 
