@@ -26,18 +26,19 @@ from pyspark.sql import SparkSession
 
 from crypto_assets.store import MarketStore
 from crypto_assets.transforms import SPARK_EXACTNESS_CONFIG
+from crypto_platform.credentials import CANDLE_WRITER, role_database_url
 from crypto_platform.settings import PlatformSettings
 from local_stack.jars import postgresql_jdbc_jar
 
 
 class MarketDatabase(dg.ConfigurableResource):
-    """The market-data PostgreSQL. ``database_url`` empty = ``DATABASE_URL`` (or PG_*) at run time,
-    so no password ever sits in Dagster's resource config."""
+    """The market-data PostgreSQL. ``database_url`` empty = DATABASE_URL's server as role ``candle_writer``
+    at run time, so no password ever sits in Dagster's resource config."""
 
     database_url: str = ""
 
     def store(self) -> MarketStore:
-        return MarketStore(self.database_url or PlatformSettings.from_env().database_url)
+        return MarketStore(self.database_url or role_database_url(PlatformSettings.from_env(), CANDLE_WRITER))
 
 
 # Settings a session may carry itself (also the Connect server's defaults): exact decimals, UTC, small shuffles.

@@ -105,13 +105,17 @@ class PlatformSettings:
     kafka_retention_hours: int = field(metadata={"env": "KAFKA_RETENTION_HOURS", "doc": "How long Kafka keeps messages", "default": "168"})
     kafka_heap: str = field(metadata={"env": "KAFKA_HEAP", "doc": "JVM heap of the local Kafka broker", "default": "512m"})
     pg_port: int = field(metadata={"env": "PG_PORT", "doc": "Port of the embedded PostgreSQL 16", "default": "5432"})
-    pg_user: str = field(metadata={"env": "PG_USER", "doc": "PostgreSQL role that owns the platform's databases", "default": "crypto"})
+    pg_user: str = field(metadata={"env": "PG_USER", "doc": "PostgreSQL administrator: runs migrations and creates the run-time roles, never used by a service", "default": "crypto"})
     pg_password: str = field(repr=False, metadata={"env": "PG_PASSWORD", "doc": "Its password (local-stack default only)", "default": LOCAL_DEV_PASSWORD})
     pg_database: str = field(metadata={"env": "PG_DATABASE", "doc": "Database of the market data (schema stock)", "default": "crypto"})
     database_url: str = field(repr=False, metadata={"env": "DATABASE_URL", "doc": "Market-data database; when set, the embedded PostgreSQL is not started", "default": "built from PG_*"})
     embedded_postgres: bool = field(metadata={"env": "DATABASE_URL", "doc": "(derived) the local stack runs PostgreSQL itself unless DATABASE_URL is set", "default": "true"})
     dagster_database: str = field(metadata={"env": "DAGSTER_PG_DB", "doc": "Database of Dagster's run, event and schedule storage", "default": "dagster"})
     superset_database: str = field(metadata={"env": "SUPERSET_PG_DB", "doc": "Database of Superset's metadata", "default": "superset"})
+    ingest_writer_password: str = field(repr=False, metadata={"env": "INGEST_WRITER_PASSWORD", "doc": "Password of ingest_writer, the consumer's PostgreSQL role (appends trades and dead letters)", "default": "generated into STATE_DIR/secrets/"})
+    candle_writer_password: str = field(repr=False, metadata={"env": "CANDLE_WRITER_PASSWORD", "doc": "Password of candle_writer, the candle assets' PostgreSQL role (reads trades, writes candles)", "default": "generated into STATE_DIR/secrets/"})
+    dagster_pg_password: str = field(repr=False, metadata={"env": "DAGSTER_PG_PASSWORD", "doc": "Password of dagster, the PostgreSQL role owning Dagster's database only", "default": "generated into STATE_DIR/secrets/"})
+    superset_meta_password: str = field(repr=False, metadata={"env": "SUPERSET_META_PASSWORD", "doc": "Password of superset_meta, the PostgreSQL role owning Superset's metadata database only", "default": "generated into STATE_DIR/secrets/"})
     symbols: tuple[str, ...] = field(metadata={"env": "SYMBOLS", "doc": "Symbols to stream (comma list)", "default": ",".join(SEED_SYMBOLS)})
     source: str = field(metadata={"env": "SOURCE", "doc": "replay (built-in Binance-compatible server) or binance (live)", "default": "replay"})
     binance_ws_url: str = field(metadata={"env": "BINANCE_WS_URL", "doc": "Market-stream base URL (overrides SOURCE)", "default": "per SOURCE"})
@@ -175,6 +179,7 @@ class PlatformSettings:
         pg_password = _env("PG_PASSWORD", LOCAL_DEV_PASSWORD)
         pg_database = _env("PG_DATABASE", "crypto")
         embedded_postgres = not _env("DATABASE_URL", "")
+        state_dir = Path(_env("STATE_DIR", ".platform")).expanduser().resolve()
         database_url = _env(
             "DATABASE_URL",
             f"postgresql://{quote(pg_user, safe='')}:{quote(pg_password, safe='')}@{bind_host}:{pg_port}/{pg_database}",
@@ -214,7 +219,7 @@ class PlatformSettings:
         if spark_remote and not spark_remote.startswith("sc://"):
             raise SettingsError(f"SPARK_REMOTE={spark_remote!r} must be sc://host:port or empty")
         return cls(
-            state_dir=Path(_env("STATE_DIR", ".platform")).expanduser().resolve(),
+            state_dir=state_dir,
             bind_host=bind_host,
             kafka_port=kafka_port,
             kafka_controller_port=_env_port("KAFKA_CONTROLLER_PORT", 9093),
@@ -231,6 +236,10 @@ class PlatformSettings:
             embedded_postgres=embedded_postgres,
             dagster_database=_env("DAGSTER_PG_DB", "dagster"),
             superset_database=_env("SUPERSET_PG_DB", "superset"),
+            ingest_writer_password=_env("INGEST_WRITER_PASSWORD", ""),
+            candle_writer_password=_env("CANDLE_WRITER_PASSWORD", ""),
+            dagster_pg_password=_env("DAGSTER_PG_PASSWORD", ""),
+            superset_meta_password=_env("SUPERSET_META_PASSWORD", ""),
             symbols=symbols,
             source=source,
             binance_ws_url=_env("BINANCE_WS_URL", ws_default).rstrip("/"),
@@ -311,6 +320,13 @@ class PlatformSettings:
                                         "SUPERSET_ADMIN_PASSWORD", "SUPERSET_READER_PASSWORD", "SUPERSET_SECRET_KEY"),
                                        "SUPERSET=0: make up leaves Superset out"))
         return notes
+
+    def database_url_as(self, role: str, password: str, database: str | None = None) -> str:
+        """The same server (and TLS options) as DATABASE_URL, logged in as ``role``; its database or another."""
+        parts = urlsplit(self.database_url)
+        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else (parts.hostname or "")
+        netloc = f"{quote(role, safe='')}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc, path=f"/{database}" if database else parts.path).geturl()
 
     @staticmethod
     def docs() -> list[tuple[str, str, str]]:

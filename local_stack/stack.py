@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 import psutil
 
+from crypto_platform.credentials import DAGSTER, role_database_url
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings
 from local_stack.kafka_broker import KafkaBroker
 from local_stack.migrations import apply_migrations
@@ -39,6 +40,7 @@ from local_stack.processes import (
     tail,
     wait_until,
 )
+from local_stack.roles import provision_roles
 from local_stack.run_record import EVERY_SETTING, RunRecord, settings_snapshot
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -213,8 +215,8 @@ def _spark_worker_registered(master_json_url: str) -> Callable[[], bool]:
 
 
 def dagster_environment(settings: PlatformSettings) -> dict[str, str]:
-    """What dagster.yaml reads: DAGSTER_HOME under the state folder and its PostgreSQL storage."""
-    url = urlsplit(settings.database_url_for(settings.dagster_database))
+    """What dagster.yaml reads: DAGSTER_HOME under the state folder and its storage, as role ``dagster``."""
+    url = urlsplit(role_database_url(settings, DAGSTER, settings.dagster_database))
     return {
         "DAGSTER_HOME": str(settings.state_dir / "dagster"),
         "DAGSTER_PG_HOST": url.hostname or settings.bind_host,
@@ -332,9 +334,10 @@ class LocalStack:
         self.bootstrap()
 
     def bootstrap(self) -> None:
-        """Migrations and topics on servers that already run (the local ones or docker-compose's)."""
+        """Migrations, run-time roles and topics on servers that already run (the local ones or docker-compose's)."""
         applied = apply_migrations(self.settings.database_url)
         log.info("schema ready", extra={"applied": ",".join(applied) or "none"})
+        provision_roles(self.settings)
         self.kafka.ensure_topic(self.settings.kafka_topic, self.settings.kafka_partitions)
 
     def up(self, progress: Callable[[str], None] = lambda _: None) -> None:

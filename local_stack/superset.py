@@ -25,9 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import psycopg2
-from psycopg2 import sql
-
+from crypto_platform.credentials import SUPERSET_META, SUPERSET_READER, role_database_url, role_password
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings
 from local_stack.processes import StackError
@@ -39,7 +37,7 @@ CONFIG_PATH = SUPERSET_DIR / "superset_config.py"
 BUNDLE_DIR = SUPERSET_DIR / "bundle"
 BOOTSTRAP_SCRIPT = SUPERSET_DIR / "bootstrap.py"
 ALERTS_PATH = SUPERSET_DIR / "alerts.yaml"
-READER_ROLE = "superset_reader"
+READER_ROLE = SUPERSET_READER
 INSTALL_TIMEOUT_S = 1800
 BOOTSTRAP_TIMEOUT_S = 600
 READY_TIMEOUT_S = 120
@@ -146,7 +144,7 @@ def admin_password(settings: PlatformSettings) -> str:
 
 
 def reader_password(settings: PlatformSettings) -> str:
-    return state_secret(settings, "reader_password", settings.superset_reader_password)
+    return role_password(settings, READER_ROLE)
 
 
 def _sqlalchemy_url(url: str) -> str:
@@ -165,7 +163,7 @@ def server_environment(settings: PlatformSettings) -> dict[str, str]:
     return {
         "SUPERSET_CONFIG_PATH": str(CONFIG_PATH),
         "SUPERSET_SECRET_KEY": state_secret(settings, "secret_key", settings.superset_secret_key),
-        "SUPERSET_METADATA_URI": _sqlalchemy_url(settings.database_url_for(settings.superset_database)),
+        "SUPERSET_METADATA_URI": _sqlalchemy_url(role_database_url(settings, SUPERSET_META, settings.superset_database)),
         "BIND_HOST": settings.bind_host,
         "SUPERSET_PORT": str(settings.superset_port),
         "FLASK_APP": "superset",
@@ -192,33 +190,11 @@ def alerts_environment(settings: PlatformSettings) -> dict[str, str]:
     }
 
 
-def ensure_reader_login(settings: PlatformSettings, password: str) -> bool:
-    """Gives the read-only role (created NOLOGIN by sql/003) LOGIN and its password, unless it already works."""
-    try:
-        psycopg2.connect(settings.database_url, user=READER_ROLE, password=password, connect_timeout=5).close()
-        return False
-    except psycopg2.OperationalError:
-        pass
-    connection = psycopg2.connect(settings.database_url, connect_timeout=10)
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(
-                sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD %s").format(sql.Identifier(READER_ROLE)), (password,)
-            )
-    except psycopg2.errors.UndefinedObject:
-        raise StackError(f"role {READER_ROLE} is missing; apply the migrations first (make migrate)") from None
-    finally:
-        connection.close()
-    log.info("superset reader login set", extra={"role": READER_ROLE})
-    return True
-
-
 def run_bootstrap(settings: PlatformSettings, say: Callable[[str], None] = print) -> None:
-    """Venv, reader login, then ``superset/bootstrap.py``: schema, roles, admin, dashboards. Idempotent."""
+    """Venv, then ``superset/bootstrap.py``: schema, roles, admin, dashboards. Idempotent. The database
+    roles (the reader's login, superset_meta's database) are the stack's bootstrap's, done before."""
     venv = ensure_venv(settings, say)
     reader = reader_password(settings)
-    ensure_reader_login(settings, reader)
     state = settings.state_dir / "superset"
     init_stamp = state / "initialized"
     needs_init = not init_stamp.exists() or init_stamp.read_text().strip() != requirements_key()

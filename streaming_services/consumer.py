@@ -30,6 +30,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from psycopg2.extras import execute_values
 from psycopg2.pool import ThreadedConnectionPool
 
+from crypto_platform.credentials import INGEST_WRITER, role_database_url
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings, SettingsError
 from streaming_services.messages import InvalidMessage, TradeMessage, parse_trade_message, utc_text
@@ -240,7 +241,7 @@ class ConsumerConfig:
         if instance_id and worker:
             instance_id = f"{instance_id}-{worker}"
         return cls(settings.kafka_bootstrap_servers, settings.kafka_topic, settings.consumer_group,
-                   settings.database_url, frozenset(settings.symbols), settings.consumer_batch_size,
+                   role_database_url(settings, INGEST_WRITER), frozenset(settings.symbols), settings.consumer_batch_size,
                    settings.consumer_check_crcs, instance_id=instance_id or None,
                    dead_letter_max_bytes=settings.dead_letter_max_bytes)
 

@@ -1,0 +1,80 @@
+"""Who each service is when it connects, and where its password comes from: one place for every client.
+
+Every run-time service logs in to PostgreSQL as a role of its own (least privilege, ``sql/008``); the
+administrator ``PG_USER`` only runs migrations and provisions the roles. A role's password is its
+setting (``INGEST_WRITER_PASSWORD``, …) when given, else a random one generated once into
+``STATE_DIR/secrets/<role>`` (mode 0600, in a 0700 folder). Passwords never appear in logs or on a
+command line; PostgreSQL receives only a SCRAM verifier (``scram_verifier``), never the password itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from crypto_platform.settings import PlatformSettings
+
+INGEST_WRITER = "ingest_writer"
+CANDLE_WRITER = "candle_writer"
+DAGSTER = "dagster"
+SUPERSET_META = "superset_meta"
+SUPERSET_READER = "superset_reader"
+SCRAM_ITERATIONS = 4096
+
+# role -> the setting that may give its password (else generated)
+_CONFIGURED = {
+    INGEST_WRITER: lambda s: s.ingest_writer_password,
+    CANDLE_WRITER: lambda s: s.candle_writer_password,
+    DAGSTER: lambda s: s.dagster_pg_password,
+    SUPERSET_META: lambda s: s.superset_meta_password,
+    SUPERSET_READER: lambda s: s.superset_reader_password,
+}
+RUNTIME_ROLES = tuple(_CONFIGURED)
+
+
+def secrets_dir(settings: PlatformSettings) -> Path:
+    """``STATE_DIR/secrets``, created 0700."""
+    path = settings.state_dir / "secrets"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def generated_secret(settings: PlatformSettings, name: str, nbytes: int = 24) -> str:
+    """``STATE_DIR/secrets/<name>``: generated once (0600, created exclusively so two starters agree)."""
+    path = secrets_dir(settings) / name
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(nbytes)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+def role_password(settings: PlatformSettings, role: str) -> str:
+    """The role's configured password, else the generated one."""
+    return _CONFIGURED[role](settings) or generated_secret(settings, role)
+
+
+def role_database_url(settings: PlatformSettings, role: str, database: str | None = None) -> str:
+    """DATABASE_URL's server and TLS options, logged in as ``role`` (to its database, or ``database``)."""
+    return settings.database_url_as(role, role_password(settings, role), database)
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores (RFC 5802/7677): ``ALTER ROLE … PASSWORD '<verifier>'``
+    sets the password without sending it. SASLprep is the identity for the ASCII passwords generated here."""
+    salt = salt or os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    salt_b64, stored_b64, server_b64 = (base64.b64encode(raw).decode() for raw in (salt, stored_key, server_key))
+    return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
+
