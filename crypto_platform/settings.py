@@ -136,6 +136,7 @@ class PlatformSettings:
     producer_metrics_port: int = field(metadata={"env": "PRODUCER_METRICS_PORT", "doc": "Prometheus endpoint of the producer", "default": "9101"})
     consumer_metrics_port: int = field(metadata={"env": "CONSUMER_METRICS_PORT", "doc": "Prometheus endpoint of the consumer", "default": "9102"})
     dagster_port: int = field(metadata={"env": "DAGSTER_PORT", "doc": "Dagster UI port", "default": "3000"})
+    dagster_allowed_hosts: tuple[str, ...] = field(metadata={"env": "DAGSTER_ALLOWED_HOSTS", "doc": "Extra host:port names the Dagster UI answers (it refuses other Host headers and foreign Origins)", "default": "BIND_HOST, localhost, 127.0.0.1 at DAGSTER_PORT"})
     superset_port: int = field(metadata={"env": "SUPERSET_PORT", "doc": "Superset port", "default": "8088"})
     spark_master: str = field(metadata={"env": "SPARK_MASTER", "doc": "Spark master: local[*] or spark://host:7077", "default": "local[*], or the local cluster's with SPARK_CLUSTER=1"})
     spark_cluster: bool = field(metadata={"env": "SPARK_CLUSTER", "doc": "1 = make up starts a standalone Spark master and worker", "default": "0"})
@@ -260,6 +261,7 @@ class PlatformSettings:
             producer_metrics_port=_env_port("PRODUCER_METRICS_PORT", 9101),
             consumer_metrics_port=_env_port("CONSUMER_METRICS_PORT", 9102),
             dagster_port=_env_port("DAGSTER_PORT", 3000),
+            dagster_allowed_hosts=tuple(h.strip() for h in _env("DAGSTER_ALLOWED_HOSTS", "").split(",") if h.strip()),
             superset_port=superset_port,
             spark_master=spark_master,
             spark_cluster=spark_cluster,

@@ -229,7 +229,7 @@ def dagster_environment(settings: PlatformSettings) -> dict[str, str]:
 
 
 def _dagster_service(settings: PlatformSettings) -> ManagedService:
-    """``dagster dev``: the webserver and the daemon (so the sensor ticks) on BIND_HOST:DAGSTER_PORT."""
+    """The webserver behind its Host/Origin guard and the daemon (so the sensor ticks) on BIND_HOST:DAGSTER_PORT."""
     env = dagster_environment(settings)
     home = Path(env["DAGSTER_HOME"])
 
@@ -239,7 +239,7 @@ def _dagster_service(settings: PlatformSettings) -> ManagedService:
 
     return ManagedService(
         "dagster", settings,
-        [sys.executable, "-m", "dagster", "dev", "-h", settings.bind_host, "-p", str(settings.dagster_port),
+        [sys.executable, "-m", "local_stack.dagster_web", "-h", settings.bind_host, "-p", str(settings.dagster_port),
          "-w", str(REPO_ROOT / "workspace.yaml")],
         port=settings.dagster_port, port_variable="DAGSTER_PORT", env=env,
         ready=_http_ok(f"http://{settings.bind_host}:{settings.dagster_port}/server_info"),
