@@ -70,7 +70,8 @@ def start_detached(
     """Starts ``command`` in its own session under the log wrapper; returns the service's own pid.
 
     The wrapper writes the pid of the command it runs (not its own) into ``pid_file``: the pid that
-    ``make status`` shows is the one that serves, and killing it stops the service.
+    ``make status`` shows is the one that serves, and killing it stops the service. Every file the
+    service creates is private to its user (umask 077).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     pid_file.remove()
@@ -78,7 +79,7 @@ def start_detached(
                "--", *command]
     wrapper = subprocess.Popen(
         wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**(env if env is not None else os.environ), SERVICE_MARKER: marker}, cwd=cwd, start_new_session=True,
+        env={**(env if env is not None else os.environ), SERVICE_MARKER: marker}, cwd=cwd, start_new_session=True, umask=0o077,
     )
     deadline = time.monotonic() + PID_FILE_WAIT_S
     while (pid := pid_file.running_pid()) is None:

@@ -22,7 +22,8 @@ from crypto_platform.credentials import DAGSTER, role_database_url
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings
 from local_stack.kafka_broker import KafkaBroker
 from local_stack.migrations import apply_migrations
-from local_stack.postgres import PostgresServer
+from local_stack.permissions import restrict_state_dir
+from local_stack.postgres import PostgresServer, ServerAccount
 from local_stack.processes import (
     PidFile,
     StackError,
@@ -327,7 +328,8 @@ class LocalStack:
 
     def start_servers(self) -> None:
         """PostgreSQL (unless DATABASE_URL is external) and Kafka, then the schema and the topic."""
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        server = ServerAccount.for_current_user() if self.settings.embedded_postgres else None
+        restrict_state_dir(self.settings.state_dir, server.gid if server and server.is_other_user else None)
         if self.settings.embedded_postgres:
             self.postgres.start()
         self.kafka.start()
