@@ -28,7 +28,7 @@ from local_stack.ephemeral import make_state_dir
 from local_stack.processes import free_port
 from local_stack.stack import LocalStack
 from streaming_services.consumer import ConsumerConfig
-from streaming_services.producer import worker_symbols
+from streaming_services.producer import acked_path, worker_symbols
 from streaming_services.workers import supervise
 
 BTC_2024 = "spot_BTCUSDT_ETHUSDT_2024-08-08/spot_BTCUSDT_trades_2024-08-08T235415_to_2024-08-09T000505.csv"
@@ -106,7 +106,14 @@ def test_producer_and_consumer_workers_killed_and_restarted_keep_every_trade_onc
     try:
         for worker in range(CONSUMERS):
             consumers.start(worker)
+        file_symbols = {symbol for symbol, _ in expected}
         for worker in range(PRODUCERS):
+            # A fresh producer starts with the live stream; the files' trades from before its first connection
+            # (process start takes seconds at replay speed 30) come from its state, as after any restart.
+            starts = {symbol: min(agg_id for s, agg_id in expected if s == symbol) - 1
+                      for symbol in worker_symbols(SYMBOLS, worker, PRODUCERS) if symbol in file_symbols}
+            acked_path(state_dir, worker).parent.mkdir(parents=True, exist_ok=True)
+            acked_path(state_dir, worker).write_text(json.dumps(starts))
             producers.start(worker)
         url = settings.database_url
         wait_until(lambda: len(stored_trades(url)) > 1000, 240, "the first thousand trades")
@@ -122,7 +129,6 @@ def test_producer_and_consumer_workers_killed_and_restarted_keep_every_trade_onc
             raise AssertionError(f"{len(missing)} file trades missing, e.g. {missing[:3]} … {missing[-3:]}; "
                                  f"logs in {state_dir}") from None
         stored = stored_trades(url)
-        file_symbols = {symbol for symbol, _ in expected}
         assert {key: value for key, value in stored.items() if key[0] in file_symbols} == expected
     finally:
         exits = producers.stop_all() + consumers.stop_all()
@@ -136,7 +142,7 @@ def test_producer_and_consumer_workers_killed_and_restarted_keep_every_trade_onc
         first = first_sends(ids)
         assert first == list(range(first[0], first[0] + len(first))), f"{symbol}: ids out of order or missing"
     for worker in range(PRODUCERS):
-        path = state_dir / "producer" / ("acked.json" if worker == 0 else f"acked-{worker}.json")
+        path = acked_path(state_dir, worker)
         assert set(json.loads(path.read_text())) == set(worker_symbols(SYMBOLS, worker, PRODUCERS)), path
 
 
