@@ -2,8 +2,9 @@
 
 ``python -m crypto_assets.backfill --start 2024-08-08T23:00:00Z --end 2024-08-09T01:00:00Z``
 
-Runs aggregated_1min and aggregated_5min in backfill mode (the range widened to whole windows: its
-candles deleted and recomputed from the trades, in one transaction per table), then latest_prices and
+Runs the candle assets of every interval in backfill mode (the range widened to whole windows of each: its
+candles deleted and recomputed, from the trades or the one-minute candles, in one transaction per table),
+then latest_prices and
 every check, as one Dagster run: in the instance of ``DAGSTER_HOME`` when set (it shows in the UI),
 else in a temporary one. The tables' advisory locks keep it from overlapping a sensor-driven run.
 Spark's JVM ends with this process. Exit 0 on success, 1 when the run or a check failed, 2 on bad input (one line on stderr).
@@ -19,9 +20,8 @@ import dagster as dg
 # The CLI's output is its summary lines; Dagster's beta notice (observable_source_asset) is noise here.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.BetaWarning)
-    from crypto_assets.assets.aggregated_1min import aggregated_1min, aggregated_1min_checks
-    from crypto_assets.assets.aggregated_5min import aggregated_5min, aggregated_5min_checks
     from crypto_assets.assets.common import PIPELINE_TAG, CandleRunConfig, parse_range
+    from crypto_assets.assets.intervals import CANDLE_ASSETS, CANDLE_CHECKS
     from crypto_assets.assets.latest_prices import latest_prices, latest_prices_match_candles
     from crypto_assets.assets.real_time_prices import real_time_prices
     from crypto_assets.resources import build_resources
@@ -51,11 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     config = CandleRunConfig(start=args.start, end=args.end)
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     result = dg.materialize(
-        [real_time_prices, aggregated_1min, aggregated_5min, latest_prices, *aggregated_1min_checks,
-         *aggregated_5min_checks, latest_prices_match_candles],
-        selection=dg.AssetSelection.assets(aggregated_1min, aggregated_5min, latest_prices),
+        [real_time_prices, *CANDLE_ASSETS, latest_prices, *CANDLE_CHECKS, latest_prices_match_candles],
+        selection=dg.AssetSelection.assets(*CANDLE_ASSETS, latest_prices),
         resources=build_resources(settings),
-        run_config=dg.RunConfig(ops={"aggregated_1min": config, "aggregated_5min": config}),
+        run_config=dg.RunConfig(ops={asset.key.to_user_string(): config for asset in CANDLE_ASSETS}),
         instance=instance,
         tags={PIPELINE_TAG: "backfill", "crypto/backfill": f"{args.start}/{args.end}"},
         raise_on_error=False,

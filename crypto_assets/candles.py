@@ -25,19 +25,30 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 @dataclass(frozen=True)
 class Timeframe:
-    """A candle size and the table that holds its candles."""
+    """A candle size and the table that holds its candles.
+
+    ``rolled_up``: computed from the one-minute candles (their exact sums) instead of from the trades.
+    """
 
     asset_name: str
     minutes: int
     table: str
+    label: str
+    rolled_up: bool = False
 
     @property
     def size_ms(self) -> int:
         return self.minutes * MINUTE_MS
 
 
-ONE_MINUTE = Timeframe("aggregated_1min", 1, "aggregated_prices_1min")
-FIVE_MINUTES = Timeframe("aggregated_5min", 5, "aggregated_prices_5min")
+ONE_MINUTE = Timeframe("aggregated_1min", 1, "aggregated_prices_1min", "1 minute")
+FIVE_MINUTES = Timeframe("aggregated_5min", 5, "aggregated_prices_5min", "5 minutes")
+FIFTEEN_MINUTES = Timeframe("aggregated_15min", 15, "aggregated_prices_15min", "15 minutes", rolled_up=True)
+ONE_HOUR = Timeframe("aggregated_1hour", 60, "aggregated_prices_1hour", "1 hour", rolled_up=True)
+FOUR_HOURS = Timeframe("aggregated_4hour", 240, "aggregated_prices_4hour", "4 hours", rolled_up=True)
+ONE_DAY = Timeframe("aggregated_1day", 1440, "aggregated_prices_1day", "1 day", rolled_up=True)
+# Every candle interval, in the order a run computes them (the rollups after the one-minute candles).
+TIMEFRAMES = (ONE_MINUTE, FIVE_MINUTES, FIFTEEN_MINUTES, ONE_HOUR, FOUR_HOURS, ONE_DAY)
 
 
 @dataclass(frozen=True, order=True)

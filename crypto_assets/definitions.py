@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dagster as dg
 
-from crypto_assets.assets.aggregated_1min import aggregated_1min, aggregated_1min_checks
-from crypto_assets.assets.aggregated_5min import aggregated_5min, aggregated_5min_checks
+from crypto_assets.assets.intervals import CANDLE_ASSETS, CANDLE_CHECKS
 from crypto_assets.assets.latest_prices import latest_prices, latest_prices_match_candles
 from crypto_assets.assets.real_time_prices import real_time_prices, source_is_fresh
 from crypto_assets.resources import build_resources
 from crypto_assets.sensors import candles_job, minute_close_sensor
 
 defs = dg.Definitions(
-    assets=[real_time_prices, aggregated_1min, aggregated_5min, latest_prices],
-    asset_checks=[*aggregated_1min_checks, *aggregated_5min_checks, latest_prices_match_candles, source_is_fresh],
+    assets=[real_time_prices, *CANDLE_ASSETS, latest_prices],
+    asset_checks=[*CANDLE_CHECKS, latest_prices_match_candles, source_is_fresh],
     jobs=[candles_job],
     sensors=[minute_close_sensor],
     resources=build_resources(),

@@ -22,9 +22,15 @@ from crypto_assets.candles import (
     plan_segments,
     watermark,
 )
-from crypto_assets.spark_io import read_candles, read_trades, read_trades_by_id, write_staging
+from crypto_assets.spark_io import read_candles, read_minutes, read_trades, read_trades_by_id, write_staging
 from crypto_assets.store import Changes, MarketStore, SymbolState
-from crypto_assets.transforms import STAGING_COLUMNS, candles_from_trades, complete_segments, latest_from_candles
+from crypto_assets.transforms import (
+    STAGING_COLUMNS,
+    candles_from_minutes,
+    candles_from_trades,
+    complete_segments,
+    latest_from_candles,
+)
 
 DAY_MINUTES = 1440
 
@@ -159,3 +165,68 @@ def refresh_latest(spark: SparkSession, store: MarketStore) -> LatestRun:
     newest_trade = store.newest_published_trade_ms()
     lag = None if newest_trade is None else (now_ms() - newest_trade) / 1000
     return LatestRun(published, candles_read, (lo, hi), spark_seconds, lag)
+
+
+@dataclass(frozen=True)
+class RollupRun:
+    """What one run of a rolled-up interval did, reported as the materialization's metadata."""
+
+    windows_dirty: int
+    minutes_spanned: int
+    windows_written: int
+    span: tuple[int, int] | None
+    spark_seconds: float
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "windows_computed": self.windows_dirty,
+            "rows_read": self.minutes_spanned,
+            "windows_written": self.windows_written,
+            "span_start": from_ms(self.span[0]).isoformat() if self.span else None,
+            "span_end": from_ms(self.span[1]).isoformat() if self.span else None,
+            "spark_seconds": round(self.spark_seconds, 3),
+        }
+
+
+def _window_ranges(dirty: Mapping[str, set[int]], size_ms: int) -> list[tuple[str, int, int]]:
+    """Consecutive dirty windows of a symbol merged into one ``(symbol, lo, hi)`` range."""
+    ranges: list[tuple[str, int, int]] = []
+    for symbol in sorted(dirty):
+        for start in sorted(dirty[symbol]):
+            if ranges and ranges[-1][0] == symbol and ranges[-1][2] == start:
+                ranges[-1] = (symbol, ranges[-1][1], start + size_ms)
+            else:
+                ranges.append((symbol, start, start + size_ms))
+    return ranges
+
+
+def refresh_rollup(spark: SparkSession, store: MarketStore, timeframe: Timeframe,
+                   backfill: tuple[int, int] | None = None) -> RollupRun:
+    """Recomputes, from the one-minute candles, the windows whose minutes changed since the last run (or
+    every window of ``backfill = [lo, hi)``); holds the one-minute table's lock so that no minute changes
+    meanwhile and the cursor (the newest ``updated_at`` read) misses nothing."""
+    size = timeframe.size_ms
+    with store.exclusive(timeframe.table), store.exclusive(ONE_MINUTE.table):
+        if backfill:
+            dirty, read_upto = store.minutes_in_range(timeframe, *backfill), None
+        else:
+            dirty, read_upto = store.minutes_changed(timeframe)
+        ranges = _window_ranges(dirty, size)
+        batch_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        try:
+            if ranges:
+                minutes = read_minutes(spark, store.jdbc, ONE_MINUTE.table, ranges)
+                write_staging(candles_from_minutes(minutes, size).select(*STAGING_COLUMNS), store.jdbc,
+                              "candle_staging", batch_id)
+            spark_seconds = time.perf_counter() - started
+            stats = (store.merge_candles(timeframe, batch_id, None, None, delete_range=backfill)
+                     if ranges or backfill else None)
+        except Exception:
+            store.drop_batch(batch_id)
+            raise
+        if read_upto is not None:
+            store.advance_rollup_cursor(timeframe, read_upto)
+    windows = sum(len(starts) for starts in dirty.values())
+    return RollupRun(windows, windows * timeframe.minutes, stats.written if stats else 0, stats.span if stats else None,
+                     spark_seconds)

@@ -53,6 +53,15 @@ def read_candles(spark: SparkSession, jdbc: JdbcTarget, table: str, lo_ms: int, 
             .withColumn("window_start_ms", F.unix_millis(F.col("window_start"))))
 
 
+def read_minutes(spark: SparkSession, jdbc: JdbcTarget, table: str, ranges: Sequence[tuple[str, int, int]]
+                 ) -> DataFrame:
+    """One-minute candles of each ``(symbol, lo, hi)`` window range (one pushed-down disjunct each)."""
+    frame = spark.read.jdbc(jdbc.url, f"stock.{table}", properties=jdbc.properties())
+    wanted = reduce(lambda a, b: a | b, [(F.col("symbol") == F.lit(symbol)) & (F.col("window_start") >= F.lit(from_ms(lo)))
+                                        & (F.col("window_start") < F.lit(from_ms(hi))) for symbol, lo, hi in ranges])
+    return frame.where(wanted).withColumn("window_start_ms", F.unix_millis(F.col("window_start")))
+
+
 def read_trades_by_id(spark: SparkSession, jdbc: JdbcTarget, ids: Sequence[tuple[str, int]]) -> DataFrame:
     """Given (symbol, agg id) pairs, those trades, through the unique (symbol, agg_trade_id) index."""
     frame = spark.read.jdbc(jdbc.url, "stock.real_time_prices", properties=jdbc.properties())

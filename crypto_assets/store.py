@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from urllib.parse import unquote, urlsplit
 
@@ -241,6 +241,44 @@ class MarketStore:
         span = None if first is None else (int(first), int(last) + timeframe.size_ms)
         return MergeStats(int(staged), int(trades), written, span, None if row is None else to_ms(row[0]))
 
+    def minutes_changed(self, timeframe: Timeframe) -> tuple[dict[str, set[int]], datetime | None]:
+        """Windows of a rollup whose one-minute candles changed since its cursor, and the cursor's next value.
+
+        Call while holding the one-minute table's lock: no merge is then in flight, every one committed is
+        seen, and a later one stamps a later ``updated_at`` (its transaction starts after the lock is freed).
+        """
+        with self.transaction(snapshot=True) as cursor:
+            cursor.execute("SELECT minutes_read_upto FROM stock.rollup_cursors WHERE name = %s", (timeframe.asset_name,))
+            row = cursor.fetchone()
+            cursor.execute(
+                "SELECT symbol, (extract(epoch FROM window_start) * 1000)::bigint / %s * %s, max(updated_at)"
+                " FROM stock.aggregated_prices_1min WHERE updated_at > %s GROUP BY 1, 2",
+                (timeframe.size_ms, timeframe.size_ms, row[0] if row else datetime(1970, 1, 1, tzinfo=UTC)),
+            )
+            rows = cursor.fetchall()
+        dirty, _count = _dirty([(symbol, start, 1) for symbol, start, _at in rows])
+        return dirty, max((at for _s, _w, at in rows), default=None)
+
+    def minutes_in_range(self, timeframe: Timeframe, lo_ms: int, hi_ms: int) -> dict[str, set[int]]:
+        """Windows of a rollup in ``[lo, hi)`` that have one-minute candles (a backfill)."""
+        with self.transaction() as cursor:
+            cursor.execute(
+                "SELECT DISTINCT symbol, (extract(epoch FROM window_start) * 1000)::bigint / %s * %s"
+                " FROM stock.aggregated_prices_1min WHERE window_start >= timestamptz 'epoch' + %s * interval '1 millisecond'"
+                " AND window_start < timestamptz 'epoch' + %s * interval '1 millisecond'",
+                (timeframe.size_ms, timeframe.size_ms, lo_ms, hi_ms),
+            )
+            return _dirty([(symbol, start, 1) for symbol, start in cursor.fetchall()])[0]
+
+    def advance_rollup_cursor(self, timeframe: Timeframe, read_upto: datetime) -> None:
+        with self.transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO stock.rollup_cursors (name, minutes_read_upto) VALUES (%s, %s) ON CONFLICT (name)"
+                " DO UPDATE SET minutes_read_upto = greatest(rollup_cursors.minutes_read_upto, EXCLUDED.minutes_read_upto),"
+                " updated_at = now()",
+                (timeframe.asset_name, read_upto),
+            )
+
     def newest_window_start_ms(self, timeframe: Timeframe) -> int | None:
         with self.transaction() as cursor:
             cursor.execute(sql.SQL("SELECT max(window_start) FROM {t}").format(t=sql.Identifier(STOCK, timeframe.table)))
@@ -279,7 +317,7 @@ def _ms(moment: datetime | None) -> int | None:
 
 _CANDLE_COLUMNS = ("open_price", "close_price", "high_price", "low_price", "avg_price", "vwap", "total_volume",
                    "quote_volume", "taker_buy_volume", "trade_count", "first_agg_trade_id", "last_agg_trade_id",
-                   "is_final")
+                   "is_final", "price_sum", "price_count")
 _LATEST_COLUMNS = ("price", "event_time", "agg_trade_id", "price_24h_ago", "change_24h", "change_pct_24h", "high_24h",
                    "low_24h", "volume_24h", "quote_volume_24h", "trade_count_24h")
 
@@ -310,7 +348,7 @@ _MERGE_CANDLES = sql.SQL(
     " CASE WHEN s.total_volume = 0 THEN NULL"
     "  ELSE div(s.quote_volume * 200000000 + s.total_volume, 2 * s.total_volume) * 0.00000001 END,"
     " s.total_volume, s.quote_volume, s.taker_buy_volume, s.trade_count, s.first_agg_trade_id,"
-    " s.last_agg_trade_id, s.is_final, now()"
+    " s.last_agg_trade_id, s.is_final, s.price_sum, s.price_count, now()"
     " FROM stock.candle_staging s WHERE s.batch_id = %(batch)s"
     " ON CONFLICT (symbol, window_start) DO UPDATE SET {assignments}, updated_at = now()"
     " WHERE ({old}) IS DISTINCT FROM ({new})"

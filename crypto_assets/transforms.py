@@ -15,7 +15,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import DecimalType
 
-from crypto_assets.candles import Segment
+from crypto_assets.candles import MINUTE_MS, Segment
 
 PRICE = DecimalType(20, 8)
 VOLUME = DecimalType(28, 8)
@@ -117,3 +117,39 @@ def latest_from_candles(candles: DataFrame, latest_trades: DataFrame) -> DataFra
             .select("symbol", F.col("price").cast(PRICE).alias("price"), F.col("timestamp").alias("event_time_ms"),
                     "agg_trade_id", "price_24h_ago", "high_24h", "low_24h", "volume_24h", "quote_volume_24h",
                     "trade_count_24h"))
+
+
+def candles_from_minutes(minutes: DataFrame, size_ms: int) -> DataFrame:
+    """Windows of ``size_ms`` rolled up from one-minute candles, exactly as if computed from the trades.
+
+    Open, high and low come from the minutes with trades only: an empty minute carries the close from
+    before it, so a window's open is the open of its first traded minute, not of its first minute; a
+    window without any trade carries that close throughout. Close is the last minute's close (an empty
+    minute carries the last trade's). The sums add up (avg_price is derived by the merge from price_sum
+    and price_count). Final when the window's last minute is final; a forming window without trades is not
+    published (as for one minute). Columns: ``STAGING_COLUMNS``.
+    """
+    traded = F.col("trade_count") > 0
+
+    def first_traded(name: str) -> Column:
+        return F.min(F.when(traded, F.struct(F.col("window_start_ms"), F.col(name)))).getField(name)
+
+    rollup_start = F.col("window_start_ms") - F.pmod(F.col("window_start_ms"), F.lit(size_ms))
+    last_minute = F.col("rollup_start") + F.lit(size_ms - MINUTE_MS)
+    return (minutes.withColumn("rollup_start", rollup_start).groupBy("symbol", "rollup_start").agg(
+        F.coalesce(first_traded("open_price"), F.min_by("open_price", "window_start_ms")).cast(PRICE).alias("open_price"),
+        F.max_by("close_price", "window_start_ms").cast(PRICE).alias("close_price"),
+        F.coalesce(F.max(F.when(traded, F.col("high_price"))), F.max("high_price")).cast(PRICE).alias("high_price"),
+        F.coalesce(F.min(F.when(traded, F.col("low_price"))), F.min("low_price")).cast(PRICE).alias("low_price"),
+        F.sum("price_sum").cast(PRICE_SUM).alias("price_sum"),
+        F.sum("price_count").cast("bigint").alias("price_count"),
+        F.sum("total_volume").cast(VOLUME).alias("total_volume"),
+        F.sum("quote_volume").cast(QUOTE).alias("quote_volume"),
+        F.sum("taker_buy_volume").cast(VOLUME).alias("taker_buy_volume"),
+        F.sum("trade_count").cast("bigint").alias("trade_count"),
+        F.min("first_agg_trade_id").alias("first_agg_trade_id"),
+        F.max("last_agg_trade_id").alias("last_agg_trade_id"),
+        F.max(F.when(F.col("is_final"), F.col("window_start_ms"))).alias("last_final_minute"),
+    ).select("symbol", F.col("rollup_start").alias("window_start_ms"), *STAGING_COLUMNS[2:-1],
+             F.coalesce(F.col("last_final_minute") == last_minute, F.lit(False)).alias("is_final"))
+            .where(F.col("is_final") | (F.col("trade_count") > 0)))

@@ -20,6 +20,7 @@ from psycopg2 import sql
 
 EIGHT = Decimal("0.00000001")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+WINDOW_WIDTHS = tuple(timedelta(minutes=m) for m in (1, 5, 15, 60, 240, 1440))
 CANDLE_FIELDS = ("open_price", "close_price", "high_price", "low_price", "avg_price", "vwap", "total_volume",
                  "quote_volume", "taker_buy_volume", "trade_count", "first_agg_trade_id", "last_agg_trade_id",
                  "is_final")
@@ -120,7 +121,7 @@ def fetch_candles(connection: psycopg2.extensions.connection, table: str) -> dic
         rows = cursor.fetchall()
     result = {}
     for symbol, start, end, *values in rows:
-        assert end - start in (timedelta(minutes=1), timedelta(minutes=5))
+        assert end - start in WINDOW_WIDTHS
         result[(symbol, start)] = dict(zip(CANDLE_FIELDS, values, strict=True))
     return result
 

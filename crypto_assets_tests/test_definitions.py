@@ -27,21 +27,24 @@ def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:
 def test_lineage_groups_kinds_freshness_and_checks() -> None:
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {"real_time_prices", "aggregated_1min", "aggregated_5min", "latest_prices"}
+    rollups = {"aggregated_15min", "aggregated_1hour", "aggregated_4hour", "aggregated_1day"}
+    assert keys == {"real_time_prices", "aggregated_1min", "aggregated_5min", "latest_prices", *rollups}
     parents = {key: {p.to_user_string() for p in graph.get(dg.AssetKey(key)).parent_keys} for key in keys}
     assert parents == {"real_time_prices": set(), "aggregated_1min": {"real_time_prices"},
                        "aggregated_5min": {"real_time_prices"},
-                       "latest_prices": {"aggregated_1min", "real_time_prices"}}
-    for key in ("aggregated_1min", "aggregated_5min", "latest_prices"):
+                       "latest_prices": {"aggregated_1min", "real_time_prices"},
+                       **{rollup: {"aggregated_1min"} for rollup in rollups}}
+    for key in ("aggregated_1min", "aggregated_5min", "latest_prices", *rollups):
         node = graph.get(dg.AssetKey(key))
         assert node.group_name == "market_candles"
         assert {"spark", "postgres"} <= set(node.kinds)
         assert node.freshness_policy is not None
         assert node.description
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert len(checks) == 13
+    assert len(checks) == 13 + 4 * 6
     assert ("real_time_prices", "source_is_fresh") in checks
-    assert ("aggregated_5min", "consistent_with_aggregated_1min") in checks
+    for key in ("aggregated_5min", *rollups):
+        assert (key, "consistent_with_aggregated_1min") in checks
 
 
 def test_the_minute_close_sensor_is_evaluated_on_every_daemon_loop_for_the_tagged_candle_job() -> None:

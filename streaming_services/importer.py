@@ -83,7 +83,7 @@ class FileResult:
     skipped: bool
 
 
-def _event_time_formatter() -> Callable[[int], str]:
+def event_time_formatter() -> Callable[[int], str]:
     """ms → PostgreSQL timestamptz text; the date-time prefix is cached per second (files are in time order)."""
     cache: dict[int, str] = {}
 
@@ -247,7 +247,7 @@ class FileImporter:
             yield position, trade
 
     def _stream(self, path: Path, skip: int, bar: tqdm) -> int:
-        event_time = _event_time_formatter()
+        event_time = event_time_formatter()
         buffer, count, lo, hi, position = io.StringIO(), 0, None, None, skip
         write, tail = buffer.write, f",{self.source},{IMPORTED_XID}\n"
         try:

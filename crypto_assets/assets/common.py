@@ -8,7 +8,7 @@ from dagster_pyspark import PySparkResource
 
 from crypto_assets import checks
 from crypto_assets.candles import Timeframe, align_range
-from crypto_assets.engine import refresh_candles
+from crypto_assets.engine import refresh_candles, refresh_rollup
 from crypto_assets.resources import MarketDatabase
 
 GROUP = "market_candles"
@@ -55,9 +55,11 @@ def materialize_candles(context: dg.AssetExecutionContext, config: CandleRunConf
         backfill = config.backfill_range(timeframe)
     except ValueError as error:
         raise dg.Failure(description=str(error)) from None
-    run = refresh_candles(pyspark.spark_session, market_db.store(), timeframe, backfill=backfill)
-    context.log.info(f"{timeframe.asset_name}: {run.windows_written} windows written from {run.trades_read} trades"
-                     f" in {run.spark_seconds:.1f} s of Spark" + (" (backfill)" if backfill else ""))
+    refresh = refresh_rollup if timeframe.rolled_up else refresh_candles
+    run = refresh(pyspark.spark_session, market_db.store(), timeframe, backfill=backfill)
+    source = "one-minute candles" if timeframe.rolled_up else "trades"
+    context.log.info(f"{timeframe.asset_name}: {run.windows_written} windows written from {run.metadata()['rows_read']}"
+                     f" {source} in {run.spark_seconds:.1f} s of Spark" + (" (backfill)" if backfill else ""))
     return dg.MaterializeResult(metadata={**run.metadata(), "mode": "backfill" if backfill else "incremental"})
 
 
@@ -88,3 +90,11 @@ def candle_checks(timeframe: Timeframe, asset: dg.AssetsDefinition) -> list[dg.A
         _check(timeframe, asset, "agg_ids_complete", "Agg trade ids of the checked final windows have no gap and "
                "the candles span them all", checks.agg_ids_complete),
     ]
+
+
+def consistent_with_one_minute_check(timeframe: Timeframe, asset: dg.AssetsDefinition,
+                                     one_minute: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    """Each final candle of a longer interval equals its one-minute candles rolled up."""
+    return _check(timeframe, asset, "consistent_with_aggregated_1min",
+                  f"Each final {timeframe.label} candle equals its 1-minute candles rolled up",
+                  checks.consistent_with_one_minute, additional_deps=[one_minute])
