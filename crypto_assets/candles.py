@@ -82,13 +82,24 @@ def forming_window_start(watermark_ms: int, size_ms: int) -> int:
 
 
 def is_final(start_ms: int, size_ms: int, watermark_ms: int) -> bool:
-    """A window is final once the stream has moved past its end (a trade at or after its end was seen)."""
+    """A window of a symbol is final once that symbol's watermark has reached its end."""
     return start_ms + size_ms <= watermark_ms
 
 
-def watermark(newest_trade_ms: int | None, now_ms: int) -> int | None:
-    """The stream's event-time watermark: the newest trade time, never ahead of the clock."""
-    return None if newest_trade_ms is None else min(newest_trade_ms, now_ms)
+def watermarks(closed_until: Mapping[str, int], now_ms: int) -> dict[str, int]:
+    """Each symbol's event-time watermark: the time before which all its trades are known, never ahead of
+    the clock.
+
+    ``closed_until``: per symbol, the greater of its newest trade time (a symbol's trades arrive in id
+    order, so every earlier one is in) and the exchange's market clock for it (every trade before it is
+    in). Per symbol, because one symbol lagging (a backlog, a catch-up) says nothing about another's.
+    """
+    return {symbol: min(mark, now_ms) for symbol, mark in closed_until.items()}
+
+
+def last_closed_window(watermark_ms: int | None, size_ms: int) -> int | None:
+    """Start of the newest window that ends at or before the watermark (None: no watermark, none closed)."""
+    return None if watermark_ms is None else forming_window_start(watermark_ms, size_ms) - size_ms
 
 
 def round_price(value: Decimal) -> Decimal:
@@ -109,7 +120,7 @@ def incremental_tail(size_ms: int, watermark_ms: int, last_final: int | None, fi
     return start, last_closed
 
 
-def plan_segments(size_ms: int, watermark_ms: int, dirty: Mapping[str, Collection[int]],
+def plan_segments(size_ms: int, watermarks: Mapping[str, int], dirty: Mapping[str, Collection[int]],
                   next_with_trades: Mapping[tuple[str, int], int | None],
                   forced: Mapping[str, Iterable[tuple[int, int]]] | None = None) -> list[Segment]:
     """The windows to recompute, merged into segments per symbol.
@@ -117,15 +128,17 @@ def plan_segments(size_ms: int, watermark_ms: int, dirty: Mapping[str, Collectio
     ``dirty``: windows that received changed trades. Each closed dirty window also drags the empty
     windows after it, up to the next window with trades (``next_with_trades``: the table's, by symbol and
     dirty window; other dirty windows count too), because they carry its close. Windows are emitted up
-    to the last closed one; a dirty window past it (forming) is emitted alone. ``forced``: ranges of
-    window starts to recompute anyway (the incremental tail, a backfill range).
+    to the symbol's last closed one (by its own watermark, ``watermarks``); a dirty window past it
+    (forming) is emitted alone, so no empty window is ever planned past a symbol's watermark.
+    ``forced``: ranges of window starts to recompute anyway (the incremental tail, a backfill range),
+    cut at the symbol's last closed window.
     """
-    last_closed = forming_window_start(watermark_ms, size_ms) - size_ms
     pieces: dict[str, list[tuple[int, int]]] = {}
     for symbol, windows in dirty.items():
+        last_closed = last_closed_window(watermarks.get(symbol), size_ms)
         ordered = sorted(set(windows))
         for index, start in enumerate(ordered):
-            if start > last_closed:
+            if last_closed is None or start > last_closed:
                 pieces.setdefault(symbol, []).append((start, start))
                 continue
             candidates = [n for n in (next_with_trades.get((symbol, start)),
@@ -133,6 +146,9 @@ def plan_segments(size_ms: int, watermark_ms: int, dirty: Mapping[str, Collectio
             end = min([last_closed, *(n - size_ms for n in candidates)])
             pieces.setdefault(symbol, []).append((start, max(start, end)))
     for symbol, ranges in (forced or {}).items():
+        last_closed = last_closed_window(watermarks.get(symbol), size_ms)
+        if last_closed is None:
+            continue
         for first, last in ranges:
             if first <= last:
                 pieces.setdefault(symbol, []).append((first, min(last, last_closed)))

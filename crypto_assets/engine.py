@@ -20,7 +20,7 @@ from crypto_assets.candles import (
     from_ms,
     incremental_tail,
     plan_segments,
-    watermark,
+    watermarks,
 )
 from crypto_assets.spark_io import read_candles, read_minutes, read_trades, read_trades_by_id, write_staging
 from crypto_assets.store import Changes, MarketStore, SymbolState
@@ -49,11 +49,12 @@ class CandleRun:
     windows_computed: int
     windows_written: int
     span: tuple[int, int] | None
-    watermark_ms: int | None
+    watermarks: dict[str, int] | None
     spark_seconds: float
     lag_seconds: float | None
 
     def metadata(self) -> dict[str, object]:
+        """``watermark``: the lowest symbol watermark (the laggard's); ``watermarks``: each symbol's."""
         return {
             "rows_read": self.trades_read,
             "changed_rows": self.changed_rows,
@@ -62,7 +63,9 @@ class CandleRun:
             "windows_written": self.windows_written,
             "span_start": from_ms(self.span[0]).isoformat() if self.span else None,
             "span_end": from_ms(self.span[1]).isoformat() if self.span else None,
-            "watermark": from_ms(self.watermark_ms).isoformat() if self.watermark_ms is not None else None,
+            "watermark": from_ms(min(self.watermarks.values())).isoformat() if self.watermarks else None,
+            "watermarks": {s: from_ms(m).isoformat() for s, m in sorted(self.watermarks.items())}
+            if self.watermarks else None,
             "spark_seconds": round(self.spark_seconds, 3),
             "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
         }
@@ -108,8 +111,8 @@ def refresh_candles(spark: SparkSession, store: MarketStore, timeframe: Timefram
     with store.exclusive(timeframe.table):
         changes: Changes = (store.changes_in_range(timeframe, *backfill) if backfill
                             else store.changes_since_cursor(timeframe))
-        mark = watermark(changes.newest_trade_ms, at_ms if at_ms is not None else now_ms())
-        if mark is None:
+        marks = watermarks(changes.closed_until, at_ms if at_ms is not None else now_ms())
+        if not marks:
             return CandleRun(0, 0, 0, 0, 0, None, None, 0.0, None)
         states = store.symbol_states(timeframe)
         if backfill:
@@ -117,25 +120,26 @@ def refresh_candles(spark: SparkSession, store: MarketStore, timeframe: Timefram
             forced = _backfill_forced(states, changes.dirty, *backfill, size)
         else:
             next_with_trades = store.next_with_trades(timeframe, changes.dirty)
-            tails = {symbol: incremental_tail(size, mark, state.last_final, state.first_published)
-                     for symbol, state in states.items()}
+            tails = {symbol: incremental_tail(size, marks[symbol], state.last_final, state.first_published)
+                     for symbol, state in states.items() if symbol in marks}
             forced = {symbol: [tail] for symbol, tail in tails.items() if tail is not None}
-        segments = plan_segments(size, mark, changes.dirty, next_with_trades, forced)
+        segments = plan_segments(size, marks, changes.dirty, next_with_trades, forced)
         batch_id = uuid.uuid4().hex
         started = time.perf_counter()
         try:
             if segments:
                 seeds = store.seeds(timeframe, segments)
                 trades = read_trades(spark, store.jdbc, segments, size, expected_rows=changes.rows)
-                staged = complete_segments(spark, candles_from_trades(trades, size), segments, seeds, size, mark)
+                staged = complete_segments(spark, candles_from_trades(trades, size), segments, seeds, size, marks)
                 write_staging(staged.select(*STAGING_COLUMNS), store.jdbc, "candle_staging", batch_id)
             spark_seconds = time.perf_counter() - started
-            stats = store.merge_candles(timeframe, batch_id, changes.next_cursor, mark, delete_range=backfill)
+            stats = store.merge_candles(timeframe, batch_id, changes.next_cursor, min(marks.values()),
+                                        delete_range=backfill)
         except Exception:
             store.drop_batch(batch_id)
             raise
     lag = None if stats.newest_final_end_ms is None else (now_ms() - stats.newest_final_end_ms) / 1000
-    return CandleRun(changes.rows, stats.trades, len(segments), stats.windows, stats.written, stats.span, mark,
+    return CandleRun(changes.rows, stats.trades, len(segments), stats.windows, stats.written, stats.span, marks,
                      spark_seconds, lag)
 
 

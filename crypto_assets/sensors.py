@@ -50,7 +50,7 @@ def minute_close_sensor(context: dg.SensorEvaluationContext, market_db: MarketDa
     Conditions, in order: a minute closed since the cursor's (else skip, without touching PostgreSQL);
     no candle run is queued or running (the queued run coordinator's tag limit in dagster.yaml also
     covers runs launched elsewhere); rows past the candle cursor exist, late ones included (else
-    nothing would change); the watermark passed the minute's end or the grace period is over. The run
+    nothing would change); every symbol's watermark passed the minute's end or the grace period is over. The run
     key names the minute, so Dagster launches one run per minute whatever the evaluations repeat. With
     the request it records an observation of ``real_time_prices`` (newest trade time as data version).
     """
@@ -68,7 +68,7 @@ def minute_close_sensor(context: dg.SensorEvaluationContext, market_db: MarketDa
     if waiting == 0:
         return dg.SkipReason(f"no new trades past cursor {position}")
     with store.transaction(snapshot=True) as cursor:
-        watermark = store.newest_trade_ms(cursor)
+        watermark = min(store.closed_until(cursor).values(), default=None)  # the laggard symbol's
     if (watermark or 0) < closed_until and now < closed_until + CLOSE_GRACE_S * 1000:
         return dg.SkipReason(f"waiting for the watermark to pass {_minute(closed_until)}")
     request = dg.RunRequest(run_key=f"minute-{closed_until}",

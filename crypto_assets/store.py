@@ -51,7 +51,7 @@ class Changes:
 
     dirty: dict[str, set[int]]
     rows: int
-    newest_trade_ms: int | None
+    closed_until: dict[str, int]
     next_cursor: str | None = None
 
 
@@ -109,10 +109,27 @@ class MarketStore:
         finally:
             connection.close()
 
-    def newest_trade_ms(self, cursor: psycopg2.extensions.cursor) -> int | None:
-        cursor.execute("SELECT timestamp FROM stock.real_time_prices ORDER BY event_time DESC LIMIT 1")
-        row = cursor.fetchone()
-        return None if row is None else int(row[0])
+    def closed_until(self, cursor: psycopg2.extensions.cursor) -> dict[str, int]:
+        """Per symbol, the time before which every trade of it is in the table, as this snapshot sees it.
+
+        The greater of the symbol's newest trade time (its trades arrive in id order) and the exchange's
+        market clock for it (``stock.market_clock``: a quiet symbol's minute closes without a next trade).
+        Symbols are found by a skip scan of the (symbol, event_time) index, one probe per symbol.
+        """
+        cursor.execute(
+            "WITH RECURSIVE symbols(symbol) AS ("
+            "  (SELECT symbol FROM stock.real_time_prices ORDER BY symbol LIMIT 1)"
+            "  UNION ALL"
+            "  SELECT (SELECT r.symbol FROM stock.real_time_prices r WHERE r.symbol > s.symbol ORDER BY r.symbol LIMIT 1)"
+            "  FROM symbols s WHERE s.symbol IS NOT NULL)"
+            " SELECT symbol, (SELECT r.timestamp FROM stock.real_time_prices r WHERE r.symbol = symbols.symbol"
+            "  ORDER BY r.event_time DESC LIMIT 1) FROM symbols WHERE symbol IS NOT NULL"
+        )
+        marks = {symbol: int(newest) for symbol, newest in cursor.fetchall()}
+        cursor.execute("SELECT symbol, max(closed_until_ms) FROM stock.market_clock GROUP BY symbol")
+        for symbol, clock in cursor.fetchall():
+            marks[symbol] = max(marks.get(symbol, clock), int(clock))
+        return marks
 
     def changes_since_cursor(self, timeframe: Timeframe) -> Changes:
         """Rows at or past the cursor, seen in one snapshot together with that snapshot's xmin.
@@ -133,8 +150,8 @@ class MarketStore:
                     (timeframe.size_ms, row[0] if row else START_CURSOR),
                 )
                 dirty, rows = _dirty(cursor.fetchall())
-                newest = self.newest_trade_ms(cursor)
-        return Changes(dirty, rows, newest, next_cursor)
+                closed_until = self.closed_until(cursor)
+        return Changes(dirty, rows, closed_until, next_cursor)
 
     def changes_in_range(self, timeframe: Timeframe, lo_ms: int, hi_ms: int) -> Changes:
         """Windows with trades in ``[lo, hi)`` (a backfill); the cursor does not move."""
@@ -147,8 +164,8 @@ class MarketStore:
                     (timeframe.size_ms, lo_ms, hi_ms, lo_ms, hi_ms),
                 )
                 dirty, rows = _dirty(cursor.fetchall())
-                newest = self.newest_trade_ms(cursor)
-        return Changes(dirty, rows, newest)
+                closed_until = self.closed_until(cursor)
+        return Changes(dirty, rows, closed_until)
 
     def pending_trades(self, timeframe: Timeframe) -> tuple[str, int, str | None]:
         """(cursor, rows at or past it, their newest writer xid): what the next run would read."""

@@ -8,7 +8,7 @@ price·qty keeps its 16 decimals, and ANSI mode so that an overflow fails instea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -61,15 +61,19 @@ def candles_from_trades(trades: DataFrame, size_ms: int) -> DataFrame:
 
 
 def complete_segments(spark: SparkSession, candles: DataFrame, segments: Sequence[Segment],
-                      seeds: Sequence[tuple[str, int, Decimal]], size_ms: int, watermark_ms: int) -> DataFrame:
+                      seeds: Sequence[tuple[str, int, Decimal]], size_ms: int, watermarks: Mapping[str, int]
+                      ) -> DataFrame:
     """Every window of the segments: candles with trades as computed, empty ones carrying the previous close.
 
     ``seeds``: (symbol, window start, close) of the window before a segment, from the table. Windows before
-    a symbol's first trade (no previous close anywhere) are dropped. Columns: ``STAGING_COLUMNS``.
+    a symbol's first trade (no previous close anywhere) are dropped. A window is final when it ends at or
+    before its own symbol's watermark (``watermarks``); a symbol without one has no final window.
+    Columns: ``STAGING_COLUMNS``.
     """
-    grid = spark.createDataFrame([(s.symbol, s.first, s.last) for s in segments],
-                                 "symbol string, first long, last long")
-    grid = grid.select("symbol", F.explode(F.sequence("first", "last", F.lit(size_ms))).alias("window_start_ms"))
+    grid = spark.createDataFrame([(s.symbol, s.first, s.last, watermarks.get(s.symbol)) for s in segments],
+                                 "symbol string, first long, last long, watermark_ms long")
+    grid = grid.select("symbol", F.explode(F.sequence("first", "last", F.lit(size_ms))).alias("window_start_ms"),
+                       "watermark_ms")
     seed_rows = spark.createDataFrame(list(seeds), "symbol string, window_start_ms long, seed_close decimal(20,8)")
     rows = (grid.join(candles, ["symbol", "window_start_ms"], "left")
             .withColumn("seed_close", F.lit(None).cast(PRICE))
@@ -93,7 +97,8 @@ def complete_segments(spark: SparkSession, candles: DataFrame, segments: Sequenc
                     zero_if_empty("total_volume", VOLUME), zero_if_empty("quote_volume", QUOTE),
                     zero_if_empty("taker_buy_volume", VOLUME), zero_if_empty("trade_count", "bigint"),
                     "first_agg_trade_id", "last_agg_trade_id",
-                    (F.col("window_start_ms") + F.lit(size_ms) <= F.lit(watermark_ms)).alias("is_final")))
+                    F.coalesce(F.col("window_start_ms") + F.lit(size_ms) <= F.col("watermark_ms"), F.lit(False))
+                    .alias("is_final")))
 
 
 def latest_from_candles(candles: DataFrame, latest_trades: DataFrame) -> DataFrame:

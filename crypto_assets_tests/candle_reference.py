@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
@@ -67,20 +67,22 @@ def _half_up(numerator: Decimal, denominator: Decimal) -> Decimal:
         return (numerator / denominator).quantize(EIGHT, rounding=ROUND_HALF_UP)
 
 
-def reference_candles(trades: Sequence[Trade], minutes: int, watermark_ms: int | None = None
+def reference_candles(trades: Sequence[Trade], minutes: int, market_clock: Mapping[str, int] | None = None
                       ) -> dict[tuple[str, datetime], dict[str, object]]:
     """Candles keyed by (symbol, window_start) straight from the definition.
 
-    Windows with trades are always present; empty windows from the symbol's first trade up to the last
-    window that ends at or before the watermark (default: the newest trade) carry the previous close.
+    Each symbol has its own watermark: the later of its own newest trade and ``market_clock[symbol]``
+    (the exchange saying every trade of the symbol before that time is known). A window is final when it
+    ends at or before its symbol's watermark. Windows with trades are always present; empty windows from
+    the symbol's first trade up to the last window final by that watermark carry the previous close.
     """
     size = minutes * 60_000
-    mark = max(t.time_ms for t in trades) if watermark_ms is None else watermark_ms
     by_window: dict[tuple[str, int], list[Trade]] = defaultdict(list)
     for t in trades:
         by_window[(t.symbol, t.time_ms // size * size)].append(t)
     result: dict[tuple[str, datetime], dict[str, object]] = {}
     for symbol in sorted({t.symbol for t in trades}):
+        mark = max([t.time_ms for t in trades if t.symbol == symbol] + [(market_clock or {}).get(symbol, 0)])
         starts = sorted(start for s, start in by_window if s == symbol)
         last = max(starts[-1], (mark // size) * size - size)
         close: Decimal | None = None

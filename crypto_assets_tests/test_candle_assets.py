@@ -94,10 +94,10 @@ def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]
     return {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
 
 
-def assert_matches_reference(db: psycopg2.extensions.connection, trades: list[Trade], watermark_ms: int | None = None
-                             ) -> None:
+def assert_matches_reference(db: psycopg2.extensions.connection, trades: list[Trade],
+                             market_clock: dict[str, int] | None = None) -> None:
     for minutes, table in ((1, "aggregated_prices_1min"), (5, "aggregated_prices_5min")):
-        problems = differences(reference_candles(trades, minutes, watermark_ms), fetch_candles(db, table))
+        problems = differences(reference_candles(trades, minutes, market_clock), fetch_candles(db, table))
         assert not problems, f"{table}: " + "\n".join(problems[:20])
 
 
@@ -218,6 +218,53 @@ def test_late_trades_recompute_their_windows_and_the_empty_minutes_after_them(db
     assert candles[("BTCUSDT", T0 + timedelta(minutes=2))]["close_price"] == Decimal("61000")
     assert candles[("BTCUSDT", T0 + timedelta(minutes=5))]["close_price"] == Decimal("59000")  # carried from the late one
     assert candles[("BTCUSDT", T0 + timedelta(minutes=20))]["is_final"] is True
+
+
+def final_candles(db: psycopg2.extensions.connection) -> dict[tuple[str, str, datetime], dict[str, object]]:
+    return {(table, *key): candle for table in ("aggregated_prices_1min", "aggregated_prices_5min")
+            for key, candle in fetch_candles(db, table).items() if candle["is_final"]}
+
+
+def test_a_lagging_symbol_gets_no_final_candle_past_its_own_watermark(db, candles_env) -> None:
+    """Regression (issue 9, point 3): with one watermark for all symbols, ETH (lagging 7 minutes behind
+    BTC) got final zero-volume candles up to BTC's newest trade, corrected later by ETH's real trades."""
+    t = ms(T0)
+    btc = [Trade("BTCUSDT", agg, Decimal(60000 + agg), Decimal("0.1"), t + agg * 60_000 + 7) for agg in range(12)]
+    eth = [Trade("ETHUSDT", agg, Decimal(3000 + agg), Decimal("1"), t + agg * 60_000 + 9) for agg in range(4)]
+    insert_trades(db, btc + eth)
+    assert run_candles(candles_env).success
+    assert_matches_reference(db, btc + eth)
+    published = final_candles(db)
+    assert max(start for table, symbol, start in published if symbol == "ETHUSDT") == T0 + timedelta(minutes=2)
+
+    eth_late = [Trade("ETHUSDT", agg, Decimal(2000 + agg), Decimal("2"), t + agg * 60_000 + 11) for agg in range(4, 12)]
+    insert_trades(db, eth_late)
+    assert run_candles(candles_env).success
+    assert_matches_reference(db, btc + eth + eth_late)
+    after = final_candles(db)
+    assert {key: after[key] for key in published} == published  # nothing published as final changed
+
+
+def test_a_quiet_symbol_s_minute_becomes_final_when_the_market_clock_says_it_closed(db, candles_env) -> None:
+    """A symbol without a next trade: its minutes close by the exchange's clock (stock.market_clock), not
+    before, and not by another symbol's trades."""
+    t = ms(T0)
+    trades = [Trade("BTCUSDT", agg, Decimal(60000), Decimal("0.1"), t + agg * 60_000 + 7) for agg in range(10)]
+    trades.append(Trade("ETHUSDT", 1, Decimal(3000), Decimal("1"), t + 2 * 60_000 + 9))
+    insert_trades(db, trades)
+    assert run_candles(candles_env).success
+    assert_matches_reference(db, trades)
+    assert fetch_candles(db, "aggregated_prices_1min")[("ETHUSDT", T0 + timedelta(minutes=2))]["is_final"] is False
+
+    clock = {"ETHUSDT": t + 6 * 60_000}
+    with db.cursor() as cursor:
+        cursor.execute("INSERT INTO stock.market_clock (source, symbol, closed_until_ms) VALUES ('test', %s, %s)",
+                       next(iter(clock.items())))
+    assert run_candles(candles_env).success
+    assert_matches_reference(db, trades, clock)
+    eth = {start: c for (symbol, start), c in fetch_candles(db, "aggregated_prices_1min").items() if symbol == "ETHUSDT"}
+    assert sorted(eth) == [T0 + timedelta(minutes=m) for m in range(2, 6)]
+    assert all(c["is_final"] for c in eth.values())
 
 
 def test_the_cursor_never_skips_rows_that_commit_out_of_order(db, candles_env, stack) -> None:

@@ -20,6 +20,7 @@ from crypto_assets.candles import (
     is_final,
     plan_segments,
     to_ms,
+    watermarks,
     window_start,
 )
 
@@ -37,22 +38,33 @@ def test_windows_are_clock_aligned_half_open_intervals() -> None:
 
 def test_a_dirty_window_drags_the_empty_windows_after_it_up_to_the_next_window_with_trades() -> None:
     # A late trade at T0 in a symbol whose next trade is at T0 + 5 min: T0 .. T0 + 4 min carry its close.
-    plan = plan_segments(M, T0 + 60 * M, {"BTC": {T0}}, {("BTC", T0): T0 + 5 * M})
+    plan = plan_segments(M, {"BTC": T0 + 60 * M}, {"BTC": {T0}}, {("BTC", T0): T0 + 5 * M})
     assert plan == [Segment("BTC", T0, T0 + 4 * M, needs_seed=False)]
 
 
 def test_without_a_later_window_the_drag_stops_at_the_last_closed_window_and_forming_windows_stand_alone() -> None:
     mark = T0 + 10 * M + 30_000  # forming window: T0 + 10 min
-    plan = plan_segments(M, mark, {"BTC": {T0, T0 + 10 * M}, "ETH": {T0 + 11 * M}}, {})
+    plan = plan_segments(M, {"BTC": mark, "ETH": T0 + 11 * M + 1}, {"BTC": {T0, T0 + 10 * M}, "ETH": {T0 + 11 * M}}, {})
     assert plan == [Segment("BTC", T0, T0 + 10 * M, needs_seed=False),
                     Segment("ETH", T0 + 11 * M, T0 + 11 * M, needs_seed=False)]
 
 
 def test_forced_ranges_merge_with_dirty_windows_and_need_a_seed_when_they_start_without_trades() -> None:
-    plan = plan_segments(M, T0 + 20 * M, {"BTC": {T0 + 8 * M}}, {("BTC", T0 + 8 * M): T0 + 9 * M},
+    plan = plan_segments(M, {"BTC": T0 + 20 * M, "ETH": T0 + 20 * M}, {"BTC": {T0 + 8 * M}}, {("BTC", T0 + 8 * M): T0 + 9 * M},
                          forced={"BTC": [(T0 + 3 * M, T0 + 7 * M)], "ETH": [(T0, T0 + 50 * M)]})
     assert plan == [Segment("BTC", T0 + 3 * M, T0 + 8 * M, needs_seed=True),
                     Segment("ETH", T0, T0 + 19 * M, needs_seed=True)]
+
+
+def test_each_symbol_is_planned_up_to_its_own_watermark_only() -> None:
+    """Regression (issue 9, point 3): one watermark for all symbols planned the lagging symbol's empty
+    minutes past its newest trade as closed, so they were published final with zero volume."""
+    marks = {"BTC": T0 + 10 * M + 5, "ETH": T0 + 3 * M + 5}
+    plan = plan_segments(M, marks, {"BTC": {T0}, "ETH": {T0}}, {},
+                         forced={"BTC": [(T0, T0 + 30 * M)], "ETH": [(T0, T0 + 30 * M)], "XRP": [(T0, T0 + 30 * M)]})
+    assert plan == [Segment("BTC", T0, T0 + 9 * M, needs_seed=False), Segment("ETH", T0, T0 + 2 * M, needs_seed=False)]
+    assert watermarks({"BTC": T0 + 10 * M, "ETH": T0 + 99 * M}, now_ms=T0 + 20 * M) == {"BTC": T0 + 10 * M,
+                                                                                      "ETH": T0 + 20 * M}
 
 
 def test_incremental_tail_covers_windows_closed_since_the_last_final_one() -> None:
@@ -72,7 +84,7 @@ def test_every_window_whose_candle_can_change_is_planned(dirty: set[int], traded
     starts = {d * M for d in dirty}
     with_trades = {t * M for t in traded} | starts
     next_with_trades = {("S", d): min((t for t in with_trades - starts if t > d), default=None) for d in starts}
-    plan = plan_segments(M, mark, {"S": starts}, next_with_trades)
+    plan = plan_segments(M, {"S": mark}, {"S": starts}, next_with_trades)
     planned = {w for s in plan for w in range(s.first, s.last + M, M)}
     last_closed = window_start(mark, M) - M
     for window in range(0, 41 * M, M):
