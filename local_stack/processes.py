@@ -160,11 +160,11 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 def listener(host: str, port: int) -> psutil.Process | None:
-    """The process listening on ``port``, when the OS tells us."""
+    """The process listening on ``port``, when the OS tells us (Java listens on IPv4-mapped IPv6 addresses)."""
     try:
         for connection in psutil.net_connections("tcp"):
             if (connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
-                    and connection.laddr.ip in (host, "0.0.0.0", "::") and connection.pid):
+                    and connection.laddr.ip in (host, f"::ffff:{host}", "0.0.0.0", "::") and connection.pid):
                 return psutil.Process(connection.pid)
     except (psutil.AccessDenied, psutil.NoSuchProcess):
         pass
