@@ -290,7 +290,8 @@ def test_the_cursor_never_skips_rows_that_commit_out_of_order(db, candles_env, s
     assert_matches_reference(db, trades)
 
 
-def test_backfill_recomputes_every_window_of_the_range_from_scratch(db, candles_env, shared_data: Path) -> None:
+def test_backfill_recomputes_every_window_of_the_range_from_scratch(db, candles_env, shared_data: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     trades = trades_from_csv(shared_data.joinpath(*BTC_2023), "BTCUSDT")
     insert_trades(db, trades)
     assert run_candles(candles_env).success
@@ -302,6 +303,9 @@ def test_backfill_recomputes_every_window_of_the_range_from_scratch(db, candles_
                        " close_price, high_price, low_price, avg_price, total_volume, quote_volume, taker_buy_volume,"
                        " trade_count, is_final) VALUES ('BTCUSDT', '2023-04-04T23:50Z', '2023-04-04T23:51Z',"
                        " 1, 1, 1, 1, 1, 0, 0, 0, 0, true)")
+    # The in-process session removed SPARK_REMOTE from the environment (PySpark reads its mere presence as
+    # Connect); the CLI reads its settings from the environment as a process of its own would get them.
+    monkeypatch.setenv("SPARK_REMOTE", "")
     assert backfill.main(["--start", "2023-04-04T23:45:00Z", "--end", "2023-04-05T00:04:30Z"]) == 0
     assert_matches_reference(db, trades)
 

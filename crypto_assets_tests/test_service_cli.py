@@ -71,6 +71,6 @@ def test_docker_compose_runs_the_producer_and_the_consumer() -> None:
     compose = yaml.safe_load((Path(__file__).resolve().parent.parent / "docker-compose.yml").read_text())
     for service, module in (("binance-producer", "producer"), ("kafka-consumer", "consumer")):
         definition = compose["services"][service]
-        assert definition["command"] == ["python", "-m", f"streaming_services.{module}"]
+        assert definition["command"] == ["python", "-m", "streaming_services.workers", module]  # *_WORKERS of them
         assert definition["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert "producer-data:/data" in compose["services"]["binance-producer"]["volumes"]

@@ -103,8 +103,8 @@ def test_the_server_is_loopback_bound_restarts_after_a_crash_and_stops(connect_s
     listening = [c.laddr for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
     assert listening and all(address.ip in (host, f"::ffff:{host}") for address in listening)
 
-    wrapper = psutil.Process(connect_service.pid())
-    [java] = [p for p in wrapper.children(recursive=True) if p.name() == "java"]
+    service = psutil.Process(connect_service.pid())  # spark-submit execs java: the service's pid is the JVM's
+    [java] = [p for p in (service, *service.children(recursive=True)) if p.name() == "java"]
     java.send_signal(signal.SIGKILL)
     assert wait_until(lambda: not connect_service.is_running(), 30)
 
