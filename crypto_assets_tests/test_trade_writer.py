@@ -61,3 +61,12 @@ def test_a_row_postgresql_refuses_becomes_a_dead_letter_with_the_others_written(
         rows = cursor.fetchall()
     assert [offset for offset, _ in rows] == [5, 99]
     assert rows[0][1].startswith("refused by PostgreSQL: numeric field overflow")
+
+
+def test_each_batch_records_where_its_partitions_reached_in_its_transaction(writer, db) -> None:
+    refused = batch([5], price="1234567890123.5")
+    writer.write(batch([1, 2, 3]) + [Accepted(batch([4])[0].trade, "trades", 1, 40)], [])
+    writer.write(batch([6]) + refused, [Rejected("trades", 2, 7, None, b"{", "malformed JSON: test")])
+    with db.cursor() as cursor:
+        cursor.execute("SELECT topic, partition, next_offset FROM stock.consumer_offsets ORDER BY partition")
+        assert cursor.fetchall() == [("trades", 0, 7), ("trades", 1, 41), ("trades", 2, 8)]

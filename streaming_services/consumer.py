@@ -3,7 +3,9 @@
 Each polled batch is validated; valid trades and the dead letters of invalid messages are written in one
 PostgreSQL transaction, idempotently (``ON CONFLICT DO NOTHING`` on (symbol, agg_trade_id) and on the
 dead letter's (topic, partition, offset)); Kafka offsets are committed only after PostgreSQL committed.
-A crash anywhere replays at most the uncommitted batch, which the unique keys absorb.
+A crash anywhere replays at most the uncommitted batch, which the unique keys absorb. The same transaction
+records where each partition's writes reached (``stock.consumer_offsets``), which a point-in-time restore
+rewinds the group to.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ ON CONFLICT (symbol, agg_trade_id) DO NOTHING
 DEAD_LETTERS = ('INSERT INTO stock.rejected_messages (topic, partition, "offset", message_key, raw_payload,'
                 " payload_bytes, payload_sha256, error)"
                 " VALUES %s ON CONFLICT (topic, partition, \"offset\") DO NOTHING")
+# Where the batch's writes reached, in its transaction: a point-in-time restore rewinds the group to it.
+CONSUMER_OFFSETS = ("INSERT INTO stock.consumer_offsets (topic, partition, next_offset) VALUES %s"
+                    " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()")
 
 
 class Accepted(msgspec.Struct, frozen=True):
@@ -106,6 +111,16 @@ def classify(records: Iterable, known_symbols: frozenset[str], now_ms: int) -> t
             rejected.append(Rejected(record.topic, record.partition, record.offset, record.key,
                                      record.value or b"", str(exc)))
     return accepted, rejected
+
+
+def next_offsets(accepted: Iterable[Accepted], rejected: Iterable[Rejected]) -> list[tuple[str, int, int]]:
+    """(topic, partition, offset after the batch's last message) per partition: every record of a polled
+    batch is either accepted or rejected, so together they cover it."""
+    reached: dict[tuple[str, int], int] = {}
+    for item in (*accepted, *rejected):
+        key = (item.topic, item.partition)
+        reached[key] = max(reached.get(key, 0), item.offset + 1)
+    return [(topic, partition, offset) for (topic, partition), offset in sorted(reached.items())]
 
 
 def dead_letter_row(rejected: Rejected, max_bytes: int) -> tuple:
@@ -159,13 +174,14 @@ class TradeWriter:
         """Returns how many trades were new. Rows PostgreSQL itself refuses become dead letters too."""
         connection = self._connection()
         broken = False
+        positions = next_offsets(accepted, rejected)
         try:
             try:
-                written = self._write_batch(connection, accepted, rejected)
+                written = self._write_batch(connection, accepted, rejected, positions)
             except ROW_ERRORS:
                 connection.rollback()
                 written, refused = self._write_one_by_one(connection, accepted)
-                written += self._write_batch(connection, [], rejected + refused)
+                written += self._write_batch(connection, [], rejected + refused, positions)
             return written
         except CONNECTION_ERRORS:
             broken = True
@@ -173,13 +189,16 @@ class TradeWriter:
         finally:
             self._release(connection, broken)
 
-    def _write_batch(self, connection, accepted: list[Accepted], rejected: list[Rejected]) -> int:
+    def _write_batch(self, connection, accepted: list[Accepted], rejected: list[Rejected],
+                     positions: list[tuple[str, int, int]]) -> int:
         with connection, connection.cursor() as cursor:
             written = 0
             if accepted:
                 written = self._copy(cursor, encode_copy_rows(item.trade for item in accepted))
             if rejected:
                 execute_values(cursor, DEAD_LETTERS, [dead_letter_row(r, self.dead_letter_max_bytes) for r in rejected])
+            if positions:
+                execute_values(cursor, CONSUMER_OFFSETS, positions)
             return written
 
     @staticmethod
