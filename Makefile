@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 CLI := $(PY) -m local_stack.cli
 PYTEST_ARGS ?=
 
-.PHONY: install up down status logs test lint clean config migrate backfill import validate
+.PHONY: install up down status logs test lint clean config migrate backfill import validate backup restore
 
 install: $(STAMP)
 
@@ -47,6 +47,14 @@ validate: install
 
 migrate: install
 	@$(CLI) migrate
+
+# A base backup of the whole PostgreSQL cluster into BACKUP_DIR (WAL is archived there continuously).
+backup: install
+	@$(CLI) backup
+
+# Back to the latest state, or to TIME=2026-11-28T16:30:00Z; the producer and consumer then catch up.
+restore: install
+	@$(CLI) restore --time "$(TIME)"
 
 config: install
 	@$(CLI) config

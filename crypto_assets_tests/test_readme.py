@@ -20,6 +20,7 @@ MAKEFILE = (REPO_ROOT / "Makefile").read_text()
 EXERCISED_ELSEWHERE = {
     "up": "test_end_to_end, test_local_stack", "down": "test_end_to_end, test_local_stack",
     "status": "test_end_to_end, test_local_stack", "test": ".ci/run", "lint": ".ci/run", "validate": ".ci/run",
+    "backup": "test_backups", "restore": "test_backups",
 }
 RUN_HERE = {"logs", "backfill", "import", "config", "migrate", "clean"}
 

@@ -116,6 +116,8 @@ class PlatformSettings:
     candle_writer_password: str = field(repr=False, metadata={"env": "CANDLE_WRITER_PASSWORD", "doc": "Password of candle_writer, the candle assets' PostgreSQL role (reads trades, writes candles)", "default": "generated into STATE_DIR/secrets/"})
     dagster_pg_password: str = field(repr=False, metadata={"env": "DAGSTER_PG_PASSWORD", "doc": "Password of dagster, the PostgreSQL role owning Dagster's database only", "default": "generated into STATE_DIR/secrets/"})
     superset_meta_password: str = field(repr=False, metadata={"env": "SUPERSET_META_PASSWORD", "doc": "Password of superset_meta, the PostgreSQL role owning Superset's metadata database only", "default": "generated into STATE_DIR/secrets/"})
+    backup_dir: Path = field(metadata={"env": "BACKUP_DIR", "doc": "Base backups (make backup) and the continuous WAL archive of the embedded PostgreSQL; put it on another disk to survive the loss of STATE_DIR's", "default": "STATE_DIR/backups"})
+    backup_keep: int = field(metadata={"env": "BACKUP_KEEP", "doc": "Base backups kept by make backup; older ones and the WAL only they needed are deleted", "default": "7"})
     symbols: tuple[str, ...] = field(metadata={"env": "SYMBOLS", "doc": "Symbols to stream (comma list)", "default": ",".join(SEED_SYMBOLS)})
     source: str = field(metadata={"env": "SOURCE", "doc": "replay (built-in Binance-compatible server) or binance (live)", "default": "replay"})
     binance_ws_url: str = field(metadata={"env": "BINANCE_WS_URL", "doc": "Market-stream base URL (overrides SOURCE)", "default": "per SOURCE"})
@@ -241,6 +243,8 @@ class PlatformSettings:
             candle_writer_password=_env("CANDLE_WRITER_PASSWORD", ""),
             dagster_pg_password=_env("DAGSTER_PG_PASSWORD", ""),
             superset_meta_password=_env("SUPERSET_META_PASSWORD", ""),
+            backup_dir=Path(_env("BACKUP_DIR", str(state_dir / "backups"))).expanduser().resolve(),
+            backup_keep=_env_int("BACKUP_KEEP", 7, minimum=1),
             symbols=symbols,
             source=source,
             binance_ws_url=_env("BINANCE_WS_URL", ws_default).rstrip("/"),

@@ -9,12 +9,17 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings, SettingsError
+from local_stack.backup_plan import BackupError, parse_target, render_backups
+from local_stack.backups import BackupStore
 from local_stack.jars import JarsError
 from local_stack.migrations import MigrationError, apply_migrations
+from local_stack.postgres import ServerAccount
 from local_stack.processes import StackError
+from local_stack.restore import restore_platform
 from local_stack.stack import LocalStack
 from local_stack.status import collect, render
 
@@ -92,6 +97,37 @@ def cmd_clean(stack: LocalStack, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(stack: LocalStack, _: argparse.Namespace) -> int:
+    store = BackupStore(stack.settings)
+    account = ServerAccount.for_current_user() if stack.settings.embedded_postgres else ServerAccount(os.getuid(), os.getgid())
+    backup = store.take(account)
+    took = (backup.finished_at - backup.started_at).total_seconds()
+    _say(f"base backup {backup.path.name} taken in {took:.1f} s into {backup.path}")
+    deleted, wal = store.prune(stack.settings.backup_keep)
+    if deleted or wal:
+        _say(f"BACKUP_KEEP={stack.settings.backup_keep}: deleted {len(deleted)} older base backups and {wal} WAL files")
+    return cmd_backups(stack, _)
+
+
+def cmd_backups(stack: LocalStack, _: argparse.Namespace) -> int:
+    store = BackupStore(stack.settings)
+    wal = store.wal_files()
+    _say(render_backups(store.backups(), sum(path.stat().st_size for path in wal), len(wal)))
+    return 0
+
+
+def cmd_restore(stack: LocalStack, args: argparse.Namespace) -> int:
+    target = parse_target(args.time, datetime.now(UTC))
+    report = restore_platform(stack, target, progress=lambda step: _say(f"  {step}"))
+    _say(f"restored to {report.target.isoformat() if report.target else 'the latest state'} from base backup "
+         f"{report.backup.path.name} in {report.seconds:.1f} s; the replaced data folder is kept in {report.replaced}")
+    _say("consumer group rewound to offsets " + (", ".join(f"{p}:{o}" for p, o in report.rewind.offsets.items()) or "none"))
+    for name, moved in report.rewind.producer.items():
+        _say(f"producer {name} rewound: " + ", ".join(f"{s} {a} -> {b}" for s, (a, b) in moved.items()))
+    _say("started again: " + (", ".join(report.restarted) or "nothing was running (make up starts it)"))
+    return 0
+
+
 def cmd_config(stack: LocalStack, __: argparse.Namespace) -> int:
     docs = PlatformSettings.docs()
     inactive = stack.settings.inactive()
@@ -111,6 +147,9 @@ COMMANDS = {
     "logs": (cmd_logs, "show and follow the services' logs"),
     "clean": (cmd_clean, "delete the state folder (asks, or --force)"),
     "config": (cmd_config, "list every setting with its default"),
+    "backup": (cmd_backup, "take a base backup of PostgreSQL into BACKUP_DIR, apply BACKUP_KEEP, list them"),
+    "backups": (cmd_backups, "list the base backups and the WAL archive"),
+    "restore": (cmd_restore, "restore PostgreSQL to the latest state or to --time, then carry on"),
 }
 
 
@@ -121,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         if name == "clean":
             sub.add_argument("--force", action="store_true", help="do not ask")
+        if name == "restore":
+            sub.add_argument("--time", default="", help="ISO instant to restore to (default: the latest state)")
         if name == "logs":
             sub.add_argument("service", nargs="?", help="one service (default: all)")
             sub.add_argument("-n", "--lines", type=int, default=50, help="lines to show first")
@@ -143,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS[args.command][0]
     try:
         return handler(LocalStack(settings), args)
-    except (StackError, MigrationError, JarsError) as exc:
+    except (StackError, MigrationError, JarsError, BackupError) as exc:
         print(f"crypto-platform: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

@@ -18,15 +18,16 @@ import psycopg2
 from psycopg2 import sql
 
 from crypto_platform.settings import PlatformSettings
+from local_stack.backup_plan import ARCHIVE_TIMEOUT_S, archive_command, conf_literal, restore_command
 from local_stack.processes import StackError, require_free_port, tail
 from local_stack.run_record import RunRecord, settings_snapshot
 
 SERVER_USER = "cryptopg"
 START_TIMEOUT_S = 120
-WATCHED = ("BIND_HOST", "PG_")
+WATCHED = ("BIND_HOST", "PG_", "BACKUP_DIR")
 
 
-def _pg_bin_dir() -> Path:
+def pg_bin_dir() -> Path:
     spec = importlib.util.find_spec("pgserver")
     if spec is None or not spec.submodule_search_locations:
         raise StackError("the pgserver package is missing; run `make install` (or set DATABASE_URL to a server of yours)")
@@ -69,6 +70,17 @@ class ServerAccount:
                 os.chown(path, self.uid, self.gid)
 
 
+def prepare_backup_dir(backup_dir: Path, account: ServerAccount) -> None:
+    """``BACKUP_DIR`` with ``base/`` and ``wal/``, private to the server's account, which archives WAL there."""
+    for folder in (backup_dir, backup_dir / "base", backup_dir / "wal"):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        account.own(folder)
+    if account.run(["test", "-w", str(backup_dir / "wal"), "-a", "-x", str(backup_dir / "wal")]).returncode != 0:
+        raise StackError(f"BACKUP_DIR={backup_dir}: PostgreSQL's account ({SERVER_USER}) cannot write "
+                         f"{backup_dir / 'wal'}; choose a folder under world-traversable parents")
+
+
 class PostgresServer:
     """One PostgreSQL cluster in ``<state>/postgres``; the platform's three databases on it."""
 
@@ -80,7 +92,7 @@ class PostgresServer:
         self.data_dir = self.root / "data"
         self.log_path = settings.state_dir / "logs" / "postgres.log"
         self.log_dir = settings.state_dir / "logs" / "postgres"
-        self.bin_dir = _pg_bin_dir()
+        self.bin_dir = pg_bin_dir()
         self.run_record = RunRecord(settings.state_dir / "run" / "postgres.settings.json")
 
     @property
@@ -129,6 +141,7 @@ class PostgresServer:
 
     def _write_platform_conf(self, account: ServerAccount) -> None:
         conf = self.data_dir / "platform.conf"
+        wal_dir = self.settings.backup_dir / "wal"
         conf.write_text(
             "# Written by the local stack at every start.\n"
             f"listen_addresses = '{self.settings.bind_host}'\n"
@@ -145,6 +158,14 @@ class PostgresServer:
             "log_truncate_on_rotation = on\n"
             "log_rotation_age = 1d\n"
             "log_rotation_size = 0\n"
+            # Continuous archiving (make backup / make restore): every finished segment into BACKUP_DIR/wal.
+            "wal_level = replica\n"
+            "archive_mode = on\n"
+            f"archive_command = {conf_literal(archive_command(wal_dir))}\n"
+            f"archive_timeout = {ARCHIVE_TIMEOUT_S}\n"
+            f"restore_command = {conf_literal(restore_command(wal_dir))}\n"
+            # Present only while make restore replays WAL to its target.
+            "include_if_exists = 'recovery_target.conf'\n"
         )
         account.own(conf)
 
@@ -161,6 +182,7 @@ class PostgresServer:
             account = ServerAccount.for_current_user()
             if not (self.data_dir / "PG_VERSION").exists():
                 self._initdb(account)
+            prepare_backup_dir(self.settings.backup_dir, account)
             self._write_platform_conf(account)
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.log_path.touch()

@@ -1,0 +1,172 @@
+"""Backups and point-in-time recovery, the decisions without the I/O: WAL names, which base backup a
+restore starts from, what retention deletes, the archive and restore commands, the restore target.
+
+Layout of ``BACKUP_DIR``: ``wal/`` holds every WAL segment PostgreSQL archived (gzip'ed, ``<name>.gz``)
+and the timelines' ``.history`` files; ``base/<UTC stamp>/`` holds one ``pg_basebackup`` (tar, gzip) with
+its ``backup.json`` (written last: a folder without it is an unfinished backup).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+WAL_SEGMENT_BYTES = 16 * 1024 * 1024
+SEGMENTS_PER_LOG = 0x1_0000_0000 // WAL_SEGMENT_BYTES
+# A quiet server switches to a new segment at least this often, so at most this much of committed work
+# is only in pg_wal (lost with STATE_DIR's disk); a forced switch costs ~20 kB gzip'ed.
+ARCHIVE_TIMEOUT_S = 60
+# A segment, a backup's history file or a timeline's last partial segment, as archived (gzip'ed or not).
+ARCHIVED_WAL = re.compile(r"^([0-9A-F]{24})(\.[0-9A-F]{8}\.backup|\.partial)?(\.gz)?$")
+SEGMENT = re.compile(r"^[0-9A-F]{24}$")
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+class BackupError(ValueError):
+    """A restore or backup request the platform cannot carry out; one line naming what to change."""
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    """One finished base backup: its folder and what ``backup.json`` says of it."""
+
+    path: Path
+    started_at: datetime
+    finished_at: datetime
+    start_segment: str
+    size_bytes: int
+
+    def to_json(self) -> dict[str, object]:
+        return {"started_at": self.started_at.isoformat(), "finished_at": self.finished_at.isoformat(),
+                "start_segment": self.start_segment, "size_bytes": self.size_bytes}
+
+    @classmethod
+    def from_json(cls, path: Path, data: dict[str, object]) -> BaseBackup:
+        return cls(path, datetime.fromisoformat(str(data["started_at"])),
+                   datetime.fromisoformat(str(data["finished_at"])), str(data["start_segment"]),
+                   int(data["size_bytes"]))
+
+
+def segment_name(timeline: int, lsn: str) -> str:
+    """The WAL file holding ``lsn`` (``'0/3000028'``) on ``timeline``, as PostgreSQL names it."""
+    high, low = (int(part, 16) for part in lsn.split("/"))
+    segment = ((high << 32) + low) // WAL_SEGMENT_BYTES
+    return f"{timeline:08X}{segment // SEGMENTS_PER_LOG:08X}{segment % SEGMENTS_PER_LOG:08X}"
+
+
+def start_segment(manifest: dict) -> str:
+    """The first WAL segment a base backup needs, from its ``backup_manifest`` (its first WAL range)."""
+    first = manifest["WAL-Ranges"][0]
+    return segment_name(int(first["Timeline"]), first["Start-LSN"])
+
+
+def parse_target(raw: str | None, now: datetime) -> datetime | None:
+    """``TIME`` of ``make restore``: an ISO instant with its zone, in the past; empty = the latest state."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        target = datetime.fromisoformat(raw.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise BackupError(f"TIME={raw!r} is not an ISO instant such as 2026-11-28T16:30:00Z") from None
+    if target.tzinfo is None:
+        raise BackupError(f"TIME={raw!r} has no time zone; add Z (UTC) or an offset such as +01:00")
+    if target >= now:
+        raise BackupError(f"TIME={raw!r} is not in the past; leave TIME out to restore the latest state")
+    return target.astimezone(UTC)
+
+
+def choose_base_backup(backups: list[BaseBackup], target: datetime | None) -> BaseBackup:
+    """The newest base backup that finished before ``target`` (recovery must start from a consistent copy
+    and replay forward); the newest of all for the latest state."""
+    if not backups:
+        raise BackupError("no base backup in BACKUP_DIR yet; run make backup first")
+    usable = [b for b in backups if target is None or b.finished_at < target]
+    if not usable:
+        oldest = min(backups, key=lambda b: b.finished_at)
+        raise BackupError(f"TIME={target.isoformat()} is before the oldest base backup finished "
+                          f"({oldest.finished_at.isoformat()}); choose a later TIME")
+    return max(usable, key=lambda b: b.finished_at)
+
+
+def backups_to_delete(backups: list[BaseBackup], keep: int) -> list[BaseBackup]:
+    """Everything but the ``keep`` newest (BACKUP_KEEP)."""
+    return sorted(backups, key=lambda b: b.finished_at, reverse=True)[keep:]
+
+
+def wal_to_delete(names: list[str], oldest_needed: str) -> list[str]:
+    """Archived segments (and their ``.backup`` and ``.partial`` files) older than ``oldest_needed`` (the
+    oldest kept backup's first segment), compared as ``pg_archivecleanup`` does, without the timeline;
+    timeline ``.history`` files are always kept."""
+    doomed = []
+    for name in names:
+        match = ARCHIVED_WAL.match(name)
+        if match and match.group(1)[8:] < oldest_needed[8:]:
+            doomed.append(name)
+    return doomed
+
+
+def conf_literal(text: str) -> str:
+    """A postgresql.conf string value."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def archive_command(wal_dir: Path) -> str:
+    """Copies a finished segment into the archive, gzip'ed, atomically; an existing copy is accepted only
+    when identical (a segment archived again after a crash), never overwritten."""
+    target = shlex.quote(str(wal_dir)) + "/%f.gz"
+    return (f"gzip -1 -n < %p > {target}.part && "
+            f"{{ test ! -f {target} || cmp -s {target}.part {target}; }} && mv -f {target}.part {target}")
+
+
+def restore_command(wal_dir: Path) -> str:
+    """Fetches a segment (or a timeline's history file) from the archive during recovery."""
+    folder = shlex.quote(str(wal_dir))
+    return (f"if test -f {folder}/%f.gz; then gzip -dc < {folder}/%f.gz > %p; "
+            f"else cp {folder}/%f %p; fi")
+
+
+def recovery_settings(target: datetime | None) -> str:
+    """``recovery_target.conf`` of a restore: replay to ``target`` (or to the end of the WAL), then open."""
+    lines = ["# Written by make restore; removed once the server is open again.",
+             "recovery_target_timeline = 'latest'", "recovery_target_action = 'promote'"]
+    if target is not None:
+        lines += [f"recovery_target_time = '{target.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}+00'",
+                  "recovery_target_inclusive = on"]
+    return "\n".join(lines) + "\n"
+
+
+def backup_stamp(at: datetime) -> str:
+    return at.astimezone(UTC).strftime(STAMP_FORMAT)
+
+
+def human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def render_backups(backups: list[BaseBackup], wal_bytes: int, wal_files: int) -> str:
+    """The table ``make backup`` prints: each base backup with its time, duration and size; the archive."""
+    lines = [f"{'base backup':<18}{'finished (UTC)':<22}{'took':>8}{'size':>11}"]
+    for backup in sorted(backups, key=lambda b: b.finished_at):
+        took = (backup.finished_at - backup.started_at).total_seconds()
+        lines.append(f"{backup.path.name:<18}{backup.finished_at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S'):<22}"
+                     f"{took:>7.1f}s{human_bytes(backup.size_bytes):>11}")
+    if not backups:
+        lines.append("(none yet)")
+    lines.append(f"WAL archive: {wal_files} files, {human_bytes(wal_bytes)}")
+    return "\n".join(lines)
+
+
+def rewound_acked(acked: dict[str, int], restored: dict[str, int]) -> dict[str, int]:
+    """The producer's acknowledged ids after a restore: never past the restored database's newest id of
+    the symbol, so its REST catch-up sends again what the restore removed. A symbol without a trade in
+    the restored database keeps its id: Kafka delivers its trades again (the group is rewound too)."""
+    return {symbol: min(agg_id, restored[symbol]) if symbol in restored else agg_id
+            for symbol, agg_id in acked.items()}
