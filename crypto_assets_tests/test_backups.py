@@ -59,7 +59,7 @@ class StreamingPlatform:
         with psycopg2.connect(self.settings.database_url, connect_timeout=10) as connection, \
                 connection.cursor() as cursor:
             cursor.execute(sql, params)
-            return cursor.fetchall()
+            return cursor.fetchall() if cursor.description else []
 
     def ids(self) -> dict[str, list[int]]:
         found: dict[str, list[int]] = {symbol: [] for symbol in SYMBOLS}
@@ -175,3 +175,32 @@ def test_restore_without_a_backup_or_with_a_bad_time_is_one_line(tmp_path: Path)
         first_line = result.stderr.splitlines()[0]
         assert result.returncode != 0 and first_line == f"crypto-platform: {expected}", result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_failed_restore_keeps_the_data_from_before_and_can_be_run_again() -> None:
+    """PostgreSQL down (a crash), TIME past the last archived commit: recovery fails and says so; the
+    next `make restore` (latest) still has the folder from before the first, with its unarchived WAL."""
+    platform = StreamingPlatform(make_state_dir("crypto-backups-failed-"))
+    try:
+        with mock.patch.dict(os.environ, platform.env, clear=True):
+            platform.stack.start_servers()
+        platform.make("backup")
+        platform.query("CREATE TABLE public.after_backup AS SELECT generate_series(1, 1000) AS n")
+        with mock.patch.dict(os.environ, platform.env, clear=True):
+            platform.stack.postgres.stop()
+        time.sleep(1)
+        failed = subprocess.run(["make", "--no-print-directory", "restore", f"TIME={datetime.now(UTC).isoformat()}"],
+                                cwd=REPO_ROOT, env=platform.env, capture_output=True, text=True, timeout=600,
+                                check=False)
+        assert failed.returncode != 0 and len(failed.stderr.splitlines()) == 2, failed.stderr  # its line, make's
+        assert failed.stderr.startswith("crypto-platform: recovery failed: PostgreSQL: recovery ended before"), failed.stderr
+        assert "data.before-restore" in failed.stderr
+        platform.make("restore")
+        assert platform.query("SELECT count(*) FROM public.after_backup") == [(1000,)]
+        kept = platform.state_dir / "postgres" / "data.before-restore"
+        assert (kept / "PG_VERSION").exists() and not (kept / "recovery.signal").exists(), \
+            "the folder from before the first restore was replaced by the failed one"
+    finally:
+        with mock.patch.dict(os.environ, platform.env, clear=True):
+            platform.stack.down()
+        shutil.rmtree(platform.state_dir, ignore_errors=True)

@@ -145,7 +145,8 @@ def seal_current_wal(server: PostgresServer) -> None:
 def restore_cluster(server: PostgresServer, store: BackupStore, backup: BaseBackup, target: datetime | None) -> Path:
     """Replaces the server's data folder by ``backup`` and replays the archived WAL to ``target`` (the end
     of the WAL when None); the server runs and accepts writes again on return. The folder it replaced is
-    kept as ``postgres/data.before-restore`` (one, the latest) and its path returned."""
+    kept as ``postgres/data.before-restore`` (one, the latest) and its path returned; a restore that failed
+    (e.g. a TIME past the archive's end) can be run again without losing that folder."""
     account = ServerAccount.for_current_user()
     if server.is_running():
         seal_current_wal(server)
@@ -154,7 +155,9 @@ def restore_cluster(server: PostgresServer, store: BackupStore, backup: BaseBack
         raise StackError("PostgreSQL did not stop; stop it (make down) and run make restore again")
     data = server.data_dir
     aside = server.root / "data.before-restore"
-    if data.exists():
+    if (data / "recovery.signal").exists():
+        shutil.rmtree(data)  # a restore that did not finish: the folder from before it is aside already
+    elif data.exists():
         shutil.rmtree(aside, ignore_errors=True)
         data.rename(aside)
     data.mkdir(mode=0o700)
@@ -167,8 +170,12 @@ def restore_cluster(server: PostgresServer, store: BackupStore, backup: BaseBack
     (data / RECOVERY_CONF).write_text(recovery_settings(target))
     (data / "recovery.signal").write_text("")
     account.own(data / RECOVERY_CONF, data / "recovery.signal")
-    server.start()
-    _wait_until_promoted(server)
+    try:
+        server.start()
+        _wait_until_promoted(server)
+    except StackError as exc:
+        raise StackError(f"recovery failed: {_server_fatal(server) or exc}; the data from before the restore "
+                         f"is kept in {aside}; run make restore again with an earlier TIME or none") from None
     (data / RECOVERY_CONF).unlink(missing_ok=True)
     return aside
 
@@ -187,8 +194,7 @@ def _copy_unarchived_wal(old_wal: Path, new_wal: Path, account: ServerAccount) -
 def _wait_until_promoted(server: PostgresServer) -> None:
     def promoted() -> bool:
         if not server.is_running():
-            raise StackError(f"PostgreSQL stopped during recovery; read {server.log_dir}:\n"
-                             f"{_last_server_lines(server)}")
+            raise StackError(f"PostgreSQL stopped during recovery; read {server.log_dir}")
         try:
             connection = psycopg2.connect(server.admin_dsn(), connect_timeout=5)
         except psycopg2.OperationalError:
@@ -206,7 +212,9 @@ def _wait_until_promoted(server: PostgresServer) -> None:
     log.info("recovery finished", extra={"seconds": round(time.monotonic() - started, 1)})
 
 
-def _last_server_lines(server: PostgresServer) -> str:
+def _server_fatal(server: PostgresServer) -> str:
+    """The server's last FATAL line (why recovery stopped), without its prefix."""
     logs = sorted(server.log_dir.glob("postgresql-*.log"), key=lambda p: p.stat().st_mtime)
-    return tail(logs[-1], 8) if logs else tail(server.log_path, 8)
+    lines = [line for line in tail(logs[-1], 30).splitlines() if "FATAL:" in line] if logs else []
+    return "PostgreSQL: " + lines[-1].split("FATAL:", 1)[1].strip() if lines else ""
 
