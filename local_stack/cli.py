@@ -124,6 +124,8 @@ def cmd_restore(stack: LocalStack, args: argparse.Namespace) -> int:
     _say("consumer group rewound to offsets " + (", ".join(f"{p}:{o}" for p, o in report.rewind.offsets.items()) or "none"))
     for name, moved in report.rewind.producer.items():
         _say(f"producer {name} rewound: " + ", ".join(f"{s} {a} -> {b}" for s, (a, b) in moved.items()))
+    if report.canceled_runs:
+        _say("Dagster runs in flight at that instant, marked canceled: " + ", ".join(report.canceled_runs))
     _say("started again: " + (", ".join(report.restarted) or "nothing was running (make up starts it)"))
     return 0
 

@@ -1,6 +1,7 @@
 """``make restore``: the whole platform back to an instant. Stops what writes, restores the PostgreSQL
 cluster (market data, Dagster, Superset) from a base backup and its WAL, rewinds the producer and the
-consumer group to the restored database, and starts again what was running."""
+consumer group to the restored database, cancels the Dagster runs it caught in flight, and starts again
+what was running."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from local_stack.backup_plan import BaseBackup, choose_base_backup
 from local_stack.backups import BackupStore, restore_cluster
+from local_stack.interrupted_runs import cancel_interrupted_runs
 from local_stack.processes import StackError
 from local_stack.stack import LocalStack
 from local_stack.stream_rewind import Rewind, rewind_streams
@@ -23,6 +25,7 @@ class RestoreReport:
     target: datetime | None
     replaced: Path
     rewind: Rewind
+    canceled_runs: list[str]
     restarted: list[str]
     seconds: float
 
@@ -45,6 +48,7 @@ def restore_platform(stack: LocalStack, target: datetime | None,
     progress("starting Kafka; rewinding the consumer group and the producer to the restored database")
     stack.start_servers()
     rewind = rewind_streams(settings)
+    canceled = cancel_interrupted_runs(settings)
     names = {service.name for service in running}
     restarted = []
     for service in stack.services():
@@ -52,4 +56,4 @@ def restore_platform(stack: LocalStack, target: datetime | None,
             progress(f"starting {service.name}")
             service.start(say=progress)
             restarted.append(service.name)
-    return RestoreReport(backup, target, replaced, rewind, restarted, time.monotonic() - started)
+    return RestoreReport(backup, target, replaced, rewind, canceled, restarted, time.monotonic() - started)
