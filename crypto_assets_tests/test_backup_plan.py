@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from local_stack.backup_plan import (
+    ArchiverState,
     BackupError,
     BaseBackup,
     archive_command,
     backups_to_delete,
     choose_base_backup,
     conf_literal,
+    describe_backups,
     parse_target,
     recovery_settings,
     restore_command,
@@ -125,3 +127,15 @@ def test_a_batch_records_the_offset_after_its_last_message_per_partition() -> No
     accepted = [Accepted(trade, "t", 0, 7), Accepted(trade, "t", 2, 3), Accepted(trade, "t", 0, 9)]
     rejected = [Rejected("t", 2, 4, None, b"x", "bad"), Rejected("t", 1, 0, None, b"x", "bad")]
     assert next_offsets(accepted, rejected) == [("t", 0, 10), ("t", 1, 1), ("t", 2, 5)]
+
+
+def test_status_says_how_old_the_newest_backup_is_and_whether_archiving_fails() -> None:
+    backups = [backup("a", 600), backup("b", 90)]
+    working = ArchiverState(NOW - timedelta(seconds=20), NOW - timedelta(hours=2), "000000010000000000000002")
+    assert describe_backups(backups, working, NOW) == \
+        "newest base backup 1.5 h old, 2 kept; WAL archived 20 s ago"
+    failing = ArchiverState(NOW - timedelta(minutes=5), NOW - timedelta(seconds=3), "000000010000000000000009")
+    assert "WAL ARCHIVING FAILS (segment 000000010000000000000009" in describe_backups(backups, failing, NOW)
+    assert describe_backups([], ArchiverState(None, None, None), NOW) == \
+        "no base backup yet (make backup); no WAL segment archived yet"
+    assert describe_backups([], None, NOW) == "no base backup yet (make backup)"

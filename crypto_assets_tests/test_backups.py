@@ -126,6 +126,8 @@ def test_point_in_time_restore_then_the_streams_catch_up_without_loss(platform: 
     platform.wait_for("first trades of every symbol", lambda: all(platform.ids().values()))
     listing = platform.make("backup")
     assert "base backup" in listing and "WAL archive:" in listing
+    status = platform.make("status")
+    assert "newest base backup" in status and "WAL archived" in status, status
 
     # More trades after the backup; then a quiet instant (the consumer paused) to restore to.
     before_target = {symbol: ids[-1] for symbol, ids in platform.ids().items()}

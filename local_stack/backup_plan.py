@@ -170,3 +170,39 @@ def rewound_acked(acked: dict[str, int], restored: dict[str, int]) -> dict[str, 
     the restored database keeps its id: Kafka delivers its trades again (the group is rewound too)."""
     return {symbol: min(agg_id, restored[symbol]) if symbol in restored else agg_id
             for symbol, agg_id in acked.items()}
+
+
+def age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+@dataclass(frozen=True)
+class ArchiverState:
+    """``pg_stat_archiver`` of the running server."""
+
+    last_archived_at: datetime | None
+    last_failed_at: datetime | None
+    last_failed_wal: str | None
+
+
+def describe_backups(backups: list[BaseBackup], archiver: ArchiverState | None, now: datetime) -> str:
+    """``make status``'s backups line: the newest base backup's age, and whether WAL archiving works (a
+    failure newer than the last success means segments pile up in pg_wal and recovery stops there)."""
+    if backups:
+        newest = max(b.finished_at for b in backups)
+        parts = [f"newest base backup {age((now - newest).total_seconds())} old, {len(backups)} kept"]
+    else:
+        parts = ["no base backup yet (make backup)"]
+    if archiver is not None:
+        failing = archiver.last_failed_at is not None and (
+            archiver.last_archived_at is None or archiver.last_failed_at > archiver.last_archived_at)
+        if failing:
+            parts.append(f"WAL ARCHIVING FAILS (segment {archiver.last_failed_wal}; read the PostgreSQL log)")
+        elif archiver.last_archived_at is not None:
+            parts.append(f"WAL archived {age((now - archiver.last_archived_at).total_seconds())} ago")
+        else:
+            parts.append("no WAL segment archived yet")
+    return "; ".join(parts)

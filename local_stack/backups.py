@@ -21,6 +21,7 @@ import psycopg2
 from crypto_platform.settings import PlatformSettings
 from local_stack.backup_plan import (
     SEGMENT,
+    ArchiverState,
     BaseBackup,
     backup_stamp,
     backups_to_delete,
@@ -56,7 +57,8 @@ class BackupStore:
         return sorted(found, key=lambda b: b.finished_at)
 
     def wal_files(self) -> list[Path]:
-        return sorted(self.wal_dir.iterdir()) if self.wal_dir.is_dir() else []
+        """The archive's finished files (not the ``.part`` of a segment being archived)."""
+        return sorted(p for p in self.wal_dir.iterdir() if not p.name.endswith(".part")) if self.wal_dir.is_dir() else []
 
     def take(self, account: ServerAccount) -> BaseBackup:
         """``pg_basebackup`` of the whole cluster (tar, gzip level 1, fast checkpoint, its WAL streamed in)."""
@@ -107,6 +109,22 @@ class BackupStore:
                 (self.wal_dir / name).unlink(missing_ok=True)
                 deleted_wal += 1
         return doomed, deleted_wal
+
+
+def archiver_state(settings: PlatformSettings) -> ArchiverState | None:
+    """What ``pg_stat_archiver`` says, or None when the server is not reachable or does not archive."""
+    try:
+        connection = psycopg2.connect(settings.database_url, connect_timeout=3)
+    except psycopg2.Error:
+        return None
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('archive_mode') <> 'off', last_archived_time, last_failed_time,"
+                           " last_failed_wal FROM pg_stat_archiver")
+            archiving, archived_at, failed_at, failed_wal = cursor.fetchone()
+    finally:
+        connection.close()
+    return ArchiverState(archived_at, failed_at, failed_wal) if archiving else None
 
 
 def _require_archiving(settings: PlatformSettings) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from unittest import mock
 
 import psycopg2
@@ -11,7 +12,9 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from crypto_platform.settings import PlatformSettings
-from local_stack.processes import describe_processes
+from local_stack.backup_plan import describe_backups
+from local_stack.backups import BackupStore, archiver_state
+from local_stack.processes import StackError, describe_processes
 from local_stack.stack import LocalStack, dagster_environment
 
 PROBE_TIMEOUT_S = 3
@@ -32,6 +35,7 @@ class PlatformStatus:
     ingestion: dict[str, str] = field(default_factory=dict)
     lag: dict[int, int] | None = None
     last_run: str | None = None
+    backups: str | None = None
     urls: dict[str, str] = field(default_factory=dict)
 
 
@@ -168,6 +172,14 @@ def last_dagster_run(settings: PlatformSettings) -> str | None:
     return runs[0].describe() if runs else "no run yet"
 
 
+def backups_line(settings: PlatformSettings, postgres_up: bool) -> str:
+    try:
+        backups = BackupStore(settings).backups()
+    except StackError as exc:
+        return str(exc)
+    return describe_backups(backups, archiver_state(settings) if postgres_up else None, datetime.now(UTC))
+
+
 def collect(stack: LocalStack) -> PlatformStatus:
     s = stack.settings
     lines = service_lines(stack)
@@ -177,6 +189,7 @@ def collect(stack: LocalStack) -> PlatformStatus:
         status.lag = consumer_lag(s)
     if "dagster" in running:
         status.last_run = last_dagster_run(s)
+    status.backups = backups_line(s, "postgres" in running)
     status.urls = {name: url for name, url in (
         ("dagster", f"http://{s.bind_host}:{s.dagster_port}"), ("superset", f"http://{s.bind_host}:{s.superset_port}"),
         ("spark", f"http://{s.bind_host}:{s.spark_master_webui_port}"),
@@ -195,5 +208,7 @@ def render(status: PlatformStatus) -> str:
         out.append(f"{'consumer lag:':<16}{total} ({', '.join(f'p{p}={n}' for p, n in status.lag.items())})")
     if status.last_run is not None:
         out.append(f"{'last run:':<16}{status.last_run}")
+    if status.backups is not None:
+        out.append(f"{'backups:':<16}{status.backups}")
     out += [f"{name + ':':<16}{url}" for name, url in status.urls.items()]
     return "\n".join(out)
