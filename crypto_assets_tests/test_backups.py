@@ -122,6 +122,8 @@ def assert_whole_and_single(platform: StreamingPlatform, reached: dict[str, int]
         assert values == platform.replay_ids(symbol, values[0], values[-1]), f"{symbol}: ids lost or foreign"
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_point_in_time_restore_then_the_streams_catch_up_without_loss(platform: StreamingPlatform) -> None:
     platform.wait_for("first trades of every symbol", lambda: all(platform.ids().values()))
     listing = platform.make("backup")
@@ -179,6 +181,8 @@ def test_restore_without_a_backup_or_with_a_bad_time_is_one_line(tmp_path: Path)
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_failed_restore_keeps_the_data_from_before_and_can_be_run_again() -> None:
     """PostgreSQL down (a crash), TIME past the last archived commit: recovery fails and says so; the
     next `make restore` (latest) still has the folder from before the first, with its unarchived WAL."""
