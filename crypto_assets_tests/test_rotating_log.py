@@ -63,3 +63,27 @@ def test_wrapper_writes_the_services_pid_not_its_own(tmp_path: Path) -> None:
     finally:
         if wrapper.poll() is None:
             os.killpg(wrapper.pid, signal.SIGKILL)
+
+
+def test_a_service_that_dies_is_reaped_while_its_orphans_still_write_to_the_log(tmp_path: Path) -> None:
+    """Failed on the old code: the wrapper reaped the service only at the log pipe's end, which the service's
+    orphans (Dagster's webserver and daemon) held open, so the killed service stayed a zombie."""
+    pid_file, log = tmp_path / "svc.pid", tmp_path / "svc.log"
+    orphan = "import time; print('orphan alive', flush=True); time.sleep(60)"
+    service = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {orphan!r}]); time.sleep(60)"
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "local_stack.rotating_log", "--pid-file", str(pid_file), str(log), "--",
+         sys.executable, "-c", service],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while "orphan alive" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        service_process = psutil.Process(PidFile(pid_file).running_pid())
+        service_process.kill()
+        service_process.wait(timeout=10)  # gone, not a zombie waiting for the pipe to close
+        assert wrapper.poll() is None  # still copying what the orphan writes
+    finally:
+        os.killpg(wrapper.pid, signal.SIGKILL)
+        wrapper.wait(timeout=10)

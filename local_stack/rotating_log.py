@@ -1,8 +1,9 @@
 """Runs a command and writes its output to a size-rotated log, so a week of running can't fill the disk.
 
 Usage: ``python -m local_stack.rotating_log [--pid-file PATH] LOG_PATH -- COMMAND ...``. The wrapper
-writes the command's pid (not its own) to the pid file, ignores SIGTERM and SIGINT, keeps copying until
-the service has closed its output (so its last lines are kept), then exits with the service's exit code.
+writes the command's pid (not its own) to the pid file, ignores SIGTERM and SIGINT, reaps the service as soon
+as it exits, keeps copying until its output is closed (so its last lines are kept, and its orphans'), then
+exits with the service's exit code.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from local_stack.processes import PidFile
@@ -58,10 +60,15 @@ def run(log_path: Path, command: list[str], pid_file: Path | None = None) -> int
     assert child.stdout is not None
     if pid_file is not None:
         PidFile(pid_file).write(child.pid)
+    # Reaped as soon as it exits: its orphans may hold the pipe open long after (a killed Dagster's
+    # webserver and daemon), and a zombie would still look alive to anyone waiting for the service's end.
+    reaper = threading.Thread(target=child.wait, name="reaper", daemon=True)
+    reaper.start()
     for line in iter(child.stdout.readline, b""):
         writer.write(line)
     writer.close()
-    return child.wait()
+    reaper.join()
+    return child.returncode
 
 
 def main(argv: list[str]) -> int:
