@@ -23,6 +23,7 @@ from crypto_assets_tests.ingestion_harness import (
     stored_trades,
     wait_until,
 )
+from crypto_platform.credentials import INGEST_WRITER, role_password
 from crypto_platform.settings import PlatformSettings, SettingsError
 from local_stack.ephemeral import make_state_dir
 from local_stack.processes import free_port
@@ -100,7 +101,9 @@ def test_producer_and_consumer_workers_killed_and_restarted_keep_every_trade_onc
     chain = IngestionChain.start_server(settings, files, SYMBOLS, state_dir, speed=30)
     env = {**os.environ, "STATE_DIR": str(state_dir), "BINANCE_WS_URL": chain.ws_url,
            "BINANCE_REST_URL": chain.rest_url, "PRODUCER_METRICS_PORT": str(free_port()),
-           "CONSUMER_METRICS_PORT": str(free_port())}
+           "CONSUMER_METRICS_PORT": str(free_port()),
+           # The workers' own STATE_DIR holds no secrets: they log in with the test stack's generated ones.
+           "INGEST_WRITER_PASSWORD": role_password(settings, INGEST_WRITER)}
     producers = Workers("streaming_services.producer", env, state_dir)
     consumers = Workers("streaming_services.consumer", env, state_dir)
     try:

@@ -38,7 +38,7 @@ def supervise(module: str, workers: int, stop: threading.Event) -> int:
             if process is not None and process.poll() is None:
                 continue
             if process is not None:
-                log.warning("worker exited; starting it again", extra={"module": module, "worker": worker,
+                log.warning("worker exited; starting it again", extra={"worker_module": module, "worker": worker,
                                                                       "exit_code": process.returncode})
             processes[worker] = subprocess.Popen([sys.executable, "-m", module, "--worker", str(worker)])
         stop.wait(RESTART_DELAY_S)
