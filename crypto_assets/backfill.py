@@ -12,8 +12,10 @@ Spark's JVM ends with this process. Exit 0 on success, 1 when the run or a check
 
 import argparse
 import os
+import socket
 import sys
 import warnings
+from urllib.parse import urlsplit
 
 import dagster as dg
 
@@ -38,6 +40,16 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _answers(spark_remote: str, timeout_s: float = 5.0) -> bool:
+    """Whether the Connect server's port accepts a connection (PySpark's client would retry for minutes)."""
+    url = urlsplit(spark_remote)
+    try:
+        socket.create_connection((url.hostname, url.port or 15002), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _OneLineParser(prog="python -m crypto_assets.backfill", description=__doc__.splitlines()[0])
     parser.add_argument("--start", required=True, help="ISO-8601 with a zone, e.g. 2024-08-08T23:00:00Z")
@@ -48,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = PlatformSettings.from_env()
     except (ValueError, SettingsError) as error:
         return _fail(str(error))
+    if settings.spark_remote and not _answers(settings.spark_remote):
+        print(f"backfill: Spark Connect at SPARK_REMOTE={settings.spark_remote} does not answer; start it with"
+              " `make up`, or set SPARK_REMOTE= to run Spark in this process", file=sys.stderr)
+        return 1
     config = CandleRunConfig(start=args.start, end=args.end)
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     result = dg.materialize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from crypto_assets.candles import (
     watermarks,
     window_start,
 )
+from local_stack.processes import free_port
 
 M = MINUTE_MS
 T0 = 1_723_161_600_000  # 2024-08-09T00:00:00Z
@@ -121,6 +123,20 @@ def test_backfill_cli_answers_bad_input_with_one_line_and_exit_2(args: list[str]
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("backfill: ")
+
+
+def test_backfill_cli_with_no_spark_connect_server_says_so_in_one_line(tmp_path) -> None:
+    """Failed on the old code: PySpark's Connect client retried for minutes (a `make import` hung past
+    900 s) before failing with a traceback."""
+    url = f"sc://127.0.0.1:{free_port()}"
+    env = {**os.environ, "SPARK_REMOTE": url, "STATE_DIR": str(tmp_path), "DAGSTER_HOME": ""}
+    result = subprocess.run([sys.executable, "-m", "crypto_assets.backfill", "--start", "2024-01-01T00:00:00Z",
+                             "--end", "2024-01-01T00:05:00Z"], capture_output=True, text=True, timeout=60,
+                            check=False, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"backfill: Spark Connect at SPARK_REMOTE={url} does not answer; start it with `make up`, or set"
+        " SPARK_REMOTE= to run Spark in this process"]
 
 
 def test_datetimes_without_zone_are_refused() -> None:

@@ -279,7 +279,7 @@ BTC_2023 = "spot_BTCUSDT_2023-04-05/spot_BTCUSDT_trades_2023-04-04T235959_to_202
 def test_an_import_recomputes_its_candles_and_the_sensor_does_not_read_it_as_new(
         platform_env, db, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    settings = platform_env(SYMBOLS="BTCUSDT", SPARK_MASTER="local[2]")
+    settings = platform_env(SYMBOLS="BTCUSDT", SPARK_MASTER="local[2]", SPARK_REMOTE="")
     path = shared_data / BTC_2023
     assert run_import(path) == 0
 
