@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from types import SimpleNamespace
 from unittest import mock
 
 import dagster as dg
@@ -35,9 +34,8 @@ from crypto_assets_tests.candle_reference import (
 )
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import make_state_dir
-from local_stack.migrations import apply_migrations
-from local_stack.postgres import PostgresServer
 from local_stack.processes import free_port
+from local_stack.stack import LocalStack
 
 # Several Spark runs of six assets and their 38 checks: minutes each on a loaded 2-core machine.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -52,32 +50,31 @@ def ms(moment: datetime, plus_ms: int = 0) -> int:
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[SimpleNamespace]:
+def stack() -> Iterator[LocalStack]:
     """Only a real PostgreSQL 16 with the schema: these tests need no Kafka, whose start is the slowest part of
     the session stack on a loaded machine."""
     state_dir = make_state_dir("crypto-test-intervals-")
     with mock.patch.dict("os.environ", {"STATE_DIR": str(state_dir), "PG_PORT": str(free_port()), "DATABASE_URL": ""}):
-        settings = PlatformSettings.from_env()
-        server = PostgresServer(settings)
-        server.start()
+        database = LocalStack(PlatformSettings.from_env())
         try:
-            apply_migrations(settings.database_url)
-            yield SimpleNamespace(settings=settings)
+            database.start_database()
+            yield database
         finally:
-            server.stop()
+            database.postgres.stop()
             shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def spark(stack) -> SparkSession:
-    return spark_session(dataclasses.replace(stack.settings, spark_master="local[2]"))
+    """The in-process SparkSession (SPARK_REMOTE empty), as in test_candle_assets: no Connect server here."""
+    return spark_session(dataclasses.replace(stack.settings, spark_master="local[2]", spark_remote=""))
 
 
 @pytest.fixture
 def candles_env(platform_env: Callable[..., PlatformSettings], spark: SparkSession,
                 monkeypatch: pytest.MonkeyPatch) -> PlatformSettings:
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    return platform_env(SPARK_MASTER="local[2]")
+    return platform_env(SPARK_MASTER="local[2]", SPARK_REMOTE="")
 
 
 def run_all(settings: PlatformSettings) -> dg.ExecuteInProcessResult:
@@ -128,7 +125,8 @@ def test_every_interval_equals_the_reference_on_real_trades_run_after_run(db, ca
     assert one_day[("BTCUSDT", T0 - timedelta(days=1))]["is_final"] is True
 
 
-def test_a_backfill_recomputes_every_interval_from_scratch(db, candles_env, shared_data: Path) -> None:
+def test_a_backfill_recomputes_every_interval_from_scratch(db, candles_env, shared_data: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     trades = real_trades(shared_data)
     insert_trades(db, trades)
     assert run_all(candles_env).success
@@ -136,6 +134,7 @@ def test_a_backfill_recomputes_every_interval_from_scratch(db, candles_env, shar
         cursor.execute("UPDATE stock.aggregated_prices_1hour SET close_price = 1, price_sum = 0")
         cursor.execute("DELETE FROM stock.aggregated_prices_4hour")
         cursor.execute("UPDATE stock.aggregated_prices_1day SET is_final = NOT is_final")
+    monkeypatch.setenv("SPARK_REMOTE", "")  # the in-process session removed it; the CLI reads the environment
     assert backfill.main(["--start", "2024-08-08T00:00:00Z", "--end", "2024-08-10T00:00:00Z"]) == 0
     assert_every_interval_matches(db, trades)
 

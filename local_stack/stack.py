@@ -328,19 +328,30 @@ class LocalStack:
 
     def start_servers(self) -> None:
         """PostgreSQL (unless DATABASE_URL is external) and Kafka, then the schema and the topic."""
+        self._start_postgres()
+        self.kafka.start()
+        self.bootstrap()
+
+    def start_database(self) -> None:
+        """PostgreSQL only, with the schema and the run-time roles (for work that needs no Kafka)."""
+        self._start_postgres()
+        self.bootstrap_database()
+
+    def _start_postgres(self) -> None:
         server = ServerAccount.for_current_user() if self.settings.embedded_postgres else None
         restrict_state_dir(self.settings.state_dir, server.gid if server and server.is_other_user else None)
         if self.settings.embedded_postgres:
             self.postgres.start()
-        self.kafka.start()
-        self.bootstrap()
 
     def bootstrap(self) -> None:
         """Migrations, run-time roles and topics on servers that already run (the local ones or docker-compose's)."""
+        self.bootstrap_database()
+        self.kafka.ensure_topic(self.settings.kafka_topic, self.settings.kafka_partitions)
+
+    def bootstrap_database(self) -> None:
         applied = apply_migrations(self.settings.database_url)
         log.info("schema ready", extra={"applied": ",".join(applied) or "none"})
         provision_roles(self.settings)
-        self.kafka.ensure_topic(self.settings.kafka_topic, self.settings.kafka_partitions)
 
     def up(self, progress: Callable[[str], None] = lambda _: None) -> None:
         progress("starting servers: PostgreSQL, Kafka")
