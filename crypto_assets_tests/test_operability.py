@@ -5,6 +5,7 @@ One platform (without Superset) for the whole module, driven through `make` like
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 import zipfile
@@ -23,6 +24,7 @@ OWN_COMMAND = {"postgres": "postgres", "kafka": "kafka.Kafka", "replay-server": 
                "consumer": "streaming_services.consumer", "producer": "streaming_services.producer",
                "dagster": "dagster"}
 RESTART_DEADLINE_S = 10
+MAKE_ERROR = re.compile(r"make(\[\d+\])?: \*\*\* ")  # make[1] when the tests themselves run under make
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +52,9 @@ def status_table(platform: PlatformUnderTest) -> dict[str, tuple[str, int | None
 
 
 def one_error_line(result: subprocess.CompletedProcess) -> str:
-    """The one line the command printed on stderr (make's own ``make: *** … Error`` aside)."""
+    """The one line the command printed on stderr (make's own ``make[N]: *** … Error`` aside)."""
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("make: ***")]
+    errors = [line for line in result.stderr.splitlines() if line.strip() and not MAKE_ERROR.match(line)]
     assert len(errors) == 1, result.stderr
     return errors[0]
 

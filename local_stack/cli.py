@@ -178,7 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"crypto-platform: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings.log_level)
+    # LOG_LEVEL is the services' level; the CLI speaks through its progress lines and one error line, and
+    # logs only warnings (everything at LOG_LEVEL=DEBUG).
+    configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING")
     # Connection attempts while servers start are expected; the stack reports its own failures.
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     # Dagster's storage checks its schema through alembic, which logs each plugin it loads at INFO.
