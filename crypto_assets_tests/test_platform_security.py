@@ -30,14 +30,18 @@ def files_under(state_dir: Path) -> list[Path]:
 
 
 def assert_private(state_dir: Path) -> None:
-    """Nothing for others; the group (PostgreSQL's, when run as root) only passes through two folders."""
+    """Nothing for others; the group (PostgreSQL's, when run as root) only passes through two folders.
+
+    A file's execute bit alone gives nothing (Spark's worker marks the jars it fetches a+x): a file counts
+    as private when no one else may read or write it, a folder when no one else may enter or list it."""
     for root, folders, names in os.walk(state_dir):
         for path in [Path(root)] + [Path(root) / n for n in (*folders, *names)]:
             mode = os.lstat(path).st_mode
             if stat.S_ISLNK(mode):
                 continue
             allowed_group = 0o010 if path in (state_dir, state_dir / "logs") else 0
-            assert mode & 0o007 == 0 and mode & 0o070 & ~allowed_group == 0, f"{path} is {oct(mode & 0o777)}"
+            others = 0o077 if stat.S_ISDIR(mode) else 0o066
+            assert mode & others & ~allowed_group == 0, f"{path} is {oct(mode & 0o777)}"
 
 
 def assert_no_secret_leaks(state_dir: Path) -> None:
