@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,11 +60,22 @@ def test_a_taken_port_names_the_variable_to_change(module: str, tmp_path: Path, 
 def test_a_service_waits_for_kafka_and_stops_cleanly_on_sigterm(module: str, tmp_path: Path) -> None:
     process = subprocess.Popen([sys.executable, "-m", f"streaming_services.{module}"], env=service_env(tmp_path),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
-    assert process.poll() is None, process.stderr.read()
+    # Its first line about Kafka says it is waiting, with its handlers installed (a fixed sleep was too short
+    # for a loaded machine's imports: SIGTERM came first and killed it); the watchdog ends a silent one.
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    try:
+        lines = []
+        for line in process.stderr:
+            lines.append(line)
+            if "connecting to Kafka" in line:
+                break
+        assert process.poll() is None, "".join(lines)
+    finally:
+        watchdog.cancel()
     process.send_signal(signal.SIGTERM)
     assert process.wait(15) == 0
-    assert "Traceback" not in process.stderr.read()
+    assert "Traceback" not in "".join(lines) + process.stderr.read()
 
 
 def test_docker_compose_runs_the_producer_and_the_consumer() -> None:

@@ -62,6 +62,7 @@ def wait_for_kafka(build: Callable[[], T], bootstrap_servers: str) -> T:
     """
     previous = {sig: signal.signal(sig, _exit_now) for sig in (signal.SIGTERM, signal.SIGINT)}
     delay = KAFKA_RETRY_INITIAL_S
+    log.info("connecting to Kafka", extra={"bootstrap_servers": bootstrap_servers})
     try:
         while True:
             try:
