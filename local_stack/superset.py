@@ -274,16 +274,15 @@ def superset_service(settings: PlatformSettings, say: Callable[[str], None] = pr
 
 
 def worker_command(settings: PlatformSettings) -> list[str]:
-    """One Celery worker process (solo pool): alert queries and notifications run one after another."""
+    """One Celery worker process (solo pool, superset/celery_worker.py): alerts run one after another."""
     venv = settings.state_dir / "superset" / "venv"
-    return [str(venv / "bin" / "celery"), "--app=celery_worker:app", "worker", "--pool=solo",
-            "--loglevel=INFO", "--without-gossip", "--without-mingle", "--hostname=superset-worker@%h"]
+    return [str(venv / "bin" / "python"), "-m", "celery_worker"]
 
 
 def beat_command(settings: PlatformSettings) -> list[str]:
     """The beat without the Superset app (superset/celery_beat.py); its schedule file in the state folder."""
     venv = settings.state_dir / "superset" / "venv"
-    return [str(venv / "bin" / "celery"), "--app=celery_beat:app", "beat", "--loglevel=INFO",
+    return [str(venv / "bin" / "python"), "-m", "celery_beat",
             f"--schedule={settings.state_dir / 'superset' / 'celerybeat-schedule'}"]
 
 
