@@ -4,27 +4,25 @@ Kafka, PostgreSQL, Redis, Celery worker and beat, and Superset evaluating the al
 One platform for the module (alerts tick once a minute, so each case takes minutes): a malformed message
 reaches the dead letters and the *Dead letters* alert POSTs to a local HTTP receiver and e-mails a local
 SMTP server; a stopped producer makes *Feed stalled* fire once, and it recovers when the producer runs again.
+Both conditions are made true together (they touch different alerts), so their waits overlap.
 The seconds from condition true to notification are printed for the README's figure.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from email import message_from_bytes, policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg2
 import pytest
 from kafka import KafkaProducer
 
+from crypto_assets_tests.alert_inbox import Inbox, running_inbox
 from crypto_assets_tests.platform_harness import PlatformUnderTest
-from local_stack.processes import free_port
 from local_stack.stack import LocalStack
 from local_stack.superset import run_bootstrap
 
@@ -37,81 +35,10 @@ MAIL_TO = "ops@example.com"
 ALERT_NAMES = ("Feed stalled", "Candles late", "Dead letters")
 
 
-@dataclass
-class Received:
-    at: float
-    name: str
-    body: dict
-
-
-@dataclass
-class Inbox:
-    """What the webhook receiver and the SMTP server got, in arrival order."""
-
-    webhook_url: str = ""
-    smtp_port: int = 0
-    posts: list[Received] = field(default_factory=list)
-    mails: list[Received] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def posts_for(self, alert: str, since: float = 0.0) -> list[Received]:
-        with self.lock:
-            return [p for p in self.posts if p.name.startswith(f"{alert}:") and p.at >= since]
-
-    def mails_for(self, alert: str) -> list[Received]:
-        with self.lock:
-            return [m for m in self.mails if f"{alert}:" in m.name]
-
-
-def _webhook_receiver(inbox: Inbox) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            try:
-                payload = json.loads(body)
-            except ValueError:  # a report with a CSV file comes as multipart form data
-                payload = {"raw": body.decode(errors="replace")}
-            with inbox.lock:
-                inbox.posts.append(Received(time.time(), str(payload.get("name", "")), payload))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-class _MailHandler:
-    def __init__(self, inbox: Inbox) -> None:
-        self.inbox = inbox
-
-    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:  # noqa: N802 - aiosmtpd's
-        message = message_from_bytes(envelope.content, policy=policy.default)
-        with self.inbox.lock:
-            self.inbox.mails.append(Received(time.time(), str(message["Subject"]),
-                                             {"to": envelope.rcpt_tos, "message": message}))
-        return "250 OK"
-
-
 @pytest.fixture(scope="module")
 def inbox() -> Iterator[Inbox]:
-    from aiosmtpd.controller import Controller
-
-    box = Inbox()
-    receiver = _webhook_receiver(box)
-    smtp = Controller(_MailHandler(box), hostname="127.0.0.1", port=free_port())
-    smtp.start()
-    box.webhook_url = f"http://127.0.0.1:{receiver.server_address[1]}/alerts"
-    box.smtp_port = smtp.port
-    try:
+    with running_inbox() as box:
         yield box
-    finally:
-        smtp.stop()
-        receiver.shutdown()
-        receiver.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -168,13 +95,32 @@ def test_bootstrap_creates_the_alerts_once(platform: PlatformUnderTest) -> None:
     assert schedule_ids(platform) == before
 
 
-def test_a_dead_letter_reaches_the_webhook_and_the_mailbox(platform: PlatformUnderTest, inbox: Inbox) -> None:
+@dataclass
+class Conditions:
+    """Both alert conditions, made true at once so their minute ticks overlap instead of adding up."""
+
+    producer_stopped_at: float
+    newest_trade_age_s: float  # when the producer stopped: Feed stalled is due 120 s minus this later
+
+
+@pytest.fixture(scope="module")
+def conditions(platform: PlatformUnderTest) -> Conditions:
     settings = platform.settings
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     try:
         producer.send(settings.kafka_topic, key=b"bad", value=b"{not json").get(timeout=30)
     finally:
         producer.close()
+    (feed,) = [s for s in LocalStack(settings).services() if s.name == "producer"]
+    feed.stop()
+    stopped = time.time()
+    (age,) = platform.query("SELECT extract(epoch FROM now() - max(event_time))::float FROM stock.real_time_prices")[0]
+    return Conditions(producer_stopped_at=stopped, newest_trade_age_s=age)
+
+
+def test_a_dead_letter_reaches_the_webhook_and_the_mailbox(platform: PlatformUnderTest, inbox: Inbox,
+                                                           conditions: Conditions) -> None:
+    settings = platform.settings
     platform.wait_for("the dead letter", lambda: platform.query("SELECT count(*) FROM stock.rejected_messages")[0][0] > 0,
                       60, interval=1)
     (stored_at,) = platform.query("SELECT extract(epoch FROM min(received_at))::float FROM stock.rejected_messages")[0]
@@ -192,16 +138,16 @@ def test_a_dead_letter_reaches_the_webhook_and_the_mailbox(platform: PlatformUnd
     assert "malformed" in html.lower() or "json" in html.lower(), html  # the dead letter's reason, as text
 
 
-def test_a_stopped_feed_fires_once_and_recovers(platform: PlatformUnderTest, inbox: Inbox) -> None:
-    (producer,) = [s for s in LocalStack(platform.settings).services() if s.name == "producer"]
-    producer.stop()
-    stopped = time.time()
-    (age,) = platform.query("SELECT extract(epoch FROM now() - max(event_time))::float FROM stock.real_time_prices")[0]
+def test_a_stopped_feed_fires_once_and_recovers(platform: PlatformUnderTest, inbox: Inbox,
+                                                conditions: Conditions) -> None:
+    stopped = conditions.producer_stopped_at
     platform.wait_for("the Feed stalled webhook POST", lambda: inbox.posts_for("Feed stalled", since=stopped),
-                      240, interval=1)
+                      max(1.0, stopped + 240 - time.time()), interval=1)
     fired = inbox.posts_for("Feed stalled", since=stopped)[0]
-    print(f"condition true → webhook: Feed stalled {fired.at - (stopped + 120 - age):.1f} s", flush=True)
+    print(f"condition true → webhook: Feed stalled {fired.at - (stopped + 120 - conditions.newest_trade_age_s):.1f} s",
+          flush=True)
 
+    (producer,) = [s for s in LocalStack(platform.settings).services() if s.name == "producer"]
     with platform.stage("make up restarts the producer"):
         platform.make("up", timeout=600)
     assert producer.is_running()
