@@ -72,11 +72,20 @@ def _execute(url: str, sql: str, params: tuple = ()) -> list[tuple]:
         return cursor.fetchall() if cursor.description else []
 
 
+def _holds(predicate: Callable[[], bool]) -> bool:
+    """``predicate()``, False while the database does not answer (a loaded machine), logged."""
+    try:
+        return predicate()
+    except psycopg2.OperationalError as exc:
+        log.warning("database did not answer, trying again", extra={"error": str(exc).strip()})
+        return False
+
+
 def _wait(what: str, predicate: Callable[[], bool], timeout_s: float, alive: Callable[[], None]) -> float:
     """Seconds until ``predicate`` holds, checking every half second that the services still run."""
     started = time.monotonic()
     next_progress = started + PROGRESS_EVERY_S
-    while not predicate():
+    while not _holds(predicate):
         alive()
         now = time.monotonic()
         if now - started > timeout_s:
@@ -259,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command
     try:
         lines = run(args.samples, args.idle_s)
-    except (BenchError, StackError) as exc:
+    except (BenchError, StackError, psycopg2.Error) as exc:
         log.error("bench failed", extra={"error": str(exc), "load": _load()})
         return 1
     print("\n".join(lines), flush=True)
