@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -207,11 +208,36 @@ def wait_until(predicate, timeout: float, interval: float = 0.25) -> bool:
     return bool(predicate())
 
 
+FREE_PORT_LOW = 20_000  # above every default port of the platform (5432, 6379, 8088, 9092, 15002, …)
+_handed_out: set[int] = set()
+
+
+def _ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free now (for tests and ephemeral stacks)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port free now (for tests and ephemeral stacks), below the kernel's ephemeral range: a port the OS
+    hands out for port 0 may be taken a moment later as the local end of any outgoing connection (a Kafka
+    client's), and the server meant to listen on it then fails to start. Never the same port twice in a
+    process."""
+    low, high = FREE_PORT_LOW, _ephemeral_port_range()[0]
+    if high - low < 1_000:  # an ephemeral range reaching down here: any port may collide, take any
+        low, high = FREE_PORT_LOW, 65_535
+    candidates = [port for port in random.sample(range(low, high), min(200, high - low)) if port not in _handed_out]
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise StackError(f"no free port between {low} and {high} on {host}")
 
 
 def tail(path: Path, lines: int = 15) -> str:
