@@ -133,6 +133,8 @@ class PlatformSettings:
     dead_letter_max_bytes: int = field(metadata={"env": "DEAD_LETTER_MAX_BYTES", "doc": "Bytes of a rejected payload stored in stock.rejected_messages; its full length and SHA-256 are kept beside", "default": "65536"})
     consumer_instance_id: str = field(metadata={"env": "CONSUMER_INSTANCE_ID", "doc": "Static group membership id (Kafka group.instance.id), unique per consumer process: a restarted consumer takes its partitions back at once; empty = dynamic membership (a restart waits out the 45 s session)", "default": "make up: consumer-1; else empty"})
     consumer_workers: int = field(metadata={"env": "CONSUMER_WORKERS", "doc": "Consumer processes in the group (at most KAFKA_PARTITIONS); worker I serves metrics on CONSUMER_METRICS_PORT + 100·I", "default": "1"})
+    consumer_max_lateness_s: int = field(metadata={"env": "CONSUMER_MAX_LATENESS_S", "doc": "A trade older than its symbol's newest stored trade by more is dead-lettered as late", "default": "300"})
+    consumer_max_id_distance: int = field(metadata={"env": "CONSUMER_MAX_ID_DISTANCE", "doc": "A trade id farther from its symbol's newest stored id is dead-lettered", "default": "100000000"})
     producer_stall_timeout_s: float = field(metadata={"env": "PRODUCER_STALL_TIMEOUT_S", "doc": "Reconnect when no frame (data or ping) came for this long", "default": "60"})
     producer_workers: int = field(metadata={"env": "PRODUCER_WORKERS", "doc": "Producer processes, SYMBOLS shared out among them (at most one per symbol); worker I serves metrics on PRODUCER_METRICS_PORT + 100·I", "default": "1"})
     producer_metrics_port: int = field(metadata={"env": "PRODUCER_METRICS_PORT", "doc": "Prometheus endpoint of the producer", "default": "9101"})
@@ -260,6 +262,8 @@ class PlatformSettings:
             dead_letter_max_bytes=_env_int("DEAD_LETTER_MAX_BYTES", 65536, minimum=0),
             consumer_instance_id=_env("CONSUMER_INSTANCE_ID", ""),
             consumer_workers=consumer_workers,
+            consumer_max_lateness_s=_env_int("CONSUMER_MAX_LATENESS_S", 300, minimum=0),
+            consumer_max_id_distance=_env_int("CONSUMER_MAX_ID_DISTANCE", 100_000_000, minimum=1),
             producer_stall_timeout_s=_env_float("PRODUCER_STALL_TIMEOUT_S", 60.0, minimum=0.1),
             producer_workers=producer_workers,
             producer_metrics_port=_env_port("PRODUCER_METRICS_PORT", 9101),

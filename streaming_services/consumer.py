@@ -6,6 +6,10 @@ dead letter's (topic, partition, offset)); Kafka offsets are committed only afte
 A crash anywhere replays at most the uncommitted batch, which the unique keys absorb. The same transaction
 records where each partition's writes reached (``stock.consumer_offsets``), which a point-in-time restore
 rewinds the group to.
+
+Valid trades are also judged against what is stored (``admission.py``): conflicting duplicates, another
+source, ids far from the symbol's range and late trades become dead letters with their reason. Market
+clock messages update ``stock.market_clock`` in the same transaction as the trades before them.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from psycopg2.pool import ThreadedConnectionPool
 from crypto_platform.credentials import INGEST_WRITER, role_database_url
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings, SettingsError
-from streaming_services.messages import InvalidMessage, TradeMessage, parse_trade_message, utc_text
+from streaming_services.admission import DEFAULT_LIMITS, Limits, StoredSymbol, judge
+from streaming_services.messages import InvalidMessage, MarketClock, TradeMessage, parse_message, utc_text
 from streaming_services.startup import StartupError, start_metrics, wait_for_kafka, worker_argument
 
 RETRY_INITIAL_S = 0.5
@@ -76,6 +81,27 @@ INSERT INTO stock.real_time_prices (symbol, price, timestamp, event_time, volume
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (symbol, agg_trade_id) DO NOTHING
 """
+# Writers of one symbol take turns (a rebalance can briefly give a partition to two consumers), so each
+# judges its batch against what the other committed. Locks are taken in symbol order: no deadlock.
+LOCK_SYMBOLS = "SELECT pg_advisory_xact_lock(hashtext('real_time_prices:' || symbol)) FROM unnest(%s::text[]) AS s(symbol)"
+NEWEST_STORED = """
+SELECT s.symbol, r.agg_trade_id, r.timestamp, r.source, c.closed_until_ms
+FROM unnest(%s::text[]) AS s(symbol)
+CROSS JOIN LATERAL (SELECT agg_trade_id, timestamp, source FROM stock.real_time_prices p
+                    WHERE p.symbol = s.symbol ORDER BY agg_trade_id DESC LIMIT 1) AS r
+LEFT JOIN stock.market_clock c ON c.symbol = s.symbol AND c.source = r.source
+"""
+EXISTING_ROWS = """
+SELECT p.symbol, p.price, p.volume, p.timestamp, p.agg_trade_id, p.first_trade_id, p.last_trade_id,
+       p.is_buyer_maker, p.source
+FROM unnest(%s::text[], %s::bigint[]) AS k(symbol, agg_trade_id)
+JOIN stock.real_time_prices p ON p.symbol = k.symbol AND p.agg_trade_id = k.agg_trade_id
+"""
+CLOCKS = """
+INSERT INTO stock.market_clock (source, symbol, closed_until_ms) VALUES %s
+ON CONFLICT (source, symbol) DO UPDATE SET closed_until_ms = EXCLUDED.closed_until_ms, updated_at = now()
+WHERE stock.market_clock.closed_until_ms < EXCLUDED.closed_until_ms
+"""
 DEAD_LETTERS = ('INSERT INTO stock.rejected_messages (topic, partition, "offset", message_key, raw_payload,'
                 " payload_bytes, payload_sha256, error)"
                 " VALUES %s ON CONFLICT (topic, partition, \"offset\") DO NOTHING")
@@ -85,7 +111,9 @@ CONSUMER_OFFSETS = ("INSERT INTO stock.consumer_offsets (topic, partition, next_
 
 
 class Accepted(msgspec.Struct, frozen=True):
-    trade: TradeMessage
+    """A valid message: a trade, or a market clock (``trade`` holds either)."""
+
+    trade: TradeMessage | MarketClock
     topic: str
     partition: int
     offset: int
@@ -105,7 +133,7 @@ def classify(records: Iterable, known_symbols: frozenset[str], now_ms: int) -> t
     accepted, rejected = [], []
     for record in records:
         try:
-            trade = parse_trade_message(record.value, known_symbols, now_ms)
+            trade = parse_message(record.value, known_symbols, now_ms)
             accepted.append(Accepted(trade, record.topic, record.partition, record.offset))
         except InvalidMessage as exc:
             rejected.append(Rejected(record.topic, record.partition, record.offset, record.key,
@@ -152,13 +180,24 @@ def _row(trade: TradeMessage) -> tuple:
             trade.first_trade_id, trade.last_trade_id, trade.trades, trade.is_buyer_maker, trade.source)
 
 
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What one batch did: new trades, identical re-reads skipped, trades dead-lettered by the writer."""
+
+    written: int
+    duplicates: int = 0
+    refused: tuple[Rejected, ...] = ()
+
+
 class TradeWriter:
     """Writes one batch per transaction through a small connection pool."""
 
-    def __init__(self, database_url: str, max_connections: int = 2, dead_letter_max_bytes: int = 65536) -> None:
+    def __init__(self, database_url: str, max_connections: int = 2, dead_letter_max_bytes: int = 65536,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.database_url = database_url
         self.max_connections = max_connections
         self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.limits = limits
         self._pool: ThreadedConnectionPool | None = None
 
     def _connection(self):
@@ -170,19 +209,13 @@ class TradeWriter:
         if self._pool is not None:
             self._pool.putconn(connection, close=broken)
 
-    def write(self, accepted: list[Accepted], rejected: list[Rejected]) -> int:
-        """Returns how many trades were new. Rows PostgreSQL itself refuses become dead letters too."""
+    def write(self, accepted: list[Accepted], rejected: list[Rejected]) -> WriteOutcome:
+        """Trades that ``admission.judge`` refuses and rows PostgreSQL itself refuses become dead letters too."""
         connection = self._connection()
         broken = False
         positions = next_offsets(accepted, rejected)
         try:
-            try:
-                written = self._write_batch(connection, accepted, rejected, positions)
-            except ROW_ERRORS:
-                connection.rollback()
-                written, refused = self._write_one_by_one(connection, accepted)
-                written += self._write_batch(connection, [], rejected + refused, positions)
-            return written
+            return self._write_batch(connection, accepted, rejected, positions)
         except CONNECTION_ERRORS:
             broken = True
             raise
@@ -190,16 +223,58 @@ class TradeWriter:
             self._release(connection, broken)
 
     def _write_batch(self, connection, accepted: list[Accepted], rejected: list[Rejected],
-                     positions: list[tuple[str, int, int]]) -> int:
+                     positions: list[tuple[str, int, int]]) -> WriteOutcome:
         with connection, connection.cursor() as cursor:
-            written = 0
-            if accepted:
-                written = self._copy(cursor, encode_copy_rows(item.trade for item in accepted))
-            if rejected:
-                execute_values(cursor, DEAD_LETTERS, [dead_letter_row(r, self.dead_letter_max_bytes) for r in rejected])
+            written, duplicates, refused = 0, 0, []
+            trades = [item for item in accepted if isinstance(item.trade, TradeMessage)]
+            if trades:
+                new, duplicates, refused = self._admit(cursor, trades)
+                written = self._insert(cursor, new, refused) if new else 0
+            clocks: dict[tuple[str, str], int] = {}
+            for item in accepted:
+                if isinstance(item.trade, MarketClock):
+                    key = (item.trade.source, item.trade.symbol)
+                    clocks[key] = max(clocks.get(key, 0), item.trade.closed_until_ms)
+            if clocks:
+                execute_values(cursor, CLOCKS, [(source, symbol, ms) for (source, symbol), ms in clocks.items()])
+            if rejected or refused:
+                execute_values(cursor, DEAD_LETTERS, [dead_letter_row(r, self.dead_letter_max_bytes)
+                                                      for r in rejected + refused])
             if positions:
                 execute_values(cursor, CONSUMER_OFFSETS, positions)
+            return WriteOutcome(written, duplicates, tuple(refused))
+
+    def _admit(self, cursor, trades: list[Accepted]) -> tuple[list[Accepted], int, list[Rejected]]:
+        """Judges the batch against the stored rows of its symbols (``admission.judge``), under their locks."""
+        symbols = sorted({item.trade.symbol for item in trades})
+        cursor.execute(LOCK_SYMBOLS, (symbols,))
+        cursor.execute(NEWEST_STORED, (symbols,))
+        stored = {symbol: StoredSymbol(agg_id, ms, source, closed)
+                  for symbol, agg_id, ms, source, closed in cursor.fetchall()}
+        candidates = [item.trade for item in trades
+                      if item.trade.symbol in stored and item.trade.agg_trade_id <= stored[item.trade.symbol].newest_id]
+        existing = {}
+        if candidates:
+            cursor.execute(EXISTING_ROWS, ([t.symbol for t in candidates], [t.agg_trade_id for t in candidates]))
+            for row in cursor.fetchall():
+                existing[(row[0], row[4])] = TradeMessage(*row)
+        verdicts = judge([item.trade for item in trades], stored, existing, self.limits)
+        refused = [Rejected(trades[index].topic, trades[index].partition, trades[index].offset,
+                            trades[index].trade.key, trades[index].trade.to_json(), reason)
+                   for index, reason in verdicts.refused]
+        return [trades[index] for index in verdicts.new], verdicts.duplicates, refused
+
+    def _insert(self, cursor, new: list[Accepted], refused: list[Rejected]) -> int:
+        """All rows at once; if PostgreSQL refuses one (a defect of validation), one by one, adding the rows it
+        refuses to ``refused`` so that they cannot stall the stream."""
+        cursor.execute("SAVEPOINT whole_batch")
+        try:
+            written = self._copy(cursor, encode_copy_rows(item.trade for item in new))
+            cursor.execute("RELEASE SAVEPOINT whole_batch")
             return written
+        except ROW_ERRORS:
+            cursor.execute("ROLLBACK TO SAVEPOINT whole_batch")
+        return self._write_one_by_one(cursor, new, refused)
 
     @staticmethod
     def _copy(cursor, rows: bytes) -> int:
@@ -218,21 +293,20 @@ class TradeWriter:
         cursor.execute(MERGE)
         return cursor.rowcount
 
-    def _write_one_by_one(self, connection, accepted: list[Accepted]) -> tuple[int, list[Rejected]]:
-        """Isolates the rows PostgreSQL refuses (a defect of validation) so they cannot stall the stream."""
-        written, refused = 0, []
-        with connection, connection.cursor() as cursor:
-            for item in accepted:
-                cursor.execute("SAVEPOINT one_row")
-                try:
-                    cursor.execute(INSERT_ONE, _row(item.trade))
-                    written += cursor.rowcount
-                    cursor.execute("RELEASE SAVEPOINT one_row")
-                except ROW_ERRORS as exc:
-                    cursor.execute("ROLLBACK TO SAVEPOINT one_row")
-                    refused.append(Rejected(item.topic, item.partition, item.offset, item.trade.key,
-                                            item.trade.to_json(), f"refused by PostgreSQL: {str(exc).strip()[:300]}"))
-        return written, refused
+    @staticmethod
+    def _write_one_by_one(cursor, new: list[Accepted], refused: list[Rejected]) -> int:
+        written = 0
+        for item in new:
+            cursor.execute("SAVEPOINT one_row")
+            try:
+                cursor.execute(INSERT_ONE, _row(item.trade))
+                written += cursor.rowcount
+                cursor.execute("RELEASE SAVEPOINT one_row")
+            except ROW_ERRORS as exc:
+                cursor.execute("ROLLBACK TO SAVEPOINT one_row")
+                refused.append(Rejected(item.topic, item.partition, item.offset, item.trade.key,
+                                        item.trade.to_json(), f"refused by PostgreSQL: {str(exc).strip()[:300]}"))
+        return written
 
     def close(self) -> None:
         if self._pool is not None:
@@ -252,6 +326,7 @@ class ConsumerConfig:
     poll_timeout_ms: int = 500
     instance_id: str | None = None
     dead_letter_max_bytes: int = 65536
+    limits: Limits = DEFAULT_LIMITS
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings, worker: int = 0) -> ConsumerConfig:
@@ -262,7 +337,8 @@ class ConsumerConfig:
         return cls(settings.kafka_bootstrap_servers, settings.kafka_topic, settings.consumer_group,
                    role_database_url(settings, INGEST_WRITER), frozenset(settings.symbols), settings.consumer_batch_size,
                    settings.consumer_check_crcs, instance_id=instance_id or None,
-                   dead_letter_max_bytes=settings.dead_letter_max_bytes)
+                   dead_letter_max_bytes=settings.dead_letter_max_bytes,
+                   limits=Limits(settings.consumer_max_id_distance, settings.consumer_max_lateness_s * 1000))
 
 
 class PricesConsumer:
@@ -270,7 +346,8 @@ class PricesConsumer:
 
     def __init__(self, config: ConsumerConfig) -> None:
         self.config = config
-        self.writer = TradeWriter(config.database_url, dead_letter_max_bytes=config.dead_letter_max_bytes)
+        self.writer = TradeWriter(config.database_url, dead_letter_max_bytes=config.dead_letter_max_bytes,
+                                  limits=config.limits)
         self.kafka = KafkaConsumer(
             bootstrap_servers=config.bootstrap_servers, group_id=config.group,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=config.batch_size,
@@ -351,17 +428,18 @@ class PricesConsumer:
             return
         future, records, accepted, rejected = self._in_flight
         self._in_flight = None
-        written = future.result()
-        if written is None:
+        outcome = future.result()
+        if outcome is None:
             return
         committed_at = time.time()
         for item in accepted:
-            END_TO_END.observe(max(0.0, committed_at - item.trade.timestamp / 1000))
+            if isinstance(item.trade, TradeMessage):
+                END_TO_END.observe(max(0.0, committed_at - item.trade.timestamp / 1000))
         BATCH_SIZE.observe(len(records))
-        RESULTS.labels("written").inc(written)
-        RESULTS.labels("duplicate").inc(len(accepted) - written)
-        RESULTS.labels("rejected").inc(len(rejected))
-        for item in rejected:
+        RESULTS.labels("written").inc(outcome.written)
+        RESULTS.labels("duplicate").inc(outcome.duplicates)
+        RESULTS.labels("rejected").inc(len(rejected) + len(outcome.refused))
+        for item in [*rejected, *outcome.refused]:
             log.info("message dead-lettered", extra={"partition": item.partition, "offset": item.offset,
                                                      "reason": item.error[:200]})
         self._commit(records)
@@ -377,7 +455,7 @@ class PricesConsumer:
             # The group moved on (rebalance): the new owner re-reads this batch and the unique keys absorb it.
             log.warning("offset commit failed; batch will be re-read", extra={"error": repr(exc)[:200]})
 
-    def _write_with_retry(self, accepted: list[Accepted], rejected: list[Rejected]) -> int | None:
+    def _write_with_retry(self, accepted: list[Accepted], rejected: list[Rejected]) -> WriteOutcome | None:
         delay = RETRY_INITIAL_S
         while True:
             try:

@@ -28,6 +28,12 @@ EARLIEST_TRADE_MS = 1_498_867_200_000
 MAX_CLOCK_SKEW_MS = 24 * 3600 * 1000
 MAX_SOURCE_LENGTH = 16
 MAX_TRADES_PER_AGGREGATE = 2**31 - 1  # the trades column is an INTEGER
+# price × volume of one trade. The candle job sums it as Spark's DecimalType(38, 16) (22 integer digits,
+# crypto_assets/transforms.py QUOTE, and NUMERIC(38, 16) columns): below 10^14 a trade leaves room for
+# 10^8 trades in one sum (a minute, or the 24 hours of latest_prices), so whatever passes can be aggregated.
+# Volumes alike: NUMERIC(20, 8) per trade (< 10^12) summed as DecimalType(28, 8) (< 10^20) fits 10^8 trades.
+MAX_TRADE_QUOTE = Decimal(10) ** 14
+MARKET_CLOCK_EVENT = "marketClock"
 
 
 class InvalidMessage(ValueError):
@@ -150,6 +156,27 @@ def decode_agg_trade_frame(raw: bytes, source: str) -> TradeMessage | None:
         return None
 
 
+class MarketClock(msgspec.Struct, frozen=True):
+    """The exchange's clock for one symbol: every trade of ``symbol`` from ``source`` with a trade time
+    before ``closed_until_ms`` has been sent before this message, on the same partition (key = symbol).
+
+    The producer sends it on Binance's closing kline (``x: true``) once Kafka acknowledged every trade up to
+    that kline's last trade id; the consumer keeps the greatest value in ``stock.market_clock``.
+    """
+
+    symbol: str
+    closed_until_ms: int
+    source: str
+
+    @property
+    def key(self) -> bytes:
+        return self.symbol.encode()
+
+    def to_json(self) -> bytes:
+        return json.dumps({"e": MARKET_CLOCK_EVENT, "s": self.symbol, "closedUntil": self.closed_until_ms,
+                           "source": self.source}, separators=(",", ":")).encode()
+
+
 def _reject_constant(name: str) -> Any:
     raise InvalidMessage(f"{name} is not a number")
 
@@ -234,7 +261,8 @@ def _decode_valid(raw: bytes, known_symbols: frozenset[str], now_ms: int) -> Tra
     span = wire.last_trade_id - wire.first_trade_id + 1
     if (wire.symbol in known_symbols and EARLIEST_TRADE_MS <= wire.timestamp <= now_ms + MAX_CLOCK_SKEW_MS
             and 1 <= span <= MAX_TRADES_PER_AGGREGATE and (wire.trades is msgspec.UNSET or wire.trades == span)
-            and wire.source.isprintable() and _exact_amount(wire.price) and _exact_amount(wire.volume)):
+            and wire.source.isprintable() and _exact_amount(wire.price) and _exact_amount(wire.volume)
+            and wire.price * wire.volume < MAX_TRADE_QUOTE):
         return TradeMessage(wire.symbol, wire.price, wire.volume, wire.timestamp, wire.agg_trade_id,
                             wire.first_trade_id, wire.last_trade_id, wire.is_buyer_maker, wire.source)
     return None
@@ -248,6 +276,36 @@ def parse_trade_message(raw: bytes | None, known_symbols: frozenset[str], now_ms
         raise InvalidMessage(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     trade = _decode_valid(raw, known_symbols, now_ms)
     return trade if trade is not None else _parse_with_reasons(raw, known_symbols, now_ms)
+
+
+def parse_message(raw: bytes | None, known_symbols: frozenset[str], now_ms: int) -> TradeMessage | MarketClock:
+    """A trade or a market clock; raises ``InvalidMessage`` with the reason for anything unusable."""
+    try:
+        return parse_trade_message(raw, known_symbols, now_ms)
+    except InvalidMessage:
+        clock = _market_clock(raw or b"", known_symbols, now_ms)
+        if clock is None:
+            raise
+        return clock
+
+
+def _market_clock(raw: bytes, known_symbols: frozenset[str], now_ms: int) -> MarketClock | None:
+    """The market clock ``raw`` holds, ``None`` if it is not one; ``InvalidMessage`` if it is a bad one."""
+    try:
+        doc = _DECODER.decode(raw.decode("utf-8"))
+    except (InvalidMessage, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("e") != MARKET_CLOCK_EVENT:
+        return None
+    symbol, source = doc.get("s"), doc.get("source")
+    if not isinstance(symbol, str) or symbol not in known_symbols:
+        raise InvalidMessage(f"unknown symbol {str(symbol)[:40]!r}")
+    if not isinstance(source, str) or not source or len(source) > MAX_SOURCE_LENGTH or not source.isprintable():
+        raise InvalidMessage(f"source must be 1 to {MAX_SOURCE_LENGTH} printable characters")
+    closed_until = _integer(doc, "closedUntil")
+    if not EARLIEST_TRADE_MS <= closed_until <= now_ms + MAX_CLOCK_SKEW_MS:
+        raise InvalidMessage(f"closedUntil={closed_until} is not a plausible market time")
+    return MarketClock(symbol, closed_until, source)
 
 
 def _parse_with_reasons(raw: bytes, known_symbols: frozenset[str], now_ms: int) -> TradeMessage:
@@ -307,4 +365,7 @@ def check_trade(trade: TradeMessage, known_symbols: frozenset[str], now_ms: int)
         raise InvalidMessage(f"source must be 1 to {MAX_SOURCE_LENGTH} printable characters")
     _check_amount("price", trade.price)
     _check_amount("volume", trade.volume)
+    if trade.price * trade.volume >= MAX_TRADE_QUOTE:
+        raise InvalidMessage(f"price × volume = {trade.price * trade.volume} is not below {MAX_TRADE_QUOTE:.0e}: the"
+                             " candle job could not aggregate it (DecimalType(38, 16) sums)")
     return trade
