@@ -114,3 +114,15 @@ def test_a_bad_file_is_one_feed_error_naming_it(tmp_path: Path, kind: str) -> No
         load_files([path])
     message = str(error.value)
     assert str(path) in message and "\n" not in message, message
+
+
+def test_a_file_is_read_under_the_symbol_of_symbols_its_name_carries(tmp_path: Path) -> None:
+    """Failed on the old code: the name gave the symbol DERIVED, and the server replaced XRPETH by a
+    synthetic market without a word."""
+    path = tmp_path / "derived_XRPETH-aggTrades-2019-10-11_to_2019-10-13.csv"
+    path.write_text(AGG_ROWS)
+    assert {t.symbol for t in read_binance_file(path, ("BTCUSDT", "XRPETH"))} == {"XRPETH"}
+    assert set(load_files([path], ("XRPETH",))) == {"XRPETH"}
+    with pytest.raises(FeedError, match=r"^REPLAY_FILES: derived_XRPETH-aggTrades-2019-10-11_to_2019-10-13.csv names"
+                                        r" none of SYMBOLS=BTCUSDT; rename it"):
+        read_binance_file(path, ("BTCUSDT",))

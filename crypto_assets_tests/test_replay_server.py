@@ -60,8 +60,12 @@ def test_combined_stream_frames_and_rest_backfill_have_binances_shape(server) ->
 
 @pytest.mark.parametrize(
     ("query", "code"),
-    [("symbol=NOPE", -1121), ("symbol=BTCUSDT&limit=1001", -1100), ("symbol=BTCUSDT&fromId=x", -1100),
-     ("symbol=BTCUSDT&startTime=0&endTime=3600001", -1127)],
+    [("symbol=NOPE", -1121), ("symbol=BTCUSDT&limit=1001", -1130), ("symbol=BTCUSDT&fromId=x", -1100),
+     ("symbol=BTCUSDT&startTime=0&endTime=3600001", -1127),
+     # Failed on the old code, which answered these with trades (int() takes them):
+     ("symbol=BTCUSDT&limit=0", -1130), ("symbol=BTCUSDT&limit=1_0", -1100), ("symbol=BTCUSDT&limit=%D9%A1%D9%A0", -1100),
+     ("symbol=BTCUSDT&fromId=-1", -1100), ("symbol=BTCUSDT&fromId=%2B5", -1100), ("symbol=BTCUSDT&fromId=%205", -1100),
+     ("symbol=BTCUSDT&fromId=3071245_454", -1100)],
 )
 def test_rest_errors_as_binance_answers_them(server, query: str, code: int) -> None:
     status, body = _get(f"{server[2]}/api/v3/aggTrades?{query}")
@@ -83,6 +87,81 @@ def test_raw_stream_and_live_subscription(server) -> None:
     ws.close()
     assert reply == {"result": None, "id": 1}
     assert seen == {"BTCUSDT", "ETHUSDT"}
+
+
+def _answers(ws: websocket.WebSocket, requests: list[object]) -> list[dict]:
+    """Sends each request (an object as JSON, a str as is) and returns the answer frames, skipping events."""
+    answers = []
+    for request in requests:
+        ws.send(request if isinstance(request, str) else json.dumps(request))
+        while True:
+            message = json.loads(ws.recv())
+            if "result" in message or "error" in message:
+                answers.append(message)
+                break
+        time.sleep(0.25)  # Binance's limit: 5 incoming messages a second
+    return answers
+
+
+@pytest.mark.parametrize("path", ["/ws", "/stream"])
+def test_a_client_subscribes_by_message_on_a_bare_connection(server, path: str) -> None:
+    """Binance's live subscribing on ``/ws`` or ``/stream`` with no stream in the path, and error frames
+    for bad requests with the connection kept. Failed on the old code: /ws was a 404, non-list params
+    closed the socket with a TypeError, and SUBSCRIBE bypassed the 1,024-stream cap."""
+    _, ws_url, _ = server
+    ws = websocket.create_connection(f"{ws_url}{path}", timeout=10)
+    subscribed = _answers(ws, [{"method": "SUBSCRIBE", "params": ["btcusdt@aggTrade"], "id": 1}])
+    deadline = time.monotonic() + 10
+    event = {}
+    while time.monotonic() < deadline and event.get("e") != "aggTrade":
+        message = json.loads(ws.recv())
+        event = message.get("data", message)
+    answers = _answers(ws, [
+        {"method": "LIST_SUBSCRIPTIONS", "id": "list1"},
+        {"method": "SUBSCRIBE", "params": "btcusdt@aggTrade", "id": 2},
+        {"method": "SUBSCRIBE", "params": [f"s{i}usdt@aggTrade" for i in range(1024)], "id": 3},
+        {"method": "SUBSCRIBE", "params": ["ethusdt@aggTrade"], "id": True},
+        {"method": "FETCH", "params": [], "id": 4},
+        "{not json",
+        {"method": "UNSUBSCRIBE", "params": ["btcusdt@aggTrade"], "id": 5},
+        {"method": "LIST_SUBSCRIPTIONS", "id": 6},
+    ])
+    ws.close()
+    assert subscribed == [{"result": None, "id": 1}]
+    assert event["e"] == "aggTrade" and event["s"] == "BTCUSDT"
+    assert answers[0] == {"result": ["btcusdt@aggtrade"], "id": "list1"}
+    assert [(a["error"]["code"], a["id"]) for a in answers[1:6]] == [(2, 2), (2, 3), (2, None), (2, 4), (3, None)]
+    assert "list of stream names" in answers[1]["error"]["msg"]
+    assert "at most 1024" in answers[2]["error"]["msg"]
+    assert answers[4]["error"]["msg"].startswith("Invalid request: unknown variant")
+    assert answers[5]["error"]["msg"].startswith("Invalid JSON")
+    assert answers[6:] == [{"result": None, "id": 5}, {"result": [], "id": 6}]
+
+
+def test_closing_klines_come_every_minute_also_for_a_quiet_symbol(shared_data: Path) -> None:
+    """At 600x, the 7-minute recording is through in about a second; klines keep closing after it, empty.
+    Failed on the old code: there was no kline stream."""
+    from streaming_services.feeds import read_binance_file
+
+    trades = read_binance_file(shared_data / BTC_2023)
+    replay = ReplayServer(ReplayConfig(symbols=("BTCUSDT",), files=(shared_data / BTC_2023,), port=0, speed=600,
+                                       retime=False))
+    ws_url, _ = replay.start_in_thread()
+    try:
+        ws = websocket.create_connection(f"{ws_url}/ws/btcusdt@kline_1m", timeout=10)
+        klines = []
+        while len(klines) < 12:
+            klines.append(json.loads(ws.recv())["k"])
+        ws.close()
+    finally:
+        replay.stop_thread()
+    assert all(k["x"] is True and k["i"] == "1m" and k["T"] == k["t"] + 59_999 for k in klines)
+    assert [k["t"] for k in klines] == list(range(klines[0]["t"], klines[0]["t"] + 12 * 60_000, 60_000))
+    for kline in klines:
+        minute = [t for t in trades if kline["t"] <= t.time_ms <= kline["T"]]
+        assert kline["n"] == len(minute)
+        assert (kline["f"], kline["L"]) == ((minute[0].first_id, minute[-1].last_id) if minute else (-1, -1))
+    assert klines[-1]["n"] == 0 and klines[-1]["c"] == trades[-1].price and klines[-1]["v"] == "0.00000000"
 
 
 def test_too_many_streams_or_requests_close_the_connection(server) -> None:

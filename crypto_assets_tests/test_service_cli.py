@@ -47,6 +47,30 @@ def test_a_bad_setting_is_one_line_and_exit_code_2(module: str, tmp_path: Path) 
     assert result.stderr.strip().splitlines() == [f"{module.replace('_', '-')}: REPLAY_SPEED='fast' is not a number"]
 
 
+def test_a_replay_file_naming_no_symbol_of_symbols_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Failed on the old code: the server started and streamed a synthetic XRPETH instead of the file."""
+    path = tmp_path / "derived_XRPETH-aggTrades-2019-10-11_to_2019-10-13.csv"
+    path.write_text("26129,0.01633102,4.70443515,27781,27781,1498793709153,True,True\n")
+    result = run("replay_server", service_env(tmp_path, REPLAY_FILES=str(path), SYMBOLS="BTCUSDT,ETHUSDT"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"replay-server: REPLAY_FILES: {path.name} names none of SYMBOLS=BTCUSDT,ETHUSDT; rename it to"
+        " <SYMBOL>-aggTrades-<date>.csv with one of them"]
+
+
+def test_a_producer_refuses_the_state_of_another_source_in_one_line(tmp_path: Path) -> None:
+    """Failed on the old code: SOURCE=binance reused the replay's acked.json (backfilling Binance from
+    meaningless ids, or dropping live trades as already sent)."""
+    state = tmp_path / "producer" / "acked.json"
+    state.parent.mkdir(parents=True)
+    state.write_text('{"source": "replay", "acked": {"BTCUSDT": 3071248597}}')
+    result = run("producer", service_env(tmp_path, SOURCE="binance"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"producer: {state} holds the positions of SOURCE=replay, not SOURCE=binance: sources never mix;"
+        " use another STATE_DIR (or `make clean`) before switching SOURCE"]
+
+
 @pytest.mark.parametrize("module", sorted(SERVICES))
 def test_a_taken_port_names_the_variable_to_change(module: str, tmp_path: Path, taken_port: int) -> None:
     variable = SERVICES[module]

@@ -116,7 +116,7 @@ def test_producer_and_consumer_workers_killed_and_restarted_keep_every_trade_onc
             starts = {symbol: min(agg_id for s, agg_id in expected if s == symbol) - 1
                       for symbol in worker_symbols(SYMBOLS, worker, PRODUCERS) if symbol in file_symbols}
             acked_path(state_dir, worker).parent.mkdir(parents=True, exist_ok=True)
-            acked_path(state_dir, worker).write_text(json.dumps(starts))
+            acked_path(state_dir, worker).write_text(json.dumps({"source": settings.source, "acked": starts}))
             producers.start(worker)
         url = settings.database_url
         wait_until(lambda: len(stored_trades(url)) > 1000, 240, "the first thousand trades")
@@ -146,7 +146,7 @@ def test_producer_and_consumer_workers_killed_and_restarted_keep_every_trade_onc
         assert first == list(range(first[0], first[0] + len(first))), f"{symbol}: ids out of order or missing"
     for worker in range(PRODUCERS):
         path = acked_path(state_dir, worker)
-        assert set(json.loads(path.read_text())) == set(worker_symbols(SYMBOLS, worker, PRODUCERS)), path
+        assert set(json.loads(path.read_text())["acked"]) == set(worker_symbols(SYMBOLS, worker, PRODUCERS)), path
 
 
 @pytest.mark.slow

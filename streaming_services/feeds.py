@@ -14,12 +14,14 @@ import random
 import re
 import zipfile
 import zlib
+from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
+MINUTE_MS = 60_000
 MICROSECOND_THRESHOLD = 10**14  # epoch ms stay below this until the year 5138; µs are above it
 SYMBOL_IN_NAME = re.compile(r"(?:^|[_-])([A-Z0-9]{5,20})(?=[_-])")
 PLAIN_DECIMAL = re.compile(r"\d{1,20}(?:\.\d{1,20})?")  # how Binance writes prices and quantities
@@ -65,11 +67,20 @@ class AggTrade:
                 "T": self.time_ms, "m": self.is_buyer_maker, "M": True}
 
 
-def symbol_from_filename(path: Path) -> str:
-    match = SYMBOL_IN_NAME.search(path.name.upper())
-    if match is None:
-        raise FeedError(f"{path}: no symbol in the file name (expected e.g. BTCUSDT-aggTrades-2024-01-01.csv)")
-    return match.group(1)
+def symbol_from_filename(path: Path, symbols: Iterable[str] | None = None) -> str:
+    """The symbol a Binance file's name carries; with ``symbols``, the one of them it names, or a FeedError."""
+    name = path.name.upper()
+    if symbols is None:
+        match = SYMBOL_IN_NAME.search(name)
+        if match is None:
+            raise FeedError(f"{path}: no symbol in the file name (expected e.g. BTCUSDT-aggTrades-2024-01-01.csv)")
+        return match.group(1)
+    wanted = tuple(symbols)
+    named = [token for token in re.split(r"[^A-Z0-9]+", name) if token in wanted]
+    if len(set(named)) != 1:
+        raise FeedError(f"REPLAY_FILES: {path.name} names {'several' if named else 'none'} of SYMBOLS="
+                        f"{','.join(wanted)}; rename it to <SYMBOL>-aggTrades-<date>.csv with one of them")
+    return named[0]
 
 
 def _to_ms(raw: str) -> int:
@@ -116,12 +127,12 @@ def parse_rows(symbol: str, rows: Iterable[list[str]], origin: str) -> list[AggT
     return sorted((trade for _line, trade in iter_rows(symbol, rows, origin)), key=lambda t: t.agg_id)
 
 
-def iter_binance_file(path: Path) -> Iterator[tuple[str, int, AggTrade]]:
+def iter_binance_file(path: Path, symbols: Iterable[str] | None = None) -> Iterator[tuple[str, int, AggTrade]]:
     """A Binance trades or aggTrades file, ``.csv`` or ``.zip`` (every CSV inside), streamed in file order:
     (origin, line number, AggTrade), origin naming the file (and the member of a zip)."""
     if not path.is_file():
         raise FeedError(f"{path} is not a file")
-    symbol = symbol_from_filename(path)
+    symbol = symbol_from_filename(path, symbols)
     if path.suffix.lower() == ".zip":
         origin, line_number = str(path), 0
         try:
@@ -146,20 +157,93 @@ def iter_binance_file(path: Path) -> Iterator[tuple[str, int, AggTrade]]:
             raise FeedError(f"{path}:{line_number + 1}: not UTF-8 text ({exc.reason})") from None
 
 
-def read_binance_file(path: Path) -> list[AggTrade]:
-    """A Binance trades or aggTrades file, ``.csv`` or ``.zip`` (every CSV inside), sorted by agg id."""
+def read_binance_file(path: Path, symbols: Iterable[str] | None = None) -> list[AggTrade]:
+    """A Binance trades or aggTrades file, ``.csv`` or ``.zip`` (every CSV inside), sorted by agg id, of the
+    symbol its name carries (with ``symbols``: of those, else a ``FeedError``)."""
     if not path.is_file():
         raise FeedError(f"REPLAY_FILES names {path}, which is not a file")
-    return sorted((trade for _origin, _line, trade in iter_binance_file(path)), key=lambda t: t.agg_id)
+    return sorted((trade for _origin, _line, trade in iter_binance_file(path, symbols)), key=lambda t: t.agg_id)
 
 
-def load_files(paths: Iterable[Path]) -> dict[str, list[AggTrade]]:
+def load_files(paths: Iterable[Path], symbols: Iterable[str] | None = None) -> dict[str, list[AggTrade]]:
     """Every file's trades by symbol; several files of one symbol are merged, duplicates dropped."""
     by_symbol: dict[str, dict[int, AggTrade]] = {}
     for path in paths:
-        for trade in read_binance_file(path):
+        for trade in read_binance_file(path, symbols):
             by_symbol.setdefault(trade.symbol, {})[trade.agg_id] = trade
     return {symbol: [trades[k] for k in sorted(trades)] for symbol, trades in by_symbol.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Kline:
+    """A closed one-minute kline as Binance's ``<symbol>@kline_1m`` stream sends it at the close (``x: true``).
+
+    ``first_id``/``last_id`` are *trade* ids (-1 both for a minute without trades, whose prices are the
+    previous close and whose volumes are zero).
+    """
+
+    symbol: str
+    open_ms: int
+    first_id: int
+    last_id: int
+    open: str
+    close: str
+    high: str
+    low: str
+    volume: Decimal
+    quote_volume: Decimal
+    taker_volume: Decimal
+    taker_quote_volume: Decimal
+    trades: int
+
+    def payload(self, event_time_ms: int) -> dict[str, Any]:
+        return {"e": "kline", "E": event_time_ms, "s": self.symbol, "k": {
+            "t": self.open_ms, "T": self.open_ms + MINUTE_MS - 1, "s": self.symbol, "i": "1m",
+            "f": self.first_id, "L": self.last_id, "o": self.open, "c": self.close, "h": self.high, "l": self.low,
+            "v": f"{self.volume:.8f}", "n": self.trades, "x": True, "q": f"{self.quote_volume:.8f}",
+            "V": f"{self.taker_volume:.8f}", "Q": f"{self.taker_quote_volume:.8f}", "B": "0"}}
+
+
+@dataclass
+class KlineBuilder:
+    """One symbol's one-minute klines from its trades (in id order), each closed once the clock passes its end."""
+
+    symbol: str
+    open_ms: int | None = None
+    last_close: str | None = None
+    pending: deque[AggTrade] = field(default_factory=deque)
+
+    def add(self, trade: AggTrade) -> None:
+        if self.open_ms is None:
+            self.open_ms = trade.time_ms - trade.time_ms % MINUTE_MS
+        self.pending.append(trade)
+
+    def close_until(self, clock_ms: int) -> list[Kline]:
+        """The klines of every minute that ended by ``clock_ms``, with or without trades, oldest first."""
+        closed: list[Kline] = []
+        while self.open_ms is not None and self.open_ms + MINUTE_MS <= clock_ms:
+            end = self.open_ms + MINUTE_MS
+            minute: list[AggTrade] = []
+            while self.pending and self.pending[0].time_ms < end:
+                minute.append(self.pending.popleft())
+            closed.append(self._kline(self.open_ms, minute))
+            self.open_ms = end
+        return closed
+
+    def _kline(self, open_ms: int, trades: list[AggTrade]) -> Kline:
+        if not trades:
+            zero = Decimal(0)
+            return Kline(self.symbol, open_ms, -1, -1, self.last_close, self.last_close, self.last_close,
+                         self.last_close, zero, zero, zero, zero, 0)
+        prices = [Decimal(t.price) for t in trades]
+        quotes = [Decimal(t.price) * Decimal(t.qty) for t in trades]
+        taker = [i for i, t in enumerate(trades) if not t.is_buyer_maker]
+        self.last_close = trades[-1].price
+        return Kline(self.symbol, open_ms, trades[0].first_id, trades[-1].last_id, trades[0].price,
+                     trades[-1].price, trades[prices.index(max(prices))].price,
+                     trades[prices.index(min(prices))].price, sum(Decimal(t.qty) for t in trades), sum(quotes),
+                     sum(Decimal(trades[i].qty) for i in taker), sum(quotes[i] for i in taker),
+                     sum(t.last_id - t.first_id + 1 for t in trades))
 
 
 def retime(trades: list[AggTrade], shift_ms: int) -> list[AggTrade]:

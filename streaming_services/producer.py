@@ -1,10 +1,16 @@
 """Binance producer: one combined-stream WebSocket for SYMBOLS → Kafka topic ``binance-prices`` (key = symbol).
 
 Nothing is lost: aggregate-trade ids are consecutive per symbol, so any jump (a reconnect, a rollover, a
-send that Kafka refused) is filled from REST ``/api/v3/aggTrades`` before newer trades are sent. The
-highest id Kafka acknowledged per symbol is kept in ``<state>/producer/acked.json``, so a restarted
-producer backfills what happened while it was down. Duplicates this may cause are absorbed downstream
-(the consumer writes idempotently on (symbol, agg_trade_id)).
+send that Kafka refused) is filled from REST ``/api/v3/aggTrades`` before newer trades are sent; a stop
+during that backfill sends nothing past the gap. Per symbol, the id up to which Kafka acknowledged every
+id sent (acknowledgements arrive out of order) is kept in ``<state>/producer/acked.json`` with the
+SOURCE it belongs to, so a restarted producer backfills what happened while it was down, and a producer of
+another SOURCE refuses to start on it. Duplicates this may cause are absorbed downstream (the consumer
+writes idempotently on (symbol, agg_trade_id)).
+
+Besides ``@aggTrade``, each symbol's ``@kline_1m`` stream is read: on a closing kline (``x: true``) the
+producer makes sure every trade up to the kline's last trade id was sent, and once Kafka acknowledged
+them all, sends a ``MarketClock`` (same key, so after those trades): the minute is complete.
 
 Scale-out: ``PRODUCER_WORKERS`` processes (``--worker I``) each stream ``SYMBOLS[I::PRODUCER_WORKERS]``, so a
 symbol is never in two workers; each keeps its own acknowledged ids (``acked.json`` for worker 0,
@@ -35,10 +41,12 @@ from prometheus_client import Counter, Histogram
 
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings, SettingsError
-from streaming_services.messages import InvalidMessage, TradeMessage, decode_agg_trade_frame
+from streaming_services.messages import InvalidMessage, MarketClock, TradeMessage, decode_agg_trade_frame
 from streaming_services.startup import StartupError, start_metrics, wait_for_kafka, worker_argument
 
 REST_PAGE = 1000
+MINUTE_MS = 60_000
+CLOCK_POLL_S = 0.05  # how often acknowledgements are checked while a market clock waits for them
 MALFORMED_KEY = b"malformed"
 
 log = logging.getLogger(__name__)
@@ -79,7 +87,7 @@ class ProducerConfig:
 
     @property
     def stream_url(self) -> str:
-        streams = "/".join(f"{symbol.lower()}@aggTrade" for symbol in self.symbols)
+        streams = "/".join(f"{symbol.lower()}@{kind}" for symbol in self.symbols for kind in ("aggTrade", "kline_1m"))
         return f"{self.ws_url}/stream?streams={streams}"
 
 
@@ -92,11 +100,27 @@ def acked_path(state_dir: Path, worker: int) -> Path:
     return state_dir / "producer" / ("acked.json" if worker == 0 else f"acked-{worker}.json")
 
 
-def load_acked_ids(path: Path, symbols: tuple[str, ...]) -> dict[str, int]:
+class StateError(StartupError):
+    """The producer's state belongs to another SOURCE, or cannot be read; the message says what to do."""
+
+
+def load_acked_ids(path: Path, symbols: tuple[str, ...], source: str) -> dict[str, int]:
     """This worker's acknowledged ids: its own file for its symbols; a symbol it got when PRODUCER_WORKERS
-    changed comes from the sibling file that has it (the highest, if several), so nothing is skipped."""
+    changed comes from the sibling file that has it (the highest, if several), so nothing is skipped.
+    Every file must belong to ``source`` (``StateError`` otherwise: sources never mix)."""
     def read(file: Path) -> dict[str, int]:
-        return json.loads(file.read_text()) if file.exists() else {}
+        if not file.exists():
+            return {}
+        try:
+            saved = json.loads(file.read_text())
+            saved_source, acked = saved["source"], saved["acked"]
+        except (ValueError, TypeError, KeyError):
+            raise StateError(f"{file} is not a producer state of this version (with its SOURCE); remove it"
+                             " and the market data, or use a fresh STATE_DIR, then start again") from None
+        if saved_source != source:
+            raise StateError(f"{file} holds the positions of SOURCE={saved_source}, not SOURCE={source}: sources"
+                             " never mix; use another STATE_DIR (or `make clean`) before switching SOURCE")
+        return {symbol: int(agg_id) for symbol, agg_id in acked.items()}
 
     own = {symbol: agg_id for symbol, agg_id in read(path).items() if symbol in symbols}
     for sibling in sorted(path.parent.glob("acked*.json")):
@@ -108,28 +132,52 @@ def load_acked_ids(path: Path, symbols: tuple[str, ...]) -> dict[str, int]:
 
 
 class AckedIds:
-    """Highest id per symbol that Kafka acknowledged with every lower id; persisted atomically."""
+    """Per symbol, the id up to which Kafka acknowledged every id sent; persisted atomically with its source.
 
-    def __init__(self, path: Path, symbols: tuple[str, ...]) -> None:
+    Acknowledgements arrive out of order (per partition, batches of several symbols): an id counts only once
+    every id sent before it is acknowledged, and a refused id holds the position below it until it is sent
+    again and acknowledged, so the saved position never passes an id Kafka has not confirmed.
+    """
+
+    def __init__(self, path: Path, symbols: tuple[str, ...], source: str) -> None:
         self.path = path
+        self.source = source
         self._lock = threading.Lock()
-        self._acked: dict[str, int] = load_acked_ids(path, symbols)
+        self._acked: dict[str, int] = load_acked_ids(path, symbols, source)
+        self._in_flight: dict[str, dict[int, bool]] = {}  # per symbol, in send order: id → acknowledged
         self._rewind: dict[str, int] = {}
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._acked)
 
+    def position(self, symbol: str) -> int | None:
+        with self._lock:
+            return self._acked.get(symbol)
+
+    def sent(self, symbol: str, agg_id: int) -> None:
+        """``agg_id`` was handed to Kafka (again, after a refusal: it keeps its place)."""
+        with self._lock:
+            self._in_flight.setdefault(symbol, {}).setdefault(agg_id, False)
+
     def acknowledge(self, symbol: str, agg_id: int) -> None:
         with self._lock:
-            if symbol not in self._rewind and agg_id > self._acked.get(symbol, -1):
-                self._acked[symbol] = agg_id
+            in_flight = self._in_flight.get(symbol, {})
+            if agg_id not in in_flight:
+                return
+            in_flight[agg_id] = True
+            while in_flight:
+                first = next(iter(in_flight))
+                if not in_flight[first]:
+                    break
+                del in_flight[first]
+                if first > self._acked.get(symbol, -1):
+                    self._acked[symbol] = first
 
     def refuse(self, symbol: str, agg_id: int) -> None:
-        """Kafka refused ``agg_id``: never count past it, and have it fetched again."""
+        """Kafka refused ``agg_id``: it stays unacknowledged in its place, and is fetched and sent again."""
         with self._lock:
             self._rewind[symbol] = min(self._rewind.get(symbol, agg_id), agg_id)
-            self._acked[symbol] = min(self._acked.get(symbol, agg_id - 1), agg_id - 1)
 
     def take_rewinds(self) -> dict[str, int]:
         with self._lock:
@@ -137,7 +185,7 @@ class AckedIds:
             return rewinds
 
     def save(self) -> None:
-        data = json.dumps(self.snapshot())
+        data = json.dumps({"source": self.source, "acked": self.snapshot()})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".tmp")
         partial.write_text(data)
@@ -178,8 +226,11 @@ class BinanceProducer:
             max_block_ms=config.max_block_ms, delivery_timeout_ms=120_000, client_id="binance-producer",
             partitioner=SymbolPartitioner(), metrics_enabled=False,
         )
-        self.acked = AckedIds(config.state_path, config.symbols)
+        self.acked = AckedIds(config.state_path, config.symbols, config.source)
         self.last_sent: dict[str, int] = self.acked.snapshot()
+        self.last_trade_id: dict[str, int] = {}  # the last (plain) trade id of the last aggregate sent
+        # Per symbol, market clocks waiting for Kafka to acknowledge every id up to theirs: (id, clock).
+        self._clocks: dict[str, list[tuple[int | None, MarketClock]]] = {}
         self._stop = threading.Event()
         self._ws: websocket.WebSocket | None = None
 
@@ -235,8 +286,10 @@ class BinanceProducer:
             self.catch_up()
             while not self._stop.is_set():
                 self._apply_rewinds()
+                self._send_due_clocks()
                 if time.monotonic() - connected > self.config.rollover_after_s:
                     raise StreamInterrupted("rollover")
+                ws.settimeout(CLOCK_POLL_S if self._clocks else 1)
                 try:
                     opcode, frame = ws.recv_data_frame(control_frame=True)
                 except websocket.WebSocketTimeoutException:
@@ -280,6 +333,15 @@ class BinanceProducer:
                 return
             except InvalidMessage:
                 pass
+        if event == "kline":
+            kline = payload.get("k")
+            try:
+                if kline["x"] is True:
+                    self.handle_closed_minute(str(kline["s"]).upper(), int(kline["t"]), int(kline["L"]),
+                                              int(kline["T"]) + 1)
+                return
+            except (KeyError, TypeError, ValueError):
+                pass
         # Malformed data from the exchange is kept, not dropped: the consumer dead-letters it with the reason.
         MESSAGES.labels("malformed").inc()
         self.kafka.send(self.config.topic, key=MALFORMED_KEY, value=raw)
@@ -288,9 +350,46 @@ class BinanceProducer:
         last = self.last_sent.get(trade.symbol)
         if last is not None and trade.agg_trade_id <= last:
             return
-        if last is not None and trade.agg_trade_id > last + 1:
+        if last is None:
+            # A symbol's first trade: its minute is sent whole, so that a market clock can vouch for it.
+            last = self._first_id_since(trade.symbol, trade.timestamp - trade.timestamp % MINUTE_MS) - 1
+        if trade.agg_trade_id > last + 1:
             self.backfill(trade.symbol, last + 1, trade.agg_trade_id)
         self.send(trade, "live")
+
+    def _first_id_since(self, symbol: str, start_ms: int) -> int:
+        """The first agg id at or after ``start_ms`` (REST by time); nothing there yet: a very high id."""
+        query = urllib.parse.urlencode({"symbol": symbol, "startTime": start_ms, "endTime": start_ms + MINUTE_MS - 1,
+                                        "limit": 1})
+        with urllib.request.urlopen(f"{self.config.rest_url}/api/v3/aggTrades?{query}", timeout=10) as response:
+            rows = json.load(response)
+        return int(rows[0]["a"]) if rows else 2**63 - 1
+
+    def handle_closed_minute(self, symbol: str, open_ms: int, last_trade_id: int, closed_until_ms: int) -> None:
+        """A closing kline: every trade up to its last trade id (-1 for a minute without trades) is sent, from
+        REST if the stream has not brought it yet; the clock follows once Kafka acknowledged all of them."""
+        if symbol not in self.config.symbols:
+            return
+        if last_trade_id >= 0 and self.last_trade_id.get(symbol, -1) < last_trade_id:
+            last = self.last_sent.get(symbol)
+            self.backfill(symbol, self._first_id_since(symbol, open_ms) if last is None else last + 1)
+        required = self.last_sent.get(symbol)
+        self._clocks.setdefault(symbol, []).append(
+            (required, MarketClock(symbol, closed_until_ms, self.config.source)))
+        self._send_due_clocks()
+
+    def _send_due_clocks(self) -> None:
+        for symbol, waiting in self._clocks.items():
+            position = self.acked.position(symbol)
+            while waiting and (waiting[0][0] is None or (position is not None and position >= waiting[0][0])):
+                clock = waiting.pop(0)[1]
+                try:
+                    self.kafka.send(self.config.topic, key=clock.key, value=clock.to_json())
+                except KafkaError as exc:
+                    # The next minute's clock says as much; nothing is lost by skipping this one.
+                    log.warning("market clock not sent", extra={"symbol": symbol, "error": repr(exc)[:200]})
+                MESSAGES.labels("clock").inc()
+        self._clocks = {symbol: waiting for symbol, waiting in self._clocks.items() if waiting}
 
     def catch_up(self) -> None:
         """Right after connecting, sends from REST what each symbol traded since its last id sent.
@@ -308,7 +407,10 @@ class BinanceProducer:
         """Sends ids [from_id, until_id) from REST (up to the newest trade without ``until_id``), in order,
         before the trade that revealed the gap. Returns how many trades it sent."""
         next_id, sent = from_id, 0
-        while (until_id is None or next_id < until_id) and not self._stop.is_set():
+        while until_id is None or next_id < until_id:
+            if self._stop.is_set():
+                # Returning would let the caller send the trade after the gap, and acked.json move past it.
+                raise StreamInterrupted("stopped")
             rows = self._rest_agg_trades(symbol, next_id)
             trades = [TradeMessage.from_agg_trade({**row, "s": symbol}, self.config.source) for row in rows]
             missing = [t for t in trades if t.agg_trade_id >= next_id and (until_id is None or t.agg_trade_id < until_id)]
@@ -355,8 +457,10 @@ class BinanceProducer:
         except KafkaError as exc:
             refused(exc)
             raise StreamInterrupted("kafka-unavailable") from None
+        self.acked.sent(symbol, agg_id)
         future.add_callback(delivered).add_errback(refused)
         self.last_sent[symbol] = agg_id
+        self.last_trade_id[symbol] = trade.last_trade_id
         MESSAGES.labels(kind).inc()
 
 
@@ -370,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings.log_level)
         start_metrics("PRODUCER_METRICS_PORT", settings.bind_host,
                       settings.producer_metrics_port + worker * WORKER_PORT_STRIDE)
+        AckedIds(config.state_path, config.symbols, config.source)
     except (SettingsError, StartupError) as exc:
         print(f"producer: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
 """``ReplayServer``: Binance's Spot market-stream protocol on loopback, fed by recorded files or a synthetic market.
 
 The producer talks to it exactly as to Binance (only the URL differs): ``/ws/<stream>`` and
-``/stream?streams=a/b`` WebSockets with ``<symbol>@aggTrade`` events, pings every 20 s, a connection
-lifetime announced by ``serverShutdown``, Binance's limits, and ``GET /api/v3/aggTrades`` for backfill.
+``/stream?streams=a/b`` WebSockets (or ``/ws``, ``/stream`` and ``SUBSCRIBE`` messages) with
+``<symbol>@aggTrade`` events and ``<symbol>@kline_1m`` closing klines (``x: true``, sent as each minute
+closes, with or without trades), pings every 20 s, a connection lifetime announced by ``serverShutdown``,
+Binance's limits and error frames, and ``GET /api/v3/aggTrades`` for backfill with Binance's parameter rules.
 
 The market's clock starts when the first client subscribes and is kept in ``<state>/replay/anchor.json``:
 after a restart the server serves the same market, and trades that "happened" while it was down are
@@ -18,6 +20,8 @@ import asyncio
 import bisect
 import json
 import logging
+import math
+import re
 import signal
 import sys
 import threading
@@ -32,7 +36,17 @@ from aiohttp import WSMsgType, web
 
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings, SettingsError
-from streaming_services.feeds import AggTrade, FeedError, SyntheticSymbol, load_files, retime, synthetic_market
+from streaming_services.feeds import (
+    MINUTE_MS,
+    AggTrade,
+    FeedError,
+    Kline,
+    KlineBuilder,
+    SyntheticSymbol,
+    load_files,
+    retime,
+    synthetic_market,
+)
 from streaming_services.startup import StartupError, port_taken
 
 MAX_STREAMS_PER_CONNECTION = 1024
@@ -99,7 +113,7 @@ class MarketTimeline:
 
     def __init__(self, config: ReplayConfig) -> None:
         self.config = config
-        recorded = load_files(config.files)
+        recorded = load_files(config.files, config.symbols)
         self.file_symbols = set(recorded)
         self.synthetic: dict[str, SyntheticSymbol] = synthetic_market(
             [s for s in config.symbols if s not in recorded], SYNTHETIC_SEED)
@@ -110,6 +124,7 @@ class MarketTimeline:
         self.published: dict[str, list[AggTrade]] = {s: [] for s in (*recorded, *self.synthetic)}
         self._ids: dict[str, list[int]] = {s: [] for s in self.published}
         self._snapshots: dict[str, deque[dict[str, Any]]] = {s: deque() for s in self.synthetic}
+        self._klines = {s: KlineBuilder(s) for s in self.published}
         self.anchor_ms: int | None = None
 
     @property
@@ -175,6 +190,7 @@ class MarketTimeline:
         for trade in due:
             self.published[trade.symbol].append(trade)
             self._ids[trade.symbol].append(trade.agg_id)
+            self._klines[trade.symbol].add(trade)
         for symbol, walk in self.synthetic.items():
             self._forget_old(symbol, walk, wall_ms)
         return due
@@ -190,6 +206,29 @@ class MarketTimeline:
         forgotten = bisect.bisect_left(ids, snapshots[0]["next_agg_id"])
         if forgotten >= TRIM_CHUNK:
             del ids[:forgotten], self.published[symbol][:forgotten]
+
+    def closed_klines(self, wall_ms: int) -> list[Kline]:
+        """The klines of the minutes that closed since the last call, per symbol in time order.
+
+        A synthetic symbol's minute closes with the wall clock; a recorded one's once every file trade
+        before its end is published (at REPLAY_SPEED=0, once the files are through, up to the last trade).
+        """
+        if self.anchor_ms is None:
+            return []
+        horizon = self.feed_time(wall_ms)
+        if self._pending_index < len(self.pending):
+            files_clock = min(horizon, self.pending[self._pending_index].time_ms)
+        else:
+            files_clock = horizon
+        closed: list[Kline] = []
+        for symbol, builder in self._klines.items():
+            clock = wall_ms if symbol in self.synthetic else files_clock
+            if math.isinf(clock):
+                if not builder.pending:
+                    continue
+                clock = builder.pending[-1].time_ms - builder.pending[-1].time_ms % MINUTE_MS + MINUTE_MS
+            closed.extend(builder.close_until(int(clock)))
+        return closed
 
     @property
     def files_pending(self) -> bool:
@@ -212,20 +251,69 @@ class MarketTimeline:
         return trades[-limit:]
 
 
+def _stream_name(event: AggTrade | Kline) -> str:
+    return f"{event.symbol.lower()}@aggTrade" if isinstance(event, AggTrade) else f"{event.symbol.lower()}@kline_1m"
+
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9]{1,36}")
+
+
+def subscription_answer(streams: set[str], request: Any) -> dict[str, Any]:
+    """Applies one live-subscription request to ``streams`` (in place) and returns Binance's answer frame:
+    ``{"result": …, "id": …}``, or ``{"error": {"code": 2, "msg": …}, "id": …}`` for an invalid request
+    (Binance's codes: 2 invalid request, 3 invalid JSON), leaving ``streams`` as it was."""
+    request_id = request.get("id") if isinstance(request, dict) else None
+
+    def error(msg: str) -> dict[str, Any]:
+        return {"error": {"code": 2, "msg": f"Invalid request: {msg}"}, "id": request_id}
+
+    if not isinstance(request, dict):
+        return {"error": {"code": 3, "msg": "Invalid JSON: expected an object"}, "id": None}
+    if not (request_id is None or (isinstance(request_id, int) and not isinstance(request_id, bool)
+                                   and -2**63 <= request_id < 2**63)
+            or (isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id))):
+        request_id = None
+        return error("request ID must be an unsigned integer or an alphanumeric string of at most 36 characters")
+    unknown = sorted(set(request) - {"method", "params", "id"})
+    if unknown:
+        return error(f"unknown field {unknown[0]!r}")
+    method = request.get("method")
+    if method is None:
+        return error("missing field `method`")
+    if method == "LIST_SUBSCRIPTIONS":
+        return {"result": sorted(streams), "id": request_id}
+    if method not in ("SUBSCRIBE", "UNSUBSCRIBE"):
+        return error(f"unknown variant {json.dumps(method)[:40]}, expected one of SUBSCRIBE, UNSUBSCRIBE,"
+                     " LIST_SUBSCRIPTIONS")
+    params = request.get("params")
+    if not isinstance(params, list) or not all(isinstance(p, str) and p.strip() for p in params):
+        return error("params must be a list of stream names")
+    names = {p.strip().lower() for p in params}
+    if method == "SUBSCRIBE":
+        if len(streams | names) > MAX_STREAMS_PER_CONNECTION:
+            return error(f"too many streams: at most {MAX_STREAMS_PER_CONNECTION} per connection")
+        streams |= names
+    else:
+        streams -= names
+    return {"result": None, "id": request_id}
+
+
 class BinanceError(Exception):
     def __init__(self, code: int, msg: str, status: int = 400) -> None:
         super().__init__(msg)
         self.code, self.msg, self.status = code, msg, status
 
 
+DIGITS = re.compile(r"[0-9]{1,20}")  # ASCII digits only: no sign, underscore, space or other script's digits
+
+
 def _int_param(query: Any, name: str) -> int | None:
     raw = query.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.") from None
+    if DIGITS.fullmatch(raw) is None or int(raw) > 2**63 - 1:
+        raise BinanceError(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.")
+    return int(raw)
 
 
 @dataclass(eq=False)
@@ -283,6 +371,7 @@ class ReplayServer:
 
     def app(self) -> web.Application:
         app = web.Application(handler_args={"max_line_size": MAX_URL_BYTES})
+        app.router.add_get("/ws", self.handle_raw)
         app.router.add_get("/ws/{streams:.+}", self.handle_raw)
         app.router.add_get("/stream", self.handle_combined)
         app.router.add_get("/api/v3/aggTrades", self.handle_agg_trades)
@@ -303,11 +392,12 @@ class ReplayServer:
     async def _publish_loop(self) -> None:
         while True:
             limit = FAST_BATCH if self.config.speed == 0 else None
-            for trade in self.timeline.advance(now_ms(), limit):
-                stream = f"{trade.symbol.lower()}@aggtrade"
+            wall_ms = now_ms()
+            for event in [*self.timeline.advance(wall_ms, limit), *self.timeline.closed_klines(wall_ms)]:
+                stream = _stream_name(event).lower()
                 for subscriber in self.subscribers:
                     if stream in subscriber.streams:
-                        subscriber.queue.put_nowait(trade)
+                        subscriber.queue.put_nowait(event)
             if self.timeline.anchor_ms is not None:
                 self._save_clock()
             await asyncio.sleep(0 if self.config.speed == 0 and self.timeline.files_pending else TICK_S)
@@ -317,9 +407,10 @@ class ReplayServer:
             symbol = request.query.get("symbol", "").upper()
             if symbol not in self.timeline.published:
                 raise BinanceError(-1121, "Invalid symbol.")
-            limit = _int_param(request.query, "limit") or REST_DEFAULT_LIMIT
+            limit = _int_param(request.query, "limit")
+            limit = REST_DEFAULT_LIMIT if limit is None else limit
             if not 1 <= limit <= REST_MAX_LIMIT:
-                raise BinanceError(-1100, f"Illegal value for parameter 'limit'; max {REST_MAX_LIMIT}.")
+                raise BinanceError(-1130, "Data sent for parameter 'limit' is not valid.")
             start, end = _int_param(request.query, "startTime"), _int_param(request.query, "endTime")
             if start is not None and end is not None and end - start > REST_MAX_WINDOW_MS:
                 raise BinanceError(-1127, "More than 1 hours between startTime and endTime.")
@@ -329,7 +420,7 @@ class ReplayServer:
         return web.json_response([trade.rest_row() for trade in rows])
 
     async def handle_raw(self, request: web.Request) -> web.WebSocketResponse:
-        return await self._serve(request, request.match_info["streams"].split("/"), combined=False)
+        return await self._serve(request, request.match_info.get("streams", "").split("/"), combined=False)
 
     async def handle_combined(self, request: web.Request) -> web.WebSocketResponse:
         return await self._serve(request, request.query.get("streams", "").split("/"), combined=True)
@@ -378,23 +469,15 @@ class ReplayServer:
                 return
 
     async def _handle_request(self, subscriber: Subscriber, text: str) -> None:
-        """Binance's live subscription methods: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS."""
+        """Binance's live subscription methods: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS; anything else
+        is answered with an error frame (``{"error": {"code", "msg"}, "id"}``) and the connection stays."""
         try:
             request = json.loads(text)
-            method, params, request_id = request["method"], request.get("params", []), request.get("id")
-        except (ValueError, KeyError, TypeError):
-            await subscriber.ws.send_json({"error": {"code": 3, "msg": "Invalid JSON"}})
+        except ValueError as exc:
+            await subscriber.ws.send_json({"error": {"code": 3, "msg": f"Invalid JSON: {exc}"}, "id": None})
             return
-        if method == "SUBSCRIBE":
-            subscriber.streams |= {p.lower() for p in params}
-            await subscriber.ws.send_json({"result": None, "id": request_id})
-        elif method == "UNSUBSCRIBE":
-            subscriber.streams -= {p.lower() for p in params}
-            await subscriber.ws.send_json({"result": None, "id": request_id})
-        elif method == "LIST_SUBSCRIPTIONS":
-            await subscriber.ws.send_json({"result": sorted(subscriber.streams), "id": request_id})
-        else:
-            await subscriber.ws.send_json({"error": {"code": 2, "msg": f"Invalid request: unknown method {method}"}})
+        answer = subscription_answer(subscriber.streams, request)
+        await subscriber.ws.send_json(answer)
 
     async def _send_loop(self, subscriber: Subscriber) -> None:
         faults, ws = self.config.faults, subscriber.ws
@@ -411,11 +494,13 @@ class ReplayServer:
                 await ws.send_json({"e": "serverShutdown", "E": now_ms()})
                 await ws.close(code=1001, message=b"Connection lifetime reached")
                 return
-            if trade is None or subscriber.stalled or faults.skips(trade):
+            if trade is None or subscriber.stalled or (isinstance(trade, AggTrade) and faults.skips(trade)):
                 continue
-            payload = trade.payload_json(now_ms())
-            await ws.send_str(f'{{"stream":"{trade.symbol.lower()}@aggTrade","data":{payload}}}'
-                              if subscriber.combined else payload)
+            if isinstance(trade, AggTrade):
+                payload = trade.payload_json(now_ms())
+            else:
+                payload = json.dumps(trade.payload(now_ms()), separators=(",", ":"))
+            await ws.send_str(f'{{"stream":"{_stream_name(trade)}","data":{payload}}}' if subscriber.combined else payload)
             subscriber.frames_sent += 1
             if faults.malformed_every and subscriber.frames_sent % faults.malformed_every == 0:
                 await ws.send_str('{"stream":"' + trade.symbol.lower() + '@aggTrade","data":{"e":"aggTrade","p":')
