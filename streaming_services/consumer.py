@@ -83,7 +83,8 @@ ON CONFLICT (symbol, agg_trade_id) DO NOTHING
 """
 # Writers of one symbol take turns (a rebalance can briefly give a partition to two consumers), so each
 # judges its batch against what the other committed. Locks are taken in symbol order: no deadlock.
-LOCK_SYMBOLS = "SELECT pg_advisory_xact_lock(hashtext('real_time_prices:' || symbol)) FROM unnest(%s::text[]) AS s(symbol)"
+# Two-key advisory space (sql/011): the first key (7420312) names the lock's purpose, the second the symbol.
+LOCK_SYMBOLS = "SELECT pg_advisory_xact_lock(7420312, hashtext(symbol)) FROM unnest(%s::text[]) AS s(symbol)"
 NEWEST_STORED = """
 SELECT s.symbol, r.agg_trade_id, r.timestamp, r.source, c.closed_until_ms
 FROM unnest(%s::text[]) AS s(symbol)
