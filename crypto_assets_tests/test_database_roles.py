@@ -82,7 +82,7 @@ def test_ingest_writer_appends_trades_and_nothing_else(db, connect) -> None:
         cursor.execute("INSERT INTO stock.rejected_messages (topic, partition, \"offset\", raw_payload, error)"
                        " VALUES ('t', 0, 1, 'x', 'bad') ON CONFLICT (topic, partition, \"offset\") DO NOTHING")
     for statement in ("UPDATE stock.real_time_prices SET price = 1", "DELETE FROM stock.real_time_prices",
-                      "SELECT price FROM stock.real_time_prices", "TRUNCATE stock.real_time_prices",
+                      "TRUNCATE stock.real_time_prices",
                       "SELECT raw_payload FROM stock.rejected_messages",
                       "DELETE FROM stock.rejected_messages", "SELECT count(*) FROM stock.aggregated_prices_1min",
                       "DELETE FROM stock.aggregated_prices_1min", "UPDATE stock.candle_cursors SET watermark_ms = 0",
@@ -95,15 +95,16 @@ def test_ingest_writer_appends_trades_and_nothing_else(db, connect) -> None:
 
 
 def test_consumer_writes_as_ingest_writer(stack: LocalStack, db, kafka_topic: str, platform_env) -> None:
-    """The consumer's own connections (its pool) are ``ingest_writer``'s, and the staged merge (a batch
-    that repeats a stored row) works under that role."""
+    """The consumer's own connections (its pool) are ``ingest_writer``'s, and a batch that repeats a stored
+    row (a re-read, compared with the stored content by the admission rules) works under that role."""
     settings = platform_env(KAFKA_TOPIC=kafka_topic, SYMBOLS="BTCUSDT", CONSUMER_GROUP=f"group-{kafka_topic}")
     with db.cursor() as cursor:
         cursor.execute(INSERT_TRADE, TRADE)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    for agg_id in (1, 2, 3):
-        trade = TradeMessage("BTCUSDT", Decimal("61234.56"), Decimal("0.5"), int(time.time() * 1000), agg_id,
-                             agg_id, agg_id, False, "test")
+    reread = TradeMessage("BTCUSDT", Decimal("60000.5"), Decimal("0.5"), 1_723_161_600_000, 1, 1, 1, True, "test")
+    fresh = [TradeMessage("BTCUSDT", Decimal("61234.56"), Decimal("0.5"), int(time.time() * 1000), agg_id,
+                          agg_id, agg_id, False, "test") for agg_id in (2, 3)]
+    for trade in (reread, *fresh):
         producer.send(kafka_topic, key=trade.key, value=trade.to_json())
     producer.flush()
     producer.close()
