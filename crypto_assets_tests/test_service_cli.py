@@ -54,7 +54,7 @@ def test_a_replay_file_naming_no_symbol_of_symbols_is_refused_in_one_line(tmp_pa
     result = run("replay_server", service_env(tmp_path, REPLAY_FILES=str(path), SYMBOLS="BTCUSDT,ETHUSDT"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"replay-server: REPLAY_FILES: {path.name} names none of SYMBOLS=BTCUSDT,ETHUSDT; rename it to"
+        f"replay-server: REPLAY_FILES: {path} names none of SYMBOLS=BTCUSDT,ETHUSDT; rename it to"
         " <SYMBOL>-aggTrades-<date>.csv with one of them"]
 
 

@@ -78,7 +78,7 @@ def symbol_from_filename(path: Path, symbols: Iterable[str] | None = None) -> st
     wanted = tuple(symbols)
     named = [token for token in re.split(r"[^A-Z0-9]+", name) if token in wanted]
     if len(set(named)) != 1:
-        raise FeedError(f"REPLAY_FILES: {path.name} names {'several' if named else 'none'} of SYMBOLS="
+        raise FeedError(f"REPLAY_FILES: {path} names {'several' if named else 'none'} of SYMBOLS="
                         f"{','.join(wanted)}; rename it to <SYMBOL>-aggTrades-<date>.csv with one of them")
     return named[0]
 
