@@ -23,6 +23,7 @@ import pytest
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import make_state_dir, stack_environment
 from local_stack.stack import LocalStack, ManagedService
+from streaming_services.producer_state import acked_path, read_state_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -90,8 +91,8 @@ class StreamingPlatform:
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
 
     def acked(self) -> dict[str, int]:
-        path = self.state_dir / "producer" / "acked.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        path = acked_path(self.state_dir, 0)
+        return read_state_file(path)[1] if path.exists() else {}
 
 
 @pytest.fixture

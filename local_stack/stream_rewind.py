@@ -27,6 +27,7 @@ from kafka.errors import KafkaError
 from crypto_platform.settings import PlatformSettings
 from local_stack.backup_plan import rewound_acked
 from local_stack.processes import StackError, wait_until
+from streaming_services.producer_state import StateError, read_state_file, state_files, write_state_file
 
 GROUP_EMPTY_TIMEOUT_S = 120
 KAFKA_RETRY_S = 60
@@ -62,23 +63,17 @@ def restored_positions(settings: PlatformSettings, symbols: set[str]) -> tuple[d
     return newest, offsets
 
 
-def acked_files(state_dir: Path) -> list[Path]:
-    return sorted((state_dir / "producer").glob("acked*.json"))
-
-
 def rewind_producer(state_dir: Path, newest: dict[str, int]) -> dict[str, dict[str, tuple[int, int]]]:
     moved: dict[str, dict[str, tuple[int, int]]] = {}
-    for path in acked_files(state_dir):
+    for path in state_files(state_dir):
         try:
-            acked = {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
-        except (ValueError, AttributeError):
-            raise StackError(f"{path} is not a JSON object of symbol: id; fix or delete it") from None
+            source, acked = read_state_file(path)
+        except StateError as error:
+            raise StackError(str(error)) from None
         rewound = rewound_acked(acked, newest)
         changes = {s: (acked[s], rewound[s]) for s in acked if rewound[s] != acked[s]}
         if changes:
-            partial = path.with_suffix(".tmp")
-            partial.write_text(json.dumps(rewound))
-            partial.replace(path)
+            write_state_file(path, source, rewound)
             moved[path.name] = changes
     return moved
 
@@ -131,11 +126,11 @@ def _group(admin: KafkaAdminClient, group: str) -> dict:
 
 def rewind_streams(settings: PlatformSettings) -> Rewind:
     symbols = set(settings.symbols)
-    for path in acked_files(settings.state_dir):
+    for path in state_files(settings.state_dir):
         try:
-            symbols |= set(json.loads(path.read_text()))
-        except ValueError:
-            raise StackError(f"{path} is not JSON; fix or delete it") from None
+            symbols |= set(read_state_file(path)[1])
+        except StateError as error:
+            raise StackError(str(error)) from None
     newest, stored = restored_positions(settings, symbols)
     rewind = Rewind(offsets=rewind_consumer_group(settings, stored),
                     producer=rewind_producer(settings.state_dir, newest))

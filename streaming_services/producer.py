@@ -42,6 +42,7 @@ from prometheus_client import Counter, Histogram
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings, SettingsError
 from streaming_services.messages import InvalidMessage, MarketClock, TradeMessage, decode_agg_trade_frame
+from streaming_services.producer_state import acked_path, load_acked_ids, write_state_file
 from streaming_services.startup import StartupError, start_metrics, wait_for_kafka, worker_argument
 
 REST_PAGE = 1000
@@ -94,41 +95,6 @@ class ProducerConfig:
 def worker_symbols(symbols: tuple[str, ...], worker: int, workers: int) -> tuple[str, ...]:
     """The symbols worker ``worker`` of ``workers`` streams: every symbol in exactly one worker."""
     return symbols[worker::workers]
-
-
-def acked_path(state_dir: Path, worker: int) -> Path:
-    return state_dir / "producer" / ("acked.json" if worker == 0 else f"acked-{worker}.json")
-
-
-class StateError(StartupError):
-    """The producer's state belongs to another SOURCE, or cannot be read; the message says what to do."""
-
-
-def load_acked_ids(path: Path, symbols: tuple[str, ...], source: str) -> dict[str, int]:
-    """This worker's acknowledged ids: its own file for its symbols; a symbol it got when PRODUCER_WORKERS
-    changed comes from the sibling file that has it (the highest, if several), so nothing is skipped.
-    Every file must belong to ``source`` (``StateError`` otherwise: sources never mix)."""
-    def read(file: Path) -> dict[str, int]:
-        if not file.exists():
-            return {}
-        try:
-            saved = json.loads(file.read_text())
-            saved_source, acked = saved["source"], saved["acked"]
-        except (ValueError, TypeError, KeyError):
-            raise StateError(f"{file} is not a producer state of this version (with its SOURCE); remove it"
-                             " and the market data, or use a fresh STATE_DIR, then start again") from None
-        if saved_source != source:
-            raise StateError(f"{file} holds the positions of SOURCE={saved_source}, not SOURCE={source}: sources"
-                             " never mix; use another STATE_DIR (or `make clean`) before switching SOURCE")
-        return {symbol: int(agg_id) for symbol, agg_id in acked.items()}
-
-    own = {symbol: agg_id for symbol, agg_id in read(path).items() if symbol in symbols}
-    for sibling in sorted(path.parent.glob("acked*.json")):
-        if sibling != path:
-            for symbol, agg_id in read(sibling).items():
-                if symbol in symbols and symbol not in own:
-                    own[symbol] = agg_id
-    return own
 
 
 class AckedIds:
@@ -185,11 +151,7 @@ class AckedIds:
             return rewinds
 
     def save(self) -> None:
-        data = json.dumps({"source": self.source, "acked": self.snapshot()})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".tmp")
-        partial.write_text(data)
-        partial.replace(self.path)
+        write_state_file(self.path, self.source, self.snapshot())
 
 
 class SymbolPartitioner(DefaultPartitioner):
