@@ -20,6 +20,10 @@ from decimal import ROUND_HALF_UP, Decimal
 
 MINUTE_MS = 60_000
 PRICE_QUANTUM = Decimal("0.00000001")
+# A trade whose price × volume reaches this cannot be aggregated: quote sums are DECIMAL(38, 16) in Spark
+# (transforms.QUOTE) and NUMERIC(38, 16) in the tables, 22 integer digits. Such a trade is left out of
+# the candles and named by a check instead of failing every run.
+MAX_TRADE_QUOTE = Decimal(10) ** 22
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import psycopg2.extensions
 from psycopg2 import sql
 
-from crypto_assets.candles import MINUTE_MS, ONE_MINUTE, Timeframe, from_ms, to_ms
+from crypto_assets.candles import MAX_TRADE_QUOTE, MINUTE_MS, ONE_MINUTE, Timeframe, from_ms, to_ms
 
 CHECK_LOOKBACK_MINUTES = 60
 SAMPLE_ROWS = 5
@@ -114,6 +114,8 @@ def agg_ids_complete(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
 
     A gap means trades were lost on the way in; first/last agg ids that differ from the candles' mean a
     candle was computed from an incomplete read. The forming window is left out: trades keep arriving.
+    Trades the candles cannot aggregate count for the gap but not for the span: ``trades_aggregable``
+    names them.
     """
     scope = check_scope(cursor, timeframe)
     if scope is None:
@@ -127,15 +129,33 @@ def agg_ids_complete(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
     scope = (scope[0], to_ms(final_end))
     query = sql.SQL(
         "WITH trades AS ("
-        "  SELECT symbol, count(*) AS n, min(agg_trade_id) AS lo, max(agg_trade_id) AS hi"
+        "  SELECT symbol, count(*) AS n, min(agg_trade_id) AS first_id, max(agg_trade_id) AS last_id,"
+        "   min(agg_trade_id) FILTER (WHERE price * volume < %s) AS lo,"
+        "   max(agg_trade_id) FILTER (WHERE price * volume < %s) AS hi"
         "  FROM stock.real_time_prices WHERE event_time >= %s AND event_time < %s GROUP BY symbol),"
         " candles AS ("
         "  SELECT symbol, min(first_agg_trade_id) AS lo, max(last_agg_trade_id) AS hi"
         "  FROM {t} WHERE window_start >= %s AND window_start < %s GROUP BY symbol)"
         " SELECT t.symbol, t.n, t.lo, t.hi, c.lo, c.hi FROM trades t LEFT JOIN candles c USING (symbol)"
-        " WHERE t.n <> t.hi - t.lo + 1 OR c.lo IS DISTINCT FROM t.lo OR c.hi IS DISTINCT FROM t.hi ORDER BY 1"
+        " WHERE t.n <> t.last_id - t.first_id + 1 OR c.lo IS DISTINCT FROM t.lo OR c.hi IS DISTINCT FROM t.hi"
+        " ORDER BY 1"
     ).format(t=table)
-    return _violations(cursor, query, (*_in_scope(scope), *_in_scope(scope)), scope)
+    return _violations(cursor, query, (MAX_TRADE_QUOTE, MAX_TRADE_QUOTE, *_in_scope(scope), *_in_scope(scope)), scope)
+
+
+def trades_aggregable(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
+    """No trade of the windows checked was left out of the candles for being too large to aggregate.
+
+    A trade whose price × volume reaches ``MAX_TRADE_QUOTE`` cannot be summed in the candles' decimal types;
+    the candle job leaves it out rather than fail every run. This names each such trade (symbol, agg id)
+    so that someone decides: delete it, or widen the types.
+    """
+    scope = check_scope(cursor, timeframe)
+    if scope is None:
+        return CheckOutcome(True, _scope_metadata(scope))
+    query = sql.SQL("SELECT symbol, agg_trade_id, price, volume FROM stock.real_time_prices"
+                    " WHERE event_time >= %s AND event_time < %s AND price * volume >= %s ORDER BY 1, 2")
+    return _violations(cursor, query, (*_in_scope(scope), MAX_TRADE_QUOTE), scope)
 
 
 def consistent_with_one_minute(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:

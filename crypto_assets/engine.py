@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -52,6 +52,7 @@ class CandleRun:
     watermarks: dict[str, int] | None
     spark_seconds: float
     lag_seconds: float | None
+    left_out: list[tuple[str, int]] = field(default_factory=list)
 
     def metadata(self) -> dict[str, object]:
         """``watermark``: the lowest symbol watermark (the laggard's); ``watermarks``: each symbol's."""
@@ -68,6 +69,8 @@ class CandleRun:
             if self.watermarks else None,
             "spark_seconds": round(self.spark_seconds, 3),
             "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
+            "trades_left_out": len(self.left_out),
+            "trades_left_out_sample": "; ".join(f"{symbol} {agg_id}" for symbol, agg_id in self.left_out[:5]),
         }
 
 
@@ -140,7 +143,7 @@ def refresh_candles(spark: SparkSession, store: MarketStore, timeframe: Timefram
             raise
     lag = None if stats.newest_final_end_ms is None else (now_ms() - stats.newest_final_end_ms) / 1000
     return CandleRun(changes.rows, stats.trades, len(segments), stats.windows, stats.written, stats.span, marks,
-                     spark_seconds, lag)
+                     spark_seconds, lag, changes.left_out)
 
 
 def refresh_latest(spark: SparkSession, store: MarketStore) -> LatestRun:

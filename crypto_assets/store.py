@@ -18,7 +18,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from crypto_assets.candles import Segment, Timeframe, to_ms
+from crypto_assets.candles import MAX_TRADE_QUOTE, Segment, Timeframe, to_ms
 
 STOCK = "stock"
 # Above the ingest_xid 0 of bulk-imported rows (streaming_services/importer.py), whose candles the import
@@ -47,12 +47,18 @@ class JdbcTarget:
 
 @dataclass(frozen=True)
 class Changes:
-    """Windows touched by rows read this run, and where the cursor moves once they are merged."""
+    """Windows touched by rows read this run, and where the cursor moves once they are merged.
+
+    ``closed_until``: per symbol, what its watermark is made of; ``left_out``: (symbol, agg id) of the rows
+    read that the candles cannot aggregate and leave out (price × volume of ``candles.MAX_TRADE_QUOTE``
+    or more).
+    """
 
     dirty: dict[str, set[int]]
     rows: int
     closed_until: dict[str, int]
     next_cursor: str | None = None
+    left_out: list[tuple[str, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -144,14 +150,18 @@ class MarketStore:
                 cursor.execute("SELECT ingest_xid::text FROM stock.candle_cursors WHERE name = %s",
                                (timeframe.asset_name,))
                 row = cursor.fetchone()
+                position = row[0] if row else START_CURSOR
                 cursor.execute(
                     "SELECT symbol, timestamp - timestamp %% %s, count(*) FROM stock.real_time_prices"
                     " WHERE ingest_xid >= %s::xid8 GROUP BY 1, 2",
-                    (timeframe.size_ms, row[0] if row else START_CURSOR),
+                    (timeframe.size_ms, position),
                 )
                 dirty, rows = _dirty(cursor.fetchall())
                 closed_until = self.closed_until(cursor)
-        return Changes(dirty, rows, closed_until, next_cursor)
+                cursor.execute(_LEFT_OUT.format(where=sql.SQL("ingest_xid >= %(position)s::xid8")),
+                               {"position": position, "limit": MAX_TRADE_QUOTE})
+                left_out = [(symbol, int(agg_id)) for symbol, agg_id in cursor.fetchall()]
+        return Changes(dirty, rows, closed_until, next_cursor, left_out)
 
     def changes_in_range(self, timeframe: Timeframe, lo_ms: int, hi_ms: int) -> Changes:
         """Windows with trades in ``[lo, hi)`` (a backfill); the cursor does not move."""
@@ -165,7 +175,12 @@ class MarketStore:
                 )
                 dirty, rows = _dirty(cursor.fetchall())
                 closed_until = self.closed_until(cursor)
-        return Changes(dirty, rows, closed_until)
+                cursor.execute(_LEFT_OUT.format(where=sql.SQL(
+                    "event_time >= timestamptz 'epoch' + %(lo)s * interval '1 millisecond'"
+                    " AND event_time < timestamptz 'epoch' + %(hi)s * interval '1 millisecond'"
+                    " AND timestamp >= %(lo)s AND timestamp < %(hi)s")), {"lo": lo_ms, "hi": hi_ms, "limit": MAX_TRADE_QUOTE})
+                left_out = [(symbol, int(agg_id)) for symbol, agg_id in cursor.fetchall()]
+        return Changes(dirty, rows, closed_until, left_out=left_out)
 
     def pending_trades(self, timeframe: Timeframe) -> tuple[str, int, str | None]:
         """(cursor, rows at or past it, their newest writer xid): what the next run would read."""
@@ -319,6 +334,11 @@ class MarketStore:
         with self.transaction() as cursor:
             cursor.execute("DELETE FROM stock.candle_staging WHERE batch_id = %s", (batch_id,))
             cursor.execute("DELETE FROM stock.latest_prices_staging WHERE batch_id = %s", (batch_id,))
+
+
+# Trades read by a run that the candles leave out: price × volume too large to aggregate (candles.MAX_TRADE_QUOTE).
+_LEFT_OUT = sql.SQL("SELECT symbol, agg_trade_id FROM stock.real_time_prices WHERE {where}"
+                    " AND price * volume >= %(limit)s ORDER BY 1, 2")
 
 
 def _dirty(rows: list[tuple[str, int, int]]) -> tuple[dict[str, set[int]], int]:

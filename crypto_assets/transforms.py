@@ -37,13 +37,23 @@ def _zero(dtype: DecimalType) -> Column:
     return F.lit(Decimal(0)).cast(dtype)
 
 
+def aggregable(trades: DataFrame) -> DataFrame:
+    """The trades whose price × volume fits QUOTE exactly (below ``candles.MAX_TRADE_QUOTE``).
+
+    Under ANSI mode one trade beyond it would fail the whole run, every run, for every symbol; it is
+    left out here instead, and the ``trades_aggregable`` check names it.
+    """
+    return trades.where(F.try_multiply(F.col("price"), F.col("volume")).isNotNull())
+
+
 def candles_from_trades(trades: DataFrame, size_ms: int) -> DataFrame:
     """One row per (symbol, window) that has trades, with the exact sums the merge needs.
 
-    ``trades``: symbol, price, volume, timestamp (ms), agg_trade_id, trades, is_buyer_maker.
+    ``trades``: symbol, price, volume, timestamp (ms), agg_trade_id, trades, is_buyer_maker; those that
+    cannot be aggregated (``aggregable``) are left out.
     """
     window_start = (F.col("timestamp") - F.pmod(F.col("timestamp"), F.lit(size_ms))).alias("window_start_ms")
-    return trades.groupBy("symbol", window_start).agg(
+    return aggregable(trades).groupBy("symbol", window_start).agg(
         F.min_by("price", "agg_trade_id").cast(PRICE).alias("open_price"),
         F.max_by("price", "agg_trade_id").cast(PRICE).alias("close_price"),
         F.max("price").cast(PRICE).alias("high_price"),

@@ -105,7 +105,7 @@ def assert_all_checks_passed(result: dg.ExecuteInProcessResult) -> None:
     failed = [f"{c.asset_key.to_user_string()}.{c.check_name} {({k: v.value for k, v in c.metadata.items()})}"
               for c in result.get_asset_check_evaluations() if not c.passed]
     assert not failed
-    assert len(result.get_asset_check_evaluations()) == 12
+    assert len(result.get_asset_check_evaluations()) == 13
 
 
 def assert_equals_binance_klines(db: psycopg2.extensions.connection, trades: list[Trade], shared_data: Path) -> None:
@@ -267,6 +267,26 @@ def test_a_quiet_symbol_s_minute_becomes_final_when_the_market_clock_says_it_clo
     assert all(c["is_final"] for c in eth.values())
 
 
+def test_a_trade_too_large_to_aggregate_is_left_out_and_named_instead_of_stopping_every_candle(
+        db, candles_env, shared_data: Path) -> None:
+    """Regression (issue 9, point 2): price 999999999999 × quantity 999999999999 overflowed DECIMAL(38, 16)
+    in Spark and failed every run for every symbol until the row was deleted by hand."""
+    trades = trades_from_csv(shared_data.joinpath(*BTC_2023), "BTCUSDT")
+    eth = [Trade("ETHUSDT", agg, Decimal("1800"), Decimal("1"), trades[0].time_ms + agg * 30_000)
+           for agg in range(1, 17) if agg != 4]
+    poison = Trade("ETHUSDT", 4, Decimal("999999999999"), Decimal("999999999999"), trades[0].time_ms + 4 * 30_000 + 1)
+    insert_trades(db, trades + eth + [poison])
+    result = run_candles(candles_env, raise_on_error=False)
+    assert result.success
+    assert_matches_reference(db, trades + eth)
+    failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
+    assert [(c.asset_key.to_user_string(), c.check_name) for c in failed] == [("aggregated_1min", "trades_aggregable")]
+    assert failed[0].metadata["sample"].value == "ETHUSDT 4 999999999999.00000000 999999999999.00000000"
+    meta = metadata(result, "aggregated_1min")
+    assert (meta["trades_left_out"], meta["trades_left_out_sample"]) == (1, "ETHUSDT 4")
+    assert metadata(result, "latest_prices")["symbols_published"] == 2
+
+
 def test_the_cursor_never_skips_rows_that_commit_out_of_order(db, candles_env, stack) -> None:
     t = ms(T0)
     insert_trades(db, [Trade("BTCUSDT", 1, Decimal("100"), Decimal("1"), t + 1)])
@@ -348,6 +368,9 @@ CORRUPTIONS = {
     "consistent_with_aggregated_1min": ["UPDATE stock.aggregated_prices_5min SET total_volume = total_volume + 1"
                                         " WHERE window_start = '2023-04-05T00:00Z'"],
     "latest_prices_match_candles": ["UPDATE stock.latest_prices SET price = price + 1"],
+    "trades_aggregable": ["INSERT INTO stock.real_time_prices (symbol, price, timestamp, event_time, volume, agg_trade_id,"
+                          " first_trade_id, last_trade_id, trades, is_buyer_maker, source) VALUES ('ETHUSDT',"
+                          " 999999999999, 1680652800000, '2023-04-05T00:00Z', 999999999999, 1, 1, 1, 1, false, 'test')"],
 }
 CHECKS = {**{next(iter(c.check_keys)).name: c for c in aggregated_1min_checks}, "consistent_with_aggregated_1min": aggregated_5min_checks[-1],
           "latest_prices_match_candles": latest_prices_match_candles}

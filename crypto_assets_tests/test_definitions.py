@@ -41,7 +41,7 @@ def test_lineage_groups_kinds_freshness_and_checks() -> None:
         assert node.freshness_policy is not None
         assert node.description
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
-    assert len(checks) == 13 + 4 * 6
+    assert len(checks) == 14 + 4 * 6
     assert ("real_time_prices", "source_is_fresh") in checks
     for key in ("aggregated_5min", *rollups):
         assert (key, "consistent_with_aggregated_1min") in checks

@@ -4,6 +4,7 @@
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
+from crypto_assets import checks
 from crypto_assets.assets.common import (
     CANDLE_FRESHNESS,
     GROUP,
@@ -32,4 +33,14 @@ def aggregated_1min(context: dg.AssetExecutionContext, config: CandleRunConfig, 
     return materialize_candles(context, config, pyspark, market_db, ONE_MINUTE)
 
 
-aggregated_1min_checks = candle_checks(ONE_MINUTE, aggregated_1min)
+@dg.asset_check(asset=aggregated_1min, blocking=False,
+                description="No trade was left out of the candles for a price x volume too large to aggregate")
+def trades_aggregable(market_db: MarketDatabase) -> dg.AssetCheckResult:
+    """Names (symbol, agg id) each trade the candles left out; not blocking: the other trades' candles and
+    latest prices stay right and keep flowing while someone decides about it."""
+    with market_db.store().transaction(snapshot=True) as cursor:
+        outcome = checks.trades_aggregable(cursor, ONE_MINUTE)
+    return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=outcome.metadata)
+
+
+aggregated_1min_checks = [*candle_checks(ONE_MINUTE, aggregated_1min), trades_aggregable]

@@ -60,6 +60,9 @@ def materialize_candles(context: dg.AssetExecutionContext, config: CandleRunConf
     source = "one-minute candles" if timeframe.rolled_up else "trades"
     context.log.info(f"{timeframe.asset_name}: {run.windows_written} windows written from {run.metadata()['rows_read']}"
                      f" {source} in {run.spark_seconds:.1f} s of Spark" + (" (backfill)" if backfill else ""))
+    if not timeframe.rolled_up and run.left_out:
+        context.log.warning(f"{timeframe.asset_name}: {len(run.left_out)} trades left out, price x volume too large"
+                            f" to aggregate: {run.metadata()['trades_left_out_sample']}")
     return dg.MaterializeResult(metadata={**run.metadata(), "mode": "backfill" if backfill else "incremental"})
 
 
