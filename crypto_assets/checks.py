@@ -159,16 +159,29 @@ def trades_aggregable(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
 
 
 def consistent_with_one_minute(cursor: Cursor, timeframe: Timeframe) -> CheckOutcome:
-    """Each final window equals its one-minute candles rolled up: open, close, high, low, volume, count.
+    """Each final window equals its final one-minute candles rolled up: open, close, high, low, volume, count.
 
     Open, high and low come from the one-minute windows with trades (an empty minute carries the close
     from before the window); a window without any trade carries that close throughout.
+
+    Like with like, in this one snapshot: the two tables are computed by different runs from trades read
+    at different moments, so a window is compared only when both sides have read all its trades and are
+    final. Rows at or past either asset's cursor may be unread by it (a late trade committed between the
+    one-minute and the five-minute run, a backlog): their windows wait for the next run (``pending``);
+    so does a window whose one-minute candles are not all final yet.
     """
     scope = check_scope(cursor, timeframe)
     if scope is None:
         return CheckOutcome(True, _scope_metadata(scope))
     query = sql.SQL(
-        "WITH rolled AS ("
+        "WITH cursor AS ("
+        "  SELECT CASE WHEN count(c.ingest_xid) = 2 THEN min(c.ingest_xid) ELSE '0'::xid8 END AS xid"
+        "  FROM (VALUES (%s), (%s)) AS a(name) LEFT JOIN stock.candle_cursors c USING (name)),"
+        " pending AS ("
+        "  SELECT DISTINCT symbol, timestamptz 'epoch' + (timestamp - timestamp %% %s) * interval '1 millisecond'"
+        "   AS bucket FROM stock.real_time_prices WHERE ingest_xid >= (SELECT xid FROM cursor)"
+        "   AND event_time >= %s AND event_time < %s),"
+        " rolled AS ("
         "  SELECT symbol, window_start - ((extract(epoch FROM window_start) * 1000)::bigint %% %s)"
         "   * interval '1 millisecond' AS bucket,"
         "   coalesce((array_agg(open_price ORDER BY window_start) FILTER (WHERE trade_count > 0))[1],"
@@ -176,17 +189,30 @@ def consistent_with_one_minute(cursor: Cursor, timeframe: Timeframe) -> CheckOut
         "   (array_agg(close_price ORDER BY window_start DESC))[1] AS close_price,"
         "   coalesce(max(high_price) FILTER (WHERE trade_count > 0), max(high_price)) AS high_price,"
         "   coalesce(min(low_price) FILTER (WHERE trade_count > 0), min(low_price)) AS low_price,"
-        "   sum(total_volume) AS total_volume, sum(trade_count) AS trade_count"
-        "  FROM {one} WHERE window_start >= %s AND window_start < %s GROUP BY 1, 2)"
-        " SELECT f.symbol, f.window_start FROM {t} f LEFT JOIN rolled r"
-        "  ON r.symbol = f.symbol AND r.bucket = f.window_start"
-        " WHERE f.is_final AND f.window_start >= %s AND f.window_start < %s"
-        " AND (r.symbol IS NULL OR (f.open_price, f.close_price, f.high_price, f.low_price, f.total_volume, f.trade_count)"
-        "  IS DISTINCT FROM (r.open_price, r.close_price, r.high_price, r.low_price, r.total_volume, r.trade_count))"
-        " ORDER BY 2"
+        "   sum(total_volume) AS total_volume, sum(trade_count) AS trade_count, bool_and(is_final) AS is_final"
+        "  FROM {one} WHERE window_start >= %s AND window_start < %s GROUP BY 1, 2),"
+        " compared AS ("
+        "  SELECT f.*, r.symbol AS rolled_symbol, r.open_price AS r_open, r.close_price AS r_close,"
+        "   r.high_price AS r_high, r.low_price AS r_low, r.total_volume AS r_volume, r.trade_count AS r_count,"
+        "   r.is_final AS r_final, p.symbol IS NOT NULL OR r.is_final IS FALSE AS waits"
+        "  FROM {t} f LEFT JOIN rolled r ON r.symbol = f.symbol AND r.bucket = f.window_start"
+        "  LEFT JOIN pending p ON p.symbol = f.symbol AND p.bucket = f.window_start"
+        "  WHERE f.is_final AND f.window_start >= %s AND f.window_start < %s)"
+        " SELECT symbol, window_start, waits FROM compared"
+        " WHERE waits OR rolled_symbol IS NULL"
+        "  OR (open_price, close_price, high_price, low_price, total_volume, trade_count)"
+        "  IS DISTINCT FROM (r_open, r_close, r_high, r_low, r_volume, r_count)"
+        " ORDER BY 2, 1"
     ).format(t=_table(timeframe), one=_table(ONE_MINUTE))
-    params = (timeframe.size_ms, *_in_scope(scope), *_in_scope(scope))
-    return _violations(cursor, query, params, scope)
+    params = (ONE_MINUTE.asset_name, timeframe.asset_name, timeframe.size_ms, *_in_scope(scope), timeframe.size_ms,
+              *_in_scope(scope), *_in_scope(scope))
+    cursor.execute(query, params)
+    rows = cursor.fetchall()
+    pending = [row[:2] for row in rows if row[2]]
+    wrong = [row[:2] for row in rows if not row[2]]
+    sample = "; ".join(" ".join(str(v) for v in row) for row in wrong[:SAMPLE_ROWS])
+    return CheckOutcome(not wrong, {"violations": len(wrong), "sample": sample, "pending": len(pending),
+                                    **_scope_metadata(scope)})
 
 
 def source_freshness(cursor: Cursor, now_ms: int, limit_s: float) -> CheckOutcome:

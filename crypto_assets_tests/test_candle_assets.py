@@ -28,11 +28,12 @@ from crypto_assets.assets.aggregated_5min import aggregated_5min, aggregated_5mi
 from crypto_assets.assets.common import CandleRunConfig
 from crypto_assets.assets.latest_prices import latest_prices, latest_prices_match_candles
 from crypto_assets.assets.real_time_prices import real_time_prices, source_is_fresh
-from crypto_assets.candles import Segment
+from crypto_assets.candles import FIVE_MINUTES, ONE_MINUTE, Segment
+from crypto_assets.engine import refresh_candles
 from crypto_assets.resources import MarketDatabase, build_resources, spark_session
 from crypto_assets.sensors import minute_close_sensor
 from crypto_assets.spark_io import read_trades
-from crypto_assets.store import JdbcTarget
+from crypto_assets.store import JdbcTarget, MarketStore
 from crypto_assets_tests.candle_reference import (
     Trade,
     differences,
@@ -285,6 +286,31 @@ def test_a_trade_too_large_to_aggregate_is_left_out_and_named_instead_of_stoppin
     meta = metadata(result, "aggregated_1min")
     assert (meta["trades_left_out"], meta["trades_left_out_sample"]) == (1, "ETHUSDT 4")
     assert metadata(result, "latest_prices")["symbols_published"] == 2
+
+
+def test_the_5min_check_compares_like_with_like_across_a_trade_committed_between_the_two_runs(
+        db, candles_env, spark: SparkSession) -> None:
+    """Regression (issue 9, point 9): the 1-minute and 5-minute candles are computed from trades read at
+    different moments; a trade committed between the two runs (here a late one into a closed minute and
+    one that closes the 5-minute window) made the check fail a healthy run."""
+    t = ms(T0)
+    on_time = [Trade("BTCUSDT", agg, Decimal(60000 + agg), Decimal("0.1"), t + agg * 60_000 + 7) for agg in (0, 1, 3, 4)]
+    between = [Trade("BTCUSDT", 2, Decimal("61000"), Decimal("1"), t + 2 * 60_000 + 9),
+               Trade("BTCUSDT", 5, Decimal("59000"), Decimal("1"), t + 4 * 60_000 + 50_000),
+               Trade("BTCUSDT", 6, Decimal("60100"), Decimal("1"), t + 5 * 60_000 + 10_000)]
+    store = MarketStore(candles_env.database_url)
+    insert_trades(db, on_time)
+    refresh_candles(spark, store, ONE_MINUTE)
+    insert_trades(db, between)
+    refresh_candles(spark, store, FIVE_MINUTES)
+    evaluation = run_check(candles_env, aggregated_5min_checks[-1])
+    assert evaluation.passed, {k: v.value for k, v in evaluation.metadata.items()}
+    assert evaluation.metadata["pending"].value == 1
+
+    assert_all_checks_passed(run_candles(candles_env))
+    assert_matches_reference(db, on_time + between)
+    evaluation = run_check(candles_env, aggregated_5min_checks[-1])
+    assert evaluation.passed and evaluation.metadata["pending"].value == 0
 
 
 def test_the_cursor_never_skips_rows_that_commit_out_of_order(db, candles_env, stack) -> None:
