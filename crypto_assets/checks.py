@@ -168,19 +168,32 @@ def consistent_with_one_minute(cursor: Cursor, timeframe: Timeframe) -> CheckOut
     at different moments, so a window is compared only when both sides have read all its trades and are
     final. Rows at or past either asset's cursor may be unread by it (a late trade committed between the
     one-minute and the five-minute run, a backlog): their windows wait for the next run (``pending``);
-    so does a window whose one-minute candles are not all final yet.
+    so does a window whose one-minute candles are not all final yet. A rollup reads one-minute candles,
+    not trades: its windows wait while a minute of theirs changed after the rollup's cursor.
     """
     scope = check_scope(cursor, timeframe)
     if scope is None:
         return CheckOutcome(True, _scope_metadata(scope))
+    if timeframe.rolled_up:
+        pending = sql.SQL(
+            "WITH pending AS ("
+            "  SELECT DISTINCT symbol, window_start - ((extract(epoch FROM window_start) * 1000)::bigint %% %s)"
+            "   * interval '1 millisecond' AS bucket FROM {one} WHERE updated_at > coalesce("
+            "   (SELECT minutes_read_upto FROM stock.rollup_cursors WHERE name = %s), '-infinity')"
+            "   AND window_start >= %s AND window_start < %s),")
+        pending_params = (timeframe.size_ms, timeframe.asset_name, *_in_scope(scope))
+    else:
+        pending = sql.SQL(
+            "WITH cursor AS ("
+            "  SELECT CASE WHEN count(c.ingest_xid) = 2 THEN min(c.ingest_xid) ELSE '0'::xid8 END AS xid"
+            "  FROM (VALUES (%s), (%s)) AS a(name) LEFT JOIN stock.candle_cursors c USING (name)),"
+            " pending AS ("
+            "  SELECT DISTINCT symbol, timestamptz 'epoch' + (timestamp - timestamp %% %s) * interval '1 millisecond'"
+            "   AS bucket FROM stock.real_time_prices WHERE ingest_xid >= (SELECT xid FROM cursor)"
+            "   AND event_time >= %s AND event_time < %s),")
+        pending_params = (ONE_MINUTE.asset_name, timeframe.asset_name, timeframe.size_ms, *_in_scope(scope))
     query = sql.SQL(
-        "WITH cursor AS ("
-        "  SELECT CASE WHEN count(c.ingest_xid) = 2 THEN min(c.ingest_xid) ELSE '0'::xid8 END AS xid"
-        "  FROM (VALUES (%s), (%s)) AS a(name) LEFT JOIN stock.candle_cursors c USING (name)),"
-        " pending AS ("
-        "  SELECT DISTINCT symbol, timestamptz 'epoch' + (timestamp - timestamp %% %s) * interval '1 millisecond'"
-        "   AS bucket FROM stock.real_time_prices WHERE ingest_xid >= (SELECT xid FROM cursor)"
-        "   AND event_time >= %s AND event_time < %s),"
+        "{pending}"
         " rolled AS ("
         "  SELECT symbol, window_start - ((extract(epoch FROM window_start) * 1000)::bigint %% %s)"
         "   * interval '1 millisecond' AS bucket,"
@@ -203,9 +216,8 @@ def consistent_with_one_minute(cursor: Cursor, timeframe: Timeframe) -> CheckOut
         "  OR (open_price, close_price, high_price, low_price, total_volume, trade_count)"
         "  IS DISTINCT FROM (r_open, r_close, r_high, r_low, r_volume, r_count)"
         " ORDER BY 2, 1"
-    ).format(t=_table(timeframe), one=_table(ONE_MINUTE))
-    params = (ONE_MINUTE.asset_name, timeframe.asset_name, timeframe.size_ms, *_in_scope(scope), timeframe.size_ms,
-              *_in_scope(scope), *_in_scope(scope))
+    ).format(pending=pending.format(one=_table(ONE_MINUTE)), t=_table(timeframe), one=_table(ONE_MINUTE))
+    params = (*pending_params, timeframe.size_ms, *_in_scope(scope), *_in_scope(scope))
     cursor.execute(query, params)
     rows = cursor.fetchall()
     pending = [row[:2] for row in rows if row[2]]
