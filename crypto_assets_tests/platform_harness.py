@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from unittest import mock
 
 import psutil
 import psycopg2
 
+from crypto_assets_tests.candle_reference import Trade, fetch_candles, reference_candles
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import make_state_dir, stack_environment
 from local_stack.status import RunSummary, dagster_runs
@@ -108,3 +110,35 @@ class PlatformUnderTest:
         subprocess.run(["make", "--no-print-directory", "down"], cwd=REPO_ROOT, env=self.env,
                        capture_output=True, timeout=300, check=False)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def assert_candles_match_the_reference(platform: PlatformUnderTest) -> None:
+    """Both tables against the independent Decimal reference over the stored trades: every final candle
+    equals it, and every window the reference calls final up to the last run's watermark exists, final.
+
+    The watermark (the laggard symbol's, ``stock.candle_cursors``) is read first: trades and candles
+    read after it can only be newer, so each window it covers must be in the table.
+    """
+    marks = dict(platform.query("SELECT name, watermark_ms FROM stock.candle_cursors"))
+    rows = platform.query("SELECT symbol, agg_trade_id, price, volume, timestamp, is_buyer_maker, trades"
+                          " FROM stock.real_time_prices")
+    trades = [Trade(s, a, p, q, t, m, n) for s, a, p, q, t, m, n in rows]
+    clock = dict(platform.query("SELECT symbol, max(closed_until_ms) FROM stock.market_clock GROUP BY symbol"))
+    with psycopg2.connect(platform.database_url) as connection:
+        for table, asset, minutes in (("aggregated_prices_1min", "aggregated_1min", 1),
+                                      ("aggregated_prices_5min", "aggregated_5min", 5)):
+            expected = reference_candles(trades, minutes, clock)
+            candles = fetch_candles(connection, table)
+            stored = {key: candle for key, candle in candles.items() if candle["is_final"]}
+            # A final 5-minute window can take 5 minutes to come; the 1-minute ones must be there.
+            assert stored or minutes == 5, f"no final candle in {table}"
+            for key, candle in stored.items():
+                assert candle == expected[key], f"{table} {key}: {candle} != {expected[key]}"
+            covered = [key for key, candle in expected.items() if candle["is_final"]
+                       and ms_of(key[1]) + minutes * 60_000 <= marks[asset]]
+            missing = [key for key in covered if key not in stored]
+            assert not missing, f"{table}: windows final by the watermark but not published final: {missing[:10]}"
+
+
+def ms_of(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
