@@ -35,11 +35,13 @@ def assert_latest_prices_show_the_newest_trades(platform: PlatformUnderTest) -> 
     latest = dict(platform.query("SELECT symbol, agg_trade_id FROM stock.latest_prices"))
     newest = dict(platform.query("SELECT symbol, max(agg_trade_id) FROM stock.real_time_prices GROUP BY symbol"))
     assert set(latest) == set(SYMBOLS)
-    # latest_prices is as of its last run; trades keep arriving in between.
+    # latest_prices is as of its last run; trades keep arriving in between. It publishes what the one-minute
+    # run before it read, which on a loaded machine began up to a few minutes before latest_prices finished
+    # (seen: 70 s at load 8): trades older than that must be in.
     assert all(latest[s] <= newest[s] for s in SYMBOLS)
     ran_at = platform.query("SELECT min(updated_at) FROM stock.latest_prices")[0][0]
     as_of = dict(platform.query("SELECT symbol, max(agg_trade_id) FROM stock.real_time_prices"
-                                " WHERE created_at < %s - interval '60 seconds' GROUP BY symbol", (ran_at,)))
+                                " WHERE created_at < %s - interval '180 seconds' GROUP BY symbol", (ran_at,)))
     assert all(latest[s] >= as_of[s] for s in as_of), (latest, as_of)
 
 
