@@ -92,7 +92,7 @@ def test_candle_assets_through_spark_connect_equal_the_reference_and_binance(
     platform_env()
     trades = trades_from_csv(shared_data.joinpath(*BTC_2023), "BTCUSDT")
     insert_trades(db, trades)
-    assert _run_candles_through_connect(connect_service) == ["True", "True", "12", "[]"]  # Connect, success, checks
+    assert _run_candles_through_connect(connect_service) == ["True", "True", "13", "[]"]  # Connect, success, checks
     assert_matches_reference(db, trades)
     assert_equals_binance_klines(db, trades, shared_data)
 

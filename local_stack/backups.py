@@ -191,8 +191,10 @@ def restore_cluster(server: PostgresServer, store: BackupStore, backup: BaseBack
     try:
         server.start()
         _wait_until_promoted(server)
-    except StackError as exc:
-        raise StackError(f"recovery failed: {_server_fatal(server) or exc}; the data from before the restore "
+    except (StackError, psycopg2.OperationalError) as exc:
+        # A recovery that ends early can pass the start's readiness and exit before its first connection.
+        reason = _server_fatal(server) or str(exc).splitlines()[0]
+        raise StackError(f"recovery failed: {reason}; the data from before the restore "
                          f"is kept in {aside}; run make restore again with an earlier TIME or none") from None
     (data / RECOVERY_CONF).unlink(missing_ok=True)
     return aside
