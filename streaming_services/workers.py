@@ -45,7 +45,10 @@ def supervise(module: str, workers: int, stop: threading.Event) -> int:
     for process in processes.values():
         if process.poll() is None:
             process.terminate()
-    return max((process.wait() for process in processes.values()), default=0)
+    exits = {worker: process.wait() for worker, process in processes.items()}
+    log.info("workers stopped", extra={"worker_module": module, "exit_codes": exits,
+                                       "pids": {worker: process.pid for worker, process in processes.items()}})
+    return max(exits.values(), default=0)
 
 
 def main(argv: list[str] | None = None) -> int:
