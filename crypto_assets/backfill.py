@@ -18,6 +18,7 @@ import warnings
 from urllib.parse import urlsplit
 
 import dagster as dg
+from pyspark.sql.connect.client.core import ChannelBuilder
 
 # The CLI's output is its summary lines; Dagster's beta notice (observable_source_asset) is noise here.
 with warnings.catch_warnings():
@@ -44,7 +45,7 @@ def _answers(spark_remote: str, timeout_s: float = 5.0) -> bool:
     """Whether the Connect server's port accepts a connection (PySpark's client would retry for minutes)."""
     url = urlsplit(spark_remote)
     try:
-        socket.create_connection((url.hostname, url.port or 15002), timeout=timeout_s).close()
+        socket.create_connection((url.hostname, url.port or ChannelBuilder.default_port()), timeout=timeout_s).close()
     except OSError:
         return False
     return True

@@ -1,6 +1,7 @@
 """Resources of the assets, configured from the environment through ``PlatformSettings``.
 
-``PySparkResource`` (dagster-pyspark) gives the assets their SparkSession, unchanged on both paths:
+``PySparkResource`` (dagster-pyspark) gives the assets their SparkSession, on both paths (its subclass
+here only hides an empty ``SPARK_REMOTE`` from PySpark's builder while the in-process session is made):
 
 - ``SPARK_REMOTE=sc://…`` (the default: the local stack's Spark Connect server, ``local_stack.spark_connect``):
   its builder sees ``spark.remote`` and returns a Spark Connect session, so a run attaches to the warm
@@ -19,6 +20,8 @@ Connect session is created (``pyspark.sql.functions`` then build Connect columns
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
@@ -54,9 +57,6 @@ def spark_config(settings: PlatformSettings) -> dict[str, str]:
     SPARK_MASTER, the JDBC driver jar, UTC everywhere, exact decimals."""
     if settings.spark_remote:
         return {"spark.remote": settings.spark_remote, **SESSION_SQL_CONFIG}
-    # PySpark takes any SPARK_REMOTE in the environment, even an empty one, as "use Connect".
-    if os.environ.get("SPARK_REMOTE") == "":
-        del os.environ["SPARK_REMOTE"]
     utc = "-Duser.timezone=UTC"
     return {
         "spark.master": settings.spark_master,
@@ -72,12 +72,37 @@ def spark_config(settings: PlatformSettings) -> dict[str, str]:
     }
 
 
+@contextmanager
+def _builder_environment(config: dict[str, str]) -> Iterator[None]:
+    """The environment PySpark's builder reads while it makes an in-process session: without SPARK_REMOTE,
+    whose mere presence (even empty, as the user sets it to choose this path) it takes as "use Connect".
+    The variable is back as the user set it afterwards, for whatever reads the settings next."""
+    if "spark.remote" in config or "SPARK_REMOTE" not in os.environ:
+        yield
+        return
+    spark_remote = os.environ.pop("SPARK_REMOTE")
+    try:
+        yield
+    finally:
+        os.environ["SPARK_REMOTE"] = spark_remote
+
+
+class PlatformPySparkResource(PySparkResource):
+    """dagster-pyspark's resource, making its session in the environment ``_builder_environment`` gives."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        with _builder_environment(self.spark_config):
+            super().setup_for_execution(context)
+
+
 def spark_session(settings: PlatformSettings) -> SparkSession:
     """A SparkSession with the assets' settings, outside Dagster (tests, benchmarks); quiet console."""
+    config = spark_config(settings)
     builder = SparkSession.builder
-    for key, value in spark_config(settings).items():
+    for key, value in config.items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    with _builder_environment(config):
+        session = builder.getOrCreate()
     if not settings.spark_remote:
         session.sparkContext.setLogLevel("ERROR")
     return session
@@ -85,4 +110,4 @@ def spark_session(settings: PlatformSettings) -> SparkSession:
 
 def build_resources(settings: PlatformSettings | None = None) -> dict[str, dg.ConfigurableResource]:
     settings = settings or PlatformSettings.from_env()
-    return {"pyspark": PySparkResource(spark_config=spark_config(settings)), "market_db": MarketDatabase()}
+    return {"pyspark": PlatformPySparkResource(spark_config=spark_config(settings)), "market_db": MarketDatabase()}

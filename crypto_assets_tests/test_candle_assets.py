@@ -336,8 +336,14 @@ def test_the_cursor_never_skips_rows_that_commit_out_of_order(db, candles_env, s
     assert_matches_reference(db, trades)
 
 
-def test_backfill_recomputes_every_window_of_the_range_from_scratch(db, candles_env, shared_data: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_in_process_session_leaves_spark_remote_as_the_user_set_it(candles_env) -> None:
+    """PySpark's builder must not see the empty SPARK_REMOTE, but whatever reads the settings next must."""
+    assert run_candles(candles_env).success
+    assert os.environ["SPARK_REMOTE"] == ""
+    assert PlatformSettings.from_env().spark_remote == ""
+
+
+def test_backfill_recomputes_every_window_of_the_range_from_scratch(db, candles_env, shared_data: Path) -> None:
     trades = trades_from_csv(shared_data.joinpath(*BTC_2023), "BTCUSDT")
     insert_trades(db, trades)
     assert run_candles(candles_env).success
@@ -349,9 +355,6 @@ def test_backfill_recomputes_every_window_of_the_range_from_scratch(db, candles_
                        " close_price, high_price, low_price, avg_price, total_volume, quote_volume, taker_buy_volume,"
                        " trade_count, is_final) VALUES ('BTCUSDT', '2023-04-04T23:50Z', '2023-04-04T23:51Z',"
                        " 1, 1, 1, 1, 1, 0, 0, 0, 0, true)")
-    # The in-process session removed SPARK_REMOTE from the environment (PySpark reads its mere presence as
-    # Connect); the CLI reads its settings from the environment as a process of its own would get them.
-    monkeypatch.setenv("SPARK_REMOTE", "")
     assert backfill.main(["--start", "2023-04-04T23:45:00Z", "--end", "2023-04-05T00:04:30Z"]) == 0
     assert_matches_reference(db, trades)
 

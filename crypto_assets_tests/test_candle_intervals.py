@@ -125,8 +125,7 @@ def test_every_interval_equals_the_reference_on_real_trades_run_after_run(db, ca
     assert one_day[("BTCUSDT", T0 - timedelta(days=1))]["is_final"] is True
 
 
-def test_a_backfill_recomputes_every_interval_from_scratch(db, candles_env, shared_data: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_backfill_recomputes_every_interval_from_scratch(db, candles_env, shared_data: Path) -> None:
     trades = real_trades(shared_data)
     insert_trades(db, trades)
     assert run_all(candles_env).success
@@ -134,7 +133,6 @@ def test_a_backfill_recomputes_every_interval_from_scratch(db, candles_env, shar
         cursor.execute("UPDATE stock.aggregated_prices_1hour SET close_price = 1, price_sum = 0")
         cursor.execute("DELETE FROM stock.aggregated_prices_4hour")
         cursor.execute("UPDATE stock.aggregated_prices_1day SET is_final = NOT is_final")
-    monkeypatch.setenv("SPARK_REMOTE", "")  # the in-process session removed it; the CLI reads the environment
     assert backfill.main(["--start", "2024-08-08T00:00:00Z", "--end", "2024-08-10T00:00:00Z"]) == 0
     assert_every_interval_matches(db, trades)
 
