@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 DASHBOARDS = {"crypto-market-live": "Crypto market — live", "pipeline-health": "Pipeline health"}
-CHARTS_PER_DASHBOARD = {"crypto-market-live": 6, "pipeline-health": 7}
+CHARTS_PER_DASHBOARD = {"crypto-market-live": 6, "pipeline-health": 8}
 TRADE_FILES = ("spot_BTCUSDT_ETHUSDT_2024-08-08/spot_BTCUSDT_trades_2024-08-08T235415_to_2024-08-09T000505.csv",
                "spot_BTCUSDT_ETHUSDT_2024-08-08/spot_ETHUSDT_trades_2024-08-08T235415_to_2024-08-09T000505.csv")
 # The live dashboard's default time range (rolling; Superset's "Last day" means yesterday, not the last 24 h).
@@ -213,7 +213,7 @@ def _metadata_counts(stack: LocalStack) -> dict[str, object]:
 def test_bootstrap_twice_changes_nothing(superset: LocalStack) -> None:
     before = _metadata_counts(superset)
     assert before["dashboards"] == {title: 1 for title in DASHBOARDS.values()}
-    assert before["charts"] == 13 and before["datasets"] == 8 and before["databases"] == 1 and before["users"] == 1
+    assert before["charts"] == 14 and before["datasets"] == 9 and before["databases"] == 1 and before["users"] == 1
     lines: list[str] = []
     run_bootstrap(superset.settings, say=lines.append)
     steps = [line for line in lines if "superset-bootstrap" in line]
@@ -223,7 +223,7 @@ def test_bootstrap_twice_changes_nothing(superset: LocalStack) -> None:
 
 def test_every_chart_query_returns_rows(client: SupersetClient, market_data: int) -> None:
     charts = client.charts()
-    assert len(charts) == 13
+    assert len(charts) == 14
     for chart in charts:
         result = client.chart_data(chart)["result"]
         for query in result:
