@@ -10,7 +10,9 @@ the first moment every symbol's candle of it is final; after the last window it 
 end), the Spark share (the assets' ``spark_seconds`` over the wall time), the resource set-up (Spark
 session acquisition) and the run's start after its minute closed. ``connect`` is the default
 (``SPARK_REMOTE`` = the local Spark Connect server); ``in-process`` sets ``SPARK_REMOTE=`` empty (a
-JVM per run). Both print in one invocation, with the machine's load average.
+JVM per run). Both print in one invocation, with the machine's load average. On the ``connect`` path it
+then stops Dagster (no run attaches any more) and reads the Spark Connect server's idle cost: its resident
+memory and its CPU over ``IDLE_S`` quiet seconds.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from unittest import mock
 
+import psutil
 import psycopg2
 
 from crypto_assets_tests.platform_harness import PlatformUnderTest  # run from the repository's root
 from crypto_platform.settings import PlatformSettings
-from local_stack.stack import dagster_environment
+from local_stack.stack import LocalStack, dagster_environment
 
 FINAL_WAIT_S = 120
+IDLE_S = 60
 POLL_S = 0.5
 PATHS = {"connect": {}, "in-process": {"SPARK_REMOTE": ""}}
 
@@ -52,6 +56,9 @@ class PathFigures:
     session_s: list[float] = field(default_factory=list)
     start_after_close_s: list[float] = field(default_factory=list)
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    idle_cost: str = ""
+    # Where a run's wall time goes: "process start" (run start → first step), each step, "between steps".
+    parts_s: dict[str, list[float]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         def fmt(values: list[float], q: float) -> str:
@@ -68,7 +75,10 @@ class PathFigures:
             f"{fmt(self.session_s, 50)} s, p95 {fmt(self.session_s, 95)} s; run start after its minute closed "
             f"p50 {fmt(self.start_after_close_s, 50)} s, p95 {fmt(self.start_after_close_s, 95)} s",
             f"{self.name}: load average during the run {self.load[0]:.1f} {self.load[1]:.1f} {self.load[2]:.1f}",
-        ]
+            f"{self.name}: where a run's time goes (p50 s): " + ", ".join(
+                f"{part} {fmt(values, 50)}" for part, values in
+                sorted(self.parts_s.items(), key=lambda item: -(percentile(item[1], 50) or 0.0))),
+        ] + ([f"{self.name}: {self.idle_cost}"] if self.idle_cost else [])
 
 
 def _final_windows(connection, since: datetime) -> dict[datetime, bool]:
@@ -117,11 +127,21 @@ def run_figures(settings: PlatformSettings, figures: PathFigures, since: float) 
             events = instance.all_logs(record.dagster_run.run_id)
             spark = 0.0
             init_started = None
+            step_started: dict[str, float] = {}
+            in_steps = 0.0
             for event in events:
                 dagster_event = event.dagster_event
                 if dagster_event is None:
                     continue
-                if dagster_event.event_type == DagsterEventType.RESOURCE_INIT_STARTED and init_started is None:
+                if dagster_event.event_type == DagsterEventType.STEP_START:
+                    if not step_started:
+                        figures.parts_s.setdefault("process start", []).append(event.timestamp - record.start_time)
+                    step_started[dagster_event.step_key] = event.timestamp
+                elif dagster_event.event_type == DagsterEventType.STEP_SUCCESS and dagster_event.step_key in step_started:
+                    took = event.timestamp - step_started[dagster_event.step_key]
+                    figures.parts_s.setdefault(dagster_event.step_key, []).append(took)
+                    in_steps += took
+                elif dagster_event.event_type == DagsterEventType.RESOURCE_INIT_STARTED and init_started is None:
                     init_started = event.timestamp
                 elif dagster_event.event_type == DagsterEventType.RESOURCE_INIT_SUCCESS and init_started is not None:
                     figures.session_s.append(event.timestamp - init_started)
@@ -130,6 +150,30 @@ def run_figures(settings: PlatformSettings, figures: PathFigures, since: float) 
                     value = dagster_event.event_specific_data.materialization.metadata.get("spark_seconds")
                     spark += float(value.value) if value is not None else 0.0
             figures.spark_s.append(spark)
+            if step_started:
+                first_step = min(step_started.values())
+                figures.parts_s.setdefault("between steps", []).append(record.end_time - first_step - in_steps)
+
+
+def connect_idle_cost(settings: PlatformSettings) -> str:
+    """The Spark Connect server's resident memory and CPU over ``IDLE_S`` seconds with Dagster stopped;
+    empty when the stack runs no Connect server (the in-process path)."""
+    services = {service.name: service for service in LocalStack(settings).services()}
+    server = services.get("spark-connect")
+    if server is None or server.pid() is None:
+        return ""
+    services["dagster"].stop()
+    root = psutil.Process(server.pid())
+    processes = [root, *root.children(recursive=True)]
+
+    def cpu_s() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+    before, started = cpu_s(), time.monotonic()
+    time.sleep(IDLE_S)
+    share = (cpu_s() - before) / (time.monotonic() - started)
+    rss_mb = sum(p.memory_info().rss for p in processes) / 2**20
+    return f"Spark Connect server idle (Dagster stopped): RSS {rss_mb:.0f} MB, CPU {share:.2%} of one core over {IDLE_S} s"
 
 
 def measure(name: str, overrides: dict[str, str], minutes: int) -> PathFigures:
@@ -147,6 +191,7 @@ def measure(name: str, overrides: dict[str, str], minutes: int) -> PathFigures:
         figures.delays_s, figures.not_final = watch_windows(platform.database_url, started, minutes)
         figures.load = os.getloadavg()
         run_figures(platform.settings, figures, started)
+        figures.idle_cost = connect_idle_cost(platform.settings)
     finally:
         platform.destroy()
     return figures
