@@ -31,6 +31,7 @@ import psycopg2
 import websocket
 from kafka import KafkaProducer
 
+from crypto_platform.credentials import INGEST_WRITER, role_password
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import ephemeral_stack, make_state_dir
 from local_stack.processes import free_port, stop_processes, wait_until
@@ -109,13 +110,19 @@ def fill_topic(settings: PlatformSettings, stack: LocalStack, trades: list[Trade
     producer.close()
 
 
+def _stack_credentials(settings: PlatformSettings) -> dict[str, str]:
+    """The bench stack's writer password for worker processes whose STATE_DIR is a folder of their own
+    (they would generate a password of their own there, which the bench's PostgreSQL does not know)."""
+    return {"INGEST_WRITER_PASSWORD": role_password(settings, INGEST_WRITER)}
+
+
 def consumer_rate(settings: PlatformSettings, rows: int, workers: int) -> float:
     """``workers`` consumer processes of a new group (as ``make up`` runs them) drain the filled topic."""
     folder = make_state_dir(f"crypto-bench-consumer-{workers}-")
     group = f"{CONSUMER_TOPIC}-{workers}"
     env = {**os.environ, "STATE_DIR": str(folder), "SYMBOLS": ",".join(SYMBOLS), "KAFKA_TOPIC": CONSUMER_TOPIC,
            "CONSUMER_GROUP": group, "CONSUMER_WORKERS": str(workers), "CONSUMER_METRICS_PORT": str(free_port()),
-           "LOG_LEVEL": "WARNING"}
+           "LOG_LEVEL": "WARNING", **_stack_credentials(settings)}
     processes = [start_service("streaming_services.consumer", i, env, folder / f"consumer-{i}.log")
                  for i in range(workers)]
     try:
@@ -250,7 +257,7 @@ def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int, workers
            "BINANCE_WS_URL": f"ws://127.0.0.1:{replay_port}", "BINANCE_REST_URL": f"http://127.0.0.1:{replay_port}",
            "KAFKA_TOPIC": topic, "CONSUMER_GROUP": topic, "PRODUCER_WORKERS": str(workers),
            "CONSUMER_WORKERS": str(consumers), "PRODUCER_METRICS_PORT": str(free_port()),
-           "CONSUMER_METRICS_PORT": str(free_port()), "LOG_LEVEL": "WARNING"}
+           "CONSUMER_METRICS_PORT": str(free_port()), "LOG_LEVEL": "WARNING", **_stack_credentials(settings)}
     processes = [start_service("streaming_services.replay_server", None, env, folder / "replay.log")]
     try:
         if not wait_until(lambda: _port_answers(replay_port), 120):
