@@ -171,9 +171,9 @@ def stage_costs(settings: PlatformSettings, stack: LocalStack, rows: int) -> dic
     ws = websocket.create_connection(config.stream_url, timeout=10, skip_utf8_validation=True)
     frames: list[bytes] = []
     started = time.thread_time()
-    while len(frames) < expected:
+    while len(frames) < expected:  # the stream also carries the klines of the market clock: trades only
         opcode, frame = ws.recv_data_frame(control_frame=True)
-        if opcode == websocket.ABNF.OPCODE_TEXT:
+        if opcode == websocket.ABNF.OPCODE_TEXT and b"@aggTrade" in frame.data:
             frames.append(frame.data)
     costs["WS read"] = per_message_us(time.thread_time() - started, len(frames))
     ws.close()
