@@ -55,8 +55,10 @@ def synthetic_trades(rows: int, start_ms: int) -> list[TradeMessage]:
 
 
 def truncate(database_url: str) -> None:
+    """Empty what the consumer judges new trades against, so each run starts as on a new platform: the rows,
+    the dead letters and the exchange clock (a clock left by one run would make the next run's trades late)."""
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
-        cursor.execute("TRUNCATE stock.real_time_prices, stock.rejected_messages")
+        cursor.execute("TRUNCATE stock.real_time_prices, stock.rejected_messages, stock.market_clock")
 
 
 def commit_rate(database_url: str, target: int, timeout: float) -> float:
