@@ -51,8 +51,9 @@ GENERATE = (
 @contextmanager
 def throwaway_postgres() -> Iterator[PlatformSettings]:
     state_dir = make_state_dir("crypto-bench-candles-")
+    # In-process Spark (SPARK_REMOTE empty): these benches start no Spark Connect server.
     with mock.patch.dict("os.environ", {"STATE_DIR": str(state_dir), "PG_PORT": str(free_port()), "DATABASE_URL": "",
-                                        "SPARK_MASTER": os.environ.get("SPARK_MASTER", "local[*]")}):
+                                        "SPARK_MASTER": os.environ.get("SPARK_MASTER", "local[*]"), "SPARK_REMOTE": ""}):
         settings = PlatformSettings.from_env()
         server = PostgresServer(settings)
         server.start()
