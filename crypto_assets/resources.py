@@ -98,10 +98,10 @@ class PlatformPySparkResource(PySparkResource):
 def spark_session(settings: PlatformSettings) -> SparkSession:
     """A SparkSession with the assets' settings, outside Dagster (tests, benchmarks); quiet console."""
     config = spark_config(settings)
-    builder = SparkSession.builder
-    for key, value in config.items():
-        builder = builder.config(key, value)
-    with _builder_environment(config):
+    with _builder_environment(config):  # the builder checks the environment at every config() too
+        builder = SparkSession.builder
+        for key, value in config.items():
+            builder = builder.config(key, value)
         session = builder.getOrCreate()
     if not settings.spark_remote:
         session.sparkContext.setLogLevel("ERROR")

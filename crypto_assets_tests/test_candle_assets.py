@@ -343,6 +343,13 @@ def test_the_in_process_session_leaves_spark_remote_as_the_user_set_it(candles_e
     assert PlatformSettings.from_env().spark_remote == ""
 
 
+def test_an_in_process_session_is_made_with_an_empty_spark_remote_in_the_environment(candles_env, spark) -> None:
+    """The benches' and the CLI's way: SPARK_REMOTE= set, spark_session() called (PySpark's builder checks
+    the environment at every config() call, not only when it creates the session)."""
+    assert os.environ["SPARK_REMOTE"] == ""
+    assert spark_session(candles_env).range(3).count() == 3
+
+
 def test_backfill_recomputes_every_window_of_the_range_from_scratch(db, candles_env, shared_data: Path) -> None:
     trades = trades_from_csv(shared_data.joinpath(*BTC_2023), "BTCUSDT")
     insert_trades(db, trades)
