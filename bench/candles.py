@@ -31,9 +31,8 @@ from crypto_assets.resources import spark_session
 from crypto_assets.store import MarketStore
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import make_state_dir
-from local_stack.migrations import apply_migrations
-from local_stack.postgres import PostgresServer
 from local_stack.processes import free_port
+from local_stack.stack import LocalStack
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT"]
 
@@ -55,13 +54,12 @@ def throwaway_postgres() -> Iterator[PlatformSettings]:
     with mock.patch.dict("os.environ", {"STATE_DIR": str(state_dir), "PG_PORT": str(free_port()), "DATABASE_URL": "",
                                         "SPARK_MASTER": os.environ.get("SPARK_MASTER", "local[*]"), "SPARK_REMOTE": ""}):
         settings = PlatformSettings.from_env()
-        server = PostgresServer(settings)
-        server.start()
+        stack = LocalStack(settings)
+        stack.start_database()  # the schema and the run-time roles the candle job connects as
         try:
-            apply_migrations(settings.database_url)
             yield settings
         finally:
-            server.stop()
+            stack.postgres.stop()
             subprocess.run(["rm", "-rf", str(state_dir)], check=False)
 
 
