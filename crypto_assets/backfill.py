@@ -18,7 +18,6 @@ import warnings
 from urllib.parse import urlsplit
 
 import dagster as dg
-from pyspark.sql.connect.client.core import ChannelBuilder
 
 # The CLI's output is its summary lines; Dagster's beta notice (observable_source_asset) is noise here.
 with warnings.catch_warnings():
@@ -43,9 +42,12 @@ def _fail(message: str) -> int:
 
 def _answers(spark_remote: str, timeout_s: float = 5.0) -> bool:
     """Whether the Connect server's port accepts a connection (PySpark's client would retry for minutes)."""
+    # Imported here: the Connect client (grpc) costs 0.8 s to import, which the in-process path never needs.
+    from pyspark.sql.connect.client.core import DefaultChannelBuilder
+
     url = urlsplit(spark_remote)
     try:
-        socket.create_connection((url.hostname, url.port or ChannelBuilder.default_port()), timeout=timeout_s).close()
+        socket.create_connection((url.hostname, url.port or DefaultChannelBuilder.default_port()), timeout=timeout_s).close()
     except OSError:
         return False
     return True

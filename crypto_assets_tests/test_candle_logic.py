@@ -125,10 +125,12 @@ def test_backfill_cli_answers_bad_input_with_one_line_and_exit_2(args: list[str]
     assert result.stderr.startswith("backfill: ")
 
 
-def test_backfill_cli_with_no_spark_connect_server_says_so_in_one_line(tmp_path) -> None:
+@pytest.mark.parametrize("port", ["free", "none"])
+def test_backfill_cli_with_no_spark_connect_server_says_so_in_one_line(tmp_path, port: str) -> None:
     """Failed on the old code: PySpark's Connect client retried for minutes (a `make import` hung past
-    900 s) before failing with a traceback."""
-    url = f"sc://127.0.0.1:{free_port()}"
+    900 s) before failing with a traceback. Without a port the URL means Spark Connect's default one (an
+    address no local server binds, so nothing answers there)."""
+    url = f"sc://127.0.0.1:{free_port()}" if port == "free" else "sc://127.0.0.2"
     env = {**os.environ, "SPARK_REMOTE": url, "STATE_DIR": str(tmp_path), "DAGSTER_HOME": ""}
     result = subprocess.run([sys.executable, "-m", "crypto_assets.backfill", "--start", "2024-01-01T00:00:00Z",
                              "--end", "2024-01-01T00:05:00Z"], capture_output=True, text=True, timeout=60,
