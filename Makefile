@@ -57,7 +57,7 @@ restore: install
 	@$(CLI) restore --time "$(TIME)"
 
 config: install
-	@$(CLI) config
+	@$(CLI) config $(if $(MARKDOWN),--markdown,)
 
 clean: install
 	@$(CLI) clean $(if $(FORCE),--force,)

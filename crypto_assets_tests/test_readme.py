@@ -34,6 +34,12 @@ def test_every_setting_is_in_the_readme() -> None:
     assert not missing, f"settings missing from the README: {missing}"
 
 
+def test_the_settings_table_is_the_one_generated_from_their_declaration() -> None:
+    start = README.index("| variable | default | meaning |")
+    table = README[start:README.index("\n\n", start)]
+    assert table == PlatformSettings.docs_table(), "README's settings table is stale: paste `make config MARKDOWN=1`"
+
+
 def test_every_make_command_in_the_readme_exists_and_is_exercised() -> None:
     targets = readme_make_targets()
     assert {"up", "test"} <= targets

@@ -130,8 +130,12 @@ def cmd_restore(stack: LocalStack, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_config(stack: LocalStack, __: argparse.Namespace) -> int:
-    docs = PlatformSettings.docs()
+def cmd_config(stack: LocalStack, args: argparse.Namespace) -> int:
+    if args.markdown:
+        _say(PlatformSettings.docs_table())
+        return 0
+    docs = [(variable, default.replace("`", ""), meaning.replace("`", ""))
+            for variable, default, meaning in PlatformSettings.docs()]
     inactive = stack.settings.inactive()
     width = max(len(default) for _, default, _ in docs) + 2
     for variable, default, meaning in docs:
@@ -160,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text)
+        if name == "config":
+            sub.add_argument("--markdown", action="store_true", help="the README's settings table")
         if name == "clean":
             sub.add_argument("--force", action="store_true", help="do not ask")
         if name == "restore":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from crypto_platform.settings import PlatformSettings
@@ -30,13 +30,11 @@ def settings_snapshot(settings: PlatformSettings, watched: tuple[str, ...] = EVE
     """``{variable: value}`` of the settings whose variable starts with one of ``watched`` and none of
     ``ignored``; secrets as a short hash."""
     snapshot = {}
-    for item in fields(PlatformSettings):
-        variable = item.metadata["env"]
-        if (item.metadata["doc"].startswith("(derived)") or not variable.startswith(watched)
-                or (ignored and variable.startswith(ignored))):
+    for name, spec, secret in PlatformSettings.variables():
+        if not spec.env.startswith(watched) or (ignored and spec.env.startswith(ignored)):
             continue
-        value = _text(getattr(settings, item.name))
-        snapshot[variable] = ("sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]) if not item.repr else value
+        value = _text(getattr(settings, name))
+        snapshot[spec.env] = ("sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]) if secret else value
     return snapshot
 
 
