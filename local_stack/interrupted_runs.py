@@ -6,11 +6,8 @@ candle cursor was restored to the same instant)."""
 
 from __future__ import annotations
 
-import os
-from unittest import mock
-
 from crypto_platform.settings import PlatformSettings
-from local_stack.stack import dagster_environment
+from local_stack.dagster_instance import dagster_instance
 
 # What a run's own process moves on from; QUEUED runs are left to the run queue, which launches them.
 ORPHANED = ("NOT_STARTED", "STARTING", "STARTED", "CANCELING")
@@ -19,12 +16,11 @@ MESSAGE = "interrupted: make restore brought the database back to an instant whe
 
 def cancel_interrupted_runs(settings: PlatformSettings) -> list[str]:
     """Marks the runs in flight in the restored Dagster storage canceled; returns their ids."""
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter  # Dagster only when it has run here
+    from dagster import DagsterRunStatus, RunsFilter  # Dagster only when it has run here
 
-    env = dagster_environment(settings)
     if not (settings.state_dir / "dagster" / "dagster.yaml").exists():
         return []
-    with mock.patch.dict(os.environ, env), DagsterInstance.get() as instance:
+    with dagster_instance(settings) as instance:
         runs = instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus(s) for s in ORPHANED]))
         for run in runs:
             instance.report_run_canceled(run, message=MESSAGE)

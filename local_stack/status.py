@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from unittest import mock
 
 import psycopg2
 from kafka import KafkaConsumer, TopicPartition
@@ -14,8 +12,9 @@ from kafka.errors import KafkaError
 from crypto_platform.settings import PlatformSettings
 from local_stack.backup_plan import describe_backups
 from local_stack.backups import BackupStore, archiver_state
+from local_stack.dagster_instance import dagster_instance
 from local_stack.processes import StackError, describe_processes
-from local_stack.stack import LocalStack, dagster_environment
+from local_stack.stack import LocalStack
 
 PROBE_TIMEOUT_S = 3
 
@@ -43,7 +42,8 @@ def service_lines(stack: LocalStack) -> list[ServiceLine]:
     s = stack.settings
     lines = [ServiceLine("postgres", "up" if not s.embedded_postgres or stack.postgres.is_running() else "down",
                          str(s.pg_port) if s.embedded_postgres else "external", str(stack.postgres.pid() or "-")),
-             ServiceLine("kafka", "up" if stack.kafka.is_running() else "down", str(s.kafka_port), str(stack.kafka.pid() or "-"))]
+             ServiceLine("kafka", "up" if stack.kafka.is_running() else "down", str(s.kafka_port),
+                         str(stack.kafka.pid() or "-"))]
     for service in stack.services():
         pid = service.pid()
         lines.append(ServiceLine(service.name, "up" if pid else "down", str(service.port or "-"), str(pid or "-")))
@@ -77,7 +77,8 @@ def ingestion_figures(settings: PlatformSettings) -> dict[str, str]:
                 " (SELECT count(*) FROM stock.rejected_messages),"
                 " (SELECT count(*) FROM stock.rejected_messages WHERE received_at > now() - interval '1 hour')"
             )
-            trades, last_minute, newest_age, c1, c5, newest_final, final_age, latest, dead, dead_hour = cursor.fetchone()
+            (trades, last_minute, newest_age, c1, c5, newest_final, final_age, latest, dead,
+             dead_hour) = cursor.fetchone()
             close_to_final = finality_delays(cursor)
     except psycopg2.Error as exc:
         return {"database": f"error: {str(exc).strip().splitlines()[0]}"}
@@ -145,23 +146,23 @@ class RunSummary:
     def describe(self) -> str:
         failed = [name for name, passed in self.checks if not passed]
         checks = f"{len(self.checks) - len(failed)}/{len(self.checks)} checks passed"
-        return f"{self.status.lower()} (run {self.run_id[:8]}), {checks}" + (f"; failed: {', '.join(failed)}" if failed else "")
+        failures = f"; failed: {', '.join(failed)}" if failed else ""
+        return f"{self.status.lower()} (run {self.run_id[:8]}), {checks}{failures}"
 
 
 def dagster_runs(settings: PlatformSettings, limit: int | None = 1, sensor: str | None = None) -> list[RunSummary]:
     """The newest runs with their asset-check results, read from Dagster's storage in PostgreSQL."""
-    from dagster import DagsterEventType, DagsterInstance, RunsFilter
+    from dagster import DagsterEventType, RunsFilter
 
-    with mock.patch.dict(os.environ, dagster_environment(settings)):
-        with DagsterInstance.get() as instance:
-            filters = RunsFilter(tags={"dagster/sensor_name": sensor}) if sensor else None
-            summaries = []
-            for run in instance.get_runs(filters=filters, limit=limit):
-                records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
-                checks = tuple((r.event_log_entry.dagster_event.event_specific_data.check_name,
-                                r.event_log_entry.dagster_event.event_specific_data.passed) for r in records)
-                summaries.append(RunSummary(run.run_id, run.status.value, checks))
-            return summaries
+    with dagster_instance(settings) as instance:
+        filters = RunsFilter(tags={"dagster/sensor_name": sensor}) if sensor else None
+        summaries = []
+        for run in instance.get_runs(filters=filters, limit=limit):
+            records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
+            checks = tuple((r.event_log_entry.dagster_event.event_specific_data.check_name,
+                            r.event_log_entry.dagster_event.event_specific_data.passed) for r in records)
+            summaries.append(RunSummary(run.run_id, run.status.value, checks))
+        return summaries
 
 
 def last_dagster_run(settings: PlatformSettings) -> str | None:
