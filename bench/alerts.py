@@ -40,7 +40,7 @@ from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import ephemeral_stack
 from local_stack.processes import StackError
 from local_stack.redis_server import redis_service
-from local_stack.stack import ManagedService
+from local_stack.service import ManagedService
 from local_stack.superset import celery_services, superset_service
 
 ALERT = "Dead letters"
@@ -122,7 +122,8 @@ class Alerting:
     def alive(self) -> None:
         for service in self.services:
             if not service.is_running():
-                last = service.log_path.read_text(errors="replace").strip().splitlines()[-1:] if service.log_path.exists() else []
+                log_text = service.log_path.read_text(errors="replace") if service.log_path.exists() else ""
+                last = log_text.strip().splitlines()[-1:]
                 raise BenchError(f"{service.name} exited; its last line: {last[0] if last else '(none)'}")
 
     def processes(self) -> tuple[dict[str, psutil.Process], list[psutil.Process]]:
@@ -221,14 +222,16 @@ def run(samples: int, idle_s: int) -> list[str]:
         log.info("starting PostgreSQL and Kafka", extra={"load": _load()})
         with ephemeral_stack("crypto-bench-alerts-") as stack:
             settings = stack.settings
-            # A healthy pipeline for the idle figure: a trade "from the future" keeps Feed stalled and Candles late quiet.
+            # A healthy pipeline for the idle figure: a trade "from the future" keeps Feed stalled and Candles late
+            # quiet.
             _execute(settings.database_url, "INSERT INTO stock.real_time_prices (symbol, price, timestamp, event_time,"
                      " volume, agg_trade_id, first_trade_id, last_trade_id, trades, is_buyer_maker, source)"
                      " VALUES ('BTCUSDT', 1, 0, now() + interval '1 day', 1, 1, 1, 1, 1, false, 'bench')")
             worker, beat = celery_services(settings)
             for service in (redis_service(settings), superset_service(settings, say=lambda _: None), worker, beat):
                 _start(service)
-                log.info("service ready", extra={"service": service.name, "seconds": f"{time.monotonic() - started:.0f}"})
+                log.info("service ready",
+                         extra={"service": service.name, "seconds": f"{time.monotonic() - started:.0f}"})
             alerting = Alerting(settings, worker, beat)
             waited = _wait(f"{WARMUP_TICKS} evaluations of every alert",
                            lambda: all(alerting.evaluations(a) >= WARMUP_TICKS for a in ALERTS),

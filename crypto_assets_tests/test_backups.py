@@ -22,7 +22,8 @@ import pytest
 
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import make_state_dir, stack_environment
-from local_stack.stack import LocalStack, ManagedService
+from local_stack.service import ManagedService
+from local_stack.stack import LocalStack
 from streaming_services.producer_state import acked_path, read_state_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -170,6 +171,7 @@ def test_point_in_time_restore_then_the_streams_catch_up_without_loss(platform: 
     assert_whole_and_single(platform, latest)
 
 
+@pytest.mark.slow  # runs a CLI in a new Python process
 def test_restore_without_a_backup_or_with_a_bad_time_is_one_line(tmp_path: Path) -> None:
     env = {**os.environ, **stack_environment(tmp_path / "state"), "PYTHON": sys.executable,
            "VENV": str(Path(sys.prefix))}
@@ -200,7 +202,8 @@ def test_a_failed_restore_keeps_the_data_from_before_and_can_be_run_again() -> N
                                 cwd=REPO_ROOT, env=platform.env, capture_output=True, text=True, timeout=600,
                                 check=False)
         assert failed.returncode != 0 and len(failed.stderr.splitlines()) == 2, failed.stderr  # its line, make's
-        assert failed.stderr.startswith("crypto-platform: recovery failed: PostgreSQL: recovery ended before"), failed.stderr
+        expected = "crypto-platform: recovery failed: PostgreSQL: recovery ended before"
+        assert failed.stderr.startswith(expected), failed.stderr
         assert "data.before-restore" in failed.stderr
         platform.make("restore")
         assert platform.query("SELECT count(*) FROM public.after_backup") == [(1000,)]

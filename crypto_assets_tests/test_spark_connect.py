@@ -21,8 +21,9 @@ from crypto_assets_tests.test_candle_assets import (
     assert_matches_reference,
 )
 from local_stack.processes import free_port, port_is_free, wait_until
+from local_stack.service import ManagedService
 from local_stack.spark_connect import server_command, spark_connect_service, warm_up
-from local_stack.stack import LocalStack, ManagedService
+from local_stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -45,8 +45,13 @@ def secrets_dir(settings: PlatformSettings) -> Path:
 
 
 def generated_secret(settings: PlatformSettings, name: str, nbytes: int = 24) -> str:
-    """``STATE_DIR/secrets/<name>``: generated once (0600, created exclusively so two starters agree)."""
-    path = secrets_dir(settings) / name
+    """``STATE_DIR/secrets/<name>``, generated once."""
+    return secret_file(secrets_dir(settings) / name, nbytes)
+
+
+def secret_file(path: Path, nbytes: int = 24) -> str:
+    """The secret in ``path``: generated once (0600, created exclusively so two starters agree)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -11,17 +11,17 @@ import os
 import shutil
 from urllib.parse import quote
 
+from crypto_platform.credentials import secret_file
 from crypto_platform.settings import PlatformSettings
 from local_stack.processes import StackError
-from local_stack.stack import ManagedService, _port_answers
+from local_stack.service import ManagedService, port_answers
 
 REDIS_SERVER = "redis-server"
 
 
 def redis_password(settings: PlatformSettings) -> str:
-    from local_stack.superset import state_secret
-
-    return state_secret(settings, "redis_password", "")
+    """Generated once into ``$STATE_DIR/superset/redis_password``, beside the other secrets of Superset's."""
+    return secret_file(settings.state_dir / "superset" / "redis_password", 18)
 
 
 def broker_url(settings: PlatformSettings) -> str:
@@ -50,6 +50,6 @@ def redis_service(settings: PlatformSettings) -> ManagedService:
 
     return ManagedService(
         "redis", settings, [REDIS_SERVER, str(config_path)], port=settings.redis_port, port_variable="REDIS_PORT",
-        ready=_port_answers(settings.bind_host, settings.redis_port), before_start=write_config,
+        ready=port_answers(settings.bind_host, settings.redis_port), before_start=write_config,
         watched=("BIND_HOST", "REDIS_"),
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from crypto_platform.settings import PlatformSettings
 from local_stack.jars import postgresql_jdbc_jar
-from local_stack.stack import ManagedService
+from local_stack.service import ManagedService
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 LOG_CONFIG = Path(__file__).with_name("spark") / "log4j2.properties"

@@ -5,14 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
-import socket
 import sys
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -25,7 +22,6 @@ from local_stack.migrations import apply_migrations
 from local_stack.permissions import restrict_state_dir
 from local_stack.postgres import PostgresServer, ServerAccount
 from local_stack.processes import (
-    PidFile,
     StackError,
     belongs_to,
     describe_processes,
@@ -33,131 +29,23 @@ from local_stack.processes import (
     marked_processes,
     port_holder,
     port_is_free,
-    require_free_port,
     service_marker,
-    start_detached,
     stop_processes,
-    stop_service_processes,
-    tail,
     wait_until,
 )
+from local_stack.redis_server import redis_service
 from local_stack.roles import provision_roles
-from local_stack.run_record import EVERY_SETTING, RunRecord, settings_snapshot
+from local_stack.service import HTTP_PROBE_TIMEOUT_S, REPO_ROOT, ManagedService, http_ok, port_answers
+from local_stack.spark_connect import spark_connect_service
+from local_stack.superset import celery_services, superset_service
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVICE_READY_TIMEOUT_S = 30
 DAGSTER_READY_TIMEOUT_S = 300  # its webserver loads the code location first: ~6 s idle, over 4 min at load 40
-HTTP_PROBE_TIMEOUT_S = 10  # a readiness probe that gives up sooner fails forever on a loaded machine
 DEFAULT_CONSUMER_INSTANCE_ID = "consumer-1"  # static group membership: see CONSUMER_INSTANCE_ID
 SURPLUS_WORKER = re.compile(r"(producer|consumer)-\d+")
-NOT_DAGSTERS = ("SYMBOLS", "KAFKA_", "REPLAY_", "PRODUCER_", "CONSUMER_", "DEAD_LETTER_", "SOURCE", "BINANCE_", "SUPERSET")
-
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+NOT_DAGSTERS = ("SYMBOLS", "KAFKA_", "REPLAY_", "PRODUCER_", "CONSUMER_", "DEAD_LETTER_", "SOURCE", "BINANCE_",
+                "SUPERSET")
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ManagedService:
-    """A platform process (replay server, producer, consumer, Dagster, Superset) run detached by pid.
-
-    Every service has a readiness check: ``make up`` returns only once each one answers, and fails with
-    the service's own last line when one exits or does not answer in time. ``watched`` are the prefixes
-    of the settings it reads: started again with other values, it is restarted.
-    """
-
-    name: str
-    settings: PlatformSettings
-    command: Sequence[str]
-    ready: Callable[[], bool] = field(kw_only=True)
-    port: int | None = None
-    port_variable: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    before_start: Callable[[], None] | None = None
-    ready_timeout_s: float = SERVICE_READY_TIMEOUT_S
-    watched: tuple[str, ...] = EVERY_SETTING
-    ignored: tuple[str, ...] = ()
-
-    @property
-    def log_path(self) -> Path:
-        return self.settings.state_dir / "logs" / f"{self.name}.log"
-
-    @property
-    def pid_file(self) -> PidFile:
-        return PidFile(self.settings.state_dir / "run" / f"{self.name}.pid")
-
-    @property
-    def run_record(self) -> RunRecord:
-        return RunRecord(self.settings.state_dir / "run" / f"{self.name}.settings.json")
-
-    @property
-    def marker(self) -> str:
-        return service_marker(self.settings.state_dir, self.name)
-
-    def pid(self) -> int | None:
-        return self.pid_file.running_pid()
-
-    def is_running(self) -> bool:
-        return self.pid() is not None
-
-    def settings_snapshot(self) -> dict[str, str]:
-        return settings_snapshot(self.settings, self.watched, self.ignored)
-
-    def recorded_port(self) -> int | None:
-        """The port it was started on (its run record), else the configured one."""
-        recorded = (self.run_record.read() or {}).get(self.port_variable or "")
-        return int(recorded) if recorded and recorded.isdigit() else self.port
-
-    def leftovers(self) -> list[psutil.Process]:
-        """Processes of an earlier run still alive while the pid file names no live service (an orphan)."""
-        return [] if self.is_running() else marked_processes(self.marker)
-
-    def start(self, say: Callable[[str], None] = log.info) -> None:
-        if self.is_running():
-            changes = self.run_record.changes(self.settings_snapshot())
-            if not changes:
-                return
-            say(f"{self.name} runs with other settings ({'; '.join(changes)}): restarting it")
-            self.stop()
-        leftovers = marked_processes(self.marker)
-        if leftovers:
-            say(f"{self.name}: found {describe_processes(leftovers)} left from an earlier run; stopping them")
-            survivors = stop_processes(leftovers)
-            if survivors:
-                raise StackError(f"{self.name}: could not stop {describe_processes(survivors)}; stop them by hand")
-        if self.port is not None and self.port_variable:
-            require_free_port(self.settings.bind_host, self.port, self.port_variable, self.name)
-        if self.before_start is not None:
-            self.before_start()
-        start_detached(self.command, self.log_path, self.pid_file, self.marker,
-                       env={**os.environ, **self.env}, cwd=REPO_ROOT)
-        self.run_record.write(self.settings_snapshot())
-        if not wait_until(self._ready_or_dead, self.ready_timeout_s, interval=0.5):
-            last = self._last_log_line()
-            self.stop()
-            raise StackError(f"{self.name} did not become ready in {self.ready_timeout_s:.0f} s (stopped it)"
-                             + (f"; its last line: {last}" if last else "") + f"; read {self.log_path}")
-
-    def _ready_or_dead(self) -> bool:
-        if not self.is_running():
-            # The wrapper copies the service's last lines after it died: wait for it before reading them.
-            wait_until(lambda: not marked_processes(self.marker), 5, interval=0.1)
-            self.run_record.remove()
-            raise StackError(f"{self.name} exited during start: {self._last_log_line() or 'no output'} "
-                             f"(read {self.log_path})")
-        return self.ready()
-
-    def _last_log_line(self) -> str:
-        lines = [ANSI_ESCAPE.sub("", line).strip() for line in tail(self.log_path, 5).splitlines()]
-        lines = [line for line in lines if line]
-        return lines[-1][:400] if lines else ""
-
-    def stop(self) -> list[psutil.Process]:
-        """Stops the service, its children and any process left with its marker; returns survivors."""
-        survivors = stop_service_processes(self.pid(), self.marker)
-        self.pid_file.remove()
-        self.run_record.remove()
-        return survivors
 
 
 def _module_exists(module: str) -> bool:
@@ -165,17 +53,6 @@ def _module_exists(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
         return False
-
-
-def _port_answers(host: str, port: int) -> Callable[[], bool]:
-    def answers() -> bool:
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    return answers
 
 
 def _spark_services(settings: PlatformSettings) -> list[ManagedService]:
@@ -191,7 +68,7 @@ def _spark_services(settings: PlatformSettings) -> list[ManagedService]:
         [spark_class, "org.apache.spark.deploy.master.Master", "--host", host,
          "--port", str(settings.spark_master_port), "--webui-port", str(settings.spark_master_webui_port)],
         port=settings.spark_master_port, port_variable="SPARK_MASTER_PORT", env=env,
-        ready=_port_answers(host, settings.spark_master_port), watched=("BIND_HOST", "SPARK_"),
+        ready=port_answers(host, settings.spark_master_port), watched=("BIND_HOST", "SPARK_"),
     )
     worker = ManagedService(
         "spark-worker", settings,
@@ -243,29 +120,19 @@ def _dagster_service(settings: PlatformSettings) -> ManagedService:
         [sys.executable, "-m", "local_stack.dagster_web", "-h", settings.bind_host, "-p", str(settings.dagster_port),
          "-w", str(REPO_ROOT / "workspace.yaml")],
         port=settings.dagster_port, port_variable="DAGSTER_PORT", env=env,
-        ready=_http_ok(f"http://{settings.bind_host}:{settings.dagster_port}/server_info"),
+        ready=http_ok(f"http://{settings.bind_host}:{settings.dagster_port}/server_info"),
         before_start=install_instance_config, ready_timeout_s=DAGSTER_READY_TIMEOUT_S,
         ignored=NOT_DAGSTERS,
     )
-
-
-def _http_ok(url: str) -> Callable[[], bool]:
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=HTTP_PROBE_TIMEOUT_S) as response:
-                return response.status == 200
-        except OSError:
-            return False
-
-    return answers
 
 
 def _python_service(settings: PlatformSettings, name: str, module: str, port: int, port_variable: str,
                     ready_path: str, watched: tuple[str, ...], env: dict[str, str] | None = None,
                     arguments: Sequence[str] = ()) -> ManagedService:
     """A streaming service; ready once its HTTP endpoint (metrics, or the replay server's ping) answers."""
-    return ManagedService(name, settings, [sys.executable, "-m", module, *arguments], port=port, port_variable=port_variable,
-                          ready=_http_ok(f"http://{settings.bind_host}:{port}{ready_path}"),
+    return ManagedService(name, settings, [sys.executable, "-m", module, *arguments], port=port,
+                          port_variable=port_variable,
+                          ready=http_ok(f"http://{settings.bind_host}:{port}{ready_path}"),
                           watched=("BIND_HOST", "LOG_LEVEL", "SYMBOLS", *watched), env=env or {})
 
 
@@ -288,8 +155,6 @@ class LocalStack:
         if s.spark_cluster:
             candidates += [("pyspark", service) for service in _spark_services(s)]
         if s.spark_connect_server:
-            from local_stack.spark_connect import spark_connect_service  # it builds on ManagedService
-
             candidates.append(("pyspark.sql.connect.session", spark_connect_service(s)))
         if s.source == "replay":
             candidates.append(("streaming_services.replay_server", _python_service(
@@ -315,9 +180,6 @@ class LocalStack:
         if (REPO_ROOT / "workspace.yaml").exists() and (REPO_ROOT / "dagster.yaml").exists():
             candidates.append(("crypto_assets.definitions", _dagster_service(s)))
         if s.superset:
-            from local_stack.redis_server import redis_service
-            from local_stack.superset import celery_services, superset_service  # they build on ManagedService
-
             alerts = s.superset_alerts
             if alerts and s.embedded_redis:
                 candidates.append(("local_stack.redis_server", redis_service(s)))
@@ -386,7 +248,8 @@ class LocalStack:
             if port is not None:
                 ports[port] = service.port_variable or service.name
             survivors += service.stop()
-        ports.update({self.settings.kafka_port: "KAFKA_PORT", self.settings.kafka_controller_port: "KAFKA_CONTROLLER_PORT"})
+        ports.update({self.settings.kafka_port: "KAFKA_PORT",
+                      self.settings.kafka_controller_port: "KAFKA_CONTROLLER_PORT"})
         survivors += self.kafka.stop()
         if self.settings.embedded_postgres:
             ports[self.settings.pg_port] = "PG_PORT"

@@ -14,7 +14,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -25,11 +24,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from crypto_platform.credentials import SUPERSET_META, SUPERSET_READER, role_database_url, role_password
+from crypto_platform.credentials import SUPERSET_META, SUPERSET_READER, role_database_url, role_password, secret_file
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings
 from local_stack.processes import StackError
-from local_stack.stack import REPO_ROOT, ManagedService
+from local_stack.redis_server import broker_url
+from local_stack.service import REPO_ROOT, ManagedService
 
 SUPERSET_DIR = REPO_ROOT / "superset"
 REQUIREMENTS = SUPERSET_DIR / "requirements.txt"
@@ -126,17 +126,7 @@ def ensure_venv(settings: PlatformSettings, say: Callable[[str], None]) -> Path:
 
 def state_secret(settings: PlatformSettings, name: str, configured: str) -> str:
     """The configured value, else one generated once into ``$STATE_DIR/superset/<name>`` (mode 600)."""
-    if configured:
-        return configured
-    path = settings.state_dir / "superset" / name
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(48 if name == "secret_key" else 18)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(value + "\n")
-    return value
+    return configured or secret_file(settings.state_dir / "superset" / name, 48 if name == "secret_key" else 18)
 
 
 def admin_password(settings: PlatformSettings) -> str:
@@ -163,7 +153,8 @@ def server_environment(settings: PlatformSettings) -> dict[str, str]:
     return {
         "SUPERSET_CONFIG_PATH": str(CONFIG_PATH),
         "SUPERSET_SECRET_KEY": state_secret(settings, "secret_key", settings.superset_secret_key),
-        "SUPERSET_METADATA_URI": _sqlalchemy_url(role_database_url(settings, SUPERSET_META, settings.superset_database)),
+        "SUPERSET_METADATA_URI": _sqlalchemy_url(
+            role_database_url(settings, SUPERSET_META, settings.superset_database)),
         "BIND_HOST": settings.bind_host,
         "SUPERSET_PORT": str(settings.superset_port),
         "FLASK_APP": "superset",
@@ -175,8 +166,6 @@ def alerts_environment(settings: PlatformSettings) -> dict[str, str]:
     """The broker, the web server's address and the destinations, for superset_config.py (alerts on only)."""
     if not settings.superset_alerts:
         return {}
-    from local_stack.redis_server import broker_url
-
     return {
         "SUPERSET_CELERY_BROKER_URL": broker_url(settings),
         "SUPERSET_BASE_URL": settings.superset_public_url,
