@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 CLI := $(PY) -m local_stack.cli
 PYTEST_ARGS ?=
 
-.PHONY: install up down status logs test lint clean config migrate backfill import validate backup restore
+.PHONY: install up down status logs test test-unit lint clean config migrate backfill import validate backup restore
 
 install: $(STAMP)
 
@@ -67,3 +67,7 @@ lint: install
 
 test: install
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests that start no server and no new process: the quick loop while editing.
+test-unit: install
+	@$(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)

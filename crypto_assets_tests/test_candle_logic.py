@@ -116,6 +116,7 @@ def test_bad_ranges_are_refused_with_a_reason(start: str, end: str, message: str
 
 @pytest.mark.parametrize("args", [["--start", "nope", "--end", "2024-01-01T00:00:00Z"],
                                   ["--start", "2024-01-01T00:00:00Z"], []])
+@pytest.mark.slow  # runs a CLI in a new Python process
 def test_backfill_cli_answers_bad_input_with_one_line_and_exit_2(args: list[str]) -> None:
     result = subprocess.run([sys.executable, "-m", "crypto_assets.backfill", *args], capture_output=True, text=True,
                             timeout=60, check=False)
@@ -126,6 +127,7 @@ def test_backfill_cli_answers_bad_input_with_one_line_and_exit_2(args: list[str]
 
 
 @pytest.mark.parametrize("port", ["free", "none"])
+@pytest.mark.slow  # runs a CLI in a new Python process
 def test_backfill_cli_with_no_spark_connect_server_says_so_in_one_line(tmp_path, port: str) -> None:
     """Failed on the old code: PySpark's Connect client retried for minutes (a `make import` hung past
     900 s) before failing with a traceback. Without a port the URL means Spark Connect's default one (an

@@ -169,6 +169,7 @@ def test_make_down_and_up_keep_rows_and_up_is_idempotent(cli_env: dict[str, str]
 
 
 @pytest.mark.parametrize("variable", ["PG_PORT", "KAFKA_PORT"])
+@pytest.mark.slow  # runs a CLI in a new Python process
 def test_taken_port_fails_with_one_line_naming_the_variable(cli_env: dict[str, str], variable: str) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -197,6 +198,7 @@ def test_bad_setting_exits_with_one_readable_line(variable: str, value: str) -> 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # runs a CLI in a new Python process
 def test_config_says_which_settings_do_nothing_as_configured() -> None:
     def config(**overrides: str) -> dict[str, str]:
         result = subprocess.run([sys.executable, "-m", "local_stack.cli", "config"], cwd=REPO_ROOT,

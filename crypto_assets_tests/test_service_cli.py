@@ -17,6 +17,8 @@ import yaml
 
 from local_stack.processes import free_port
 
+pytestmark = pytest.mark.slow  # every test runs a service in a new Python process
+
 SERVICES = {"consumer": "CONSUMER_METRICS_PORT", "producer": "PRODUCER_METRICS_PORT", "replay_server": "REPLAY_PORT"}
 
 
