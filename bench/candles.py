@@ -51,8 +51,9 @@ GENERATE = (
 def throwaway_postgres() -> Iterator[PlatformSettings]:
     state_dir = make_state_dir("crypto-bench-candles-")
     # In-process Spark (SPARK_REMOTE empty): these benches start no Spark Connect server.
-    with mock.patch.dict("os.environ", {"STATE_DIR": str(state_dir), "PG_PORT": str(free_port()), "DATABASE_URL": "",
-                                        "SPARK_MASTER": os.environ.get("SPARK_MASTER", "local[*]"), "SPARK_REMOTE": ""}):
+    with mock.patch.dict("os.environ", {"STATE_DIR": str(state_dir), "PG_PORT": str(free_port()),
+                                        "DATABASE_URL": "", "SPARK_REMOTE": "",
+                                        "SPARK_MASTER": os.environ.get("SPARK_MASTER", "local[*]")}):
         settings = PlatformSettings.from_env()
         stack = LocalStack(settings)
         stack.start_database()  # the schema and the run-time roles the candle job connects as
@@ -76,7 +77,8 @@ def set_cursors_to_now(database_url: str) -> None:
     """What a completed incremental run leaves behind: every row so far has been read."""
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
         for name in (ONE_MINUTE.asset_name, FIVE_MINUTES.asset_name):
-            cursor.execute("INSERT INTO stock.candle_cursors (name, ingest_xid) VALUES (%s, pg_snapshot_xmin(pg_current_snapshot()))"
+            cursor.execute("INSERT INTO stock.candle_cursors (name, ingest_xid)"
+                           " VALUES (%s, pg_snapshot_xmin(pg_current_snapshot()))"
                            " ON CONFLICT (name) DO UPDATE SET ingest_xid = EXCLUDED.ingest_xid", (name,))
     connection.close()
 

@@ -84,7 +84,8 @@ def test_bootstrap_creates_the_alerts_once(platform: PlatformUnderTest) -> None:
     assert set(before) == {*ALERT_NAMES, "Latest prices (daily)"}
     rows = metadata(platform, """SELECT s.name, s.crontab, s.grace_period, s.validator_config_json, d.database_name,
                                         (SELECT count(*) FROM report_recipient r WHERE r.report_schedule_id = s.id)
-                                 FROM report_schedule s LEFT JOIN dbs d ON d.id = s.database_id WHERE s.type = 'Alert'""")
+                                 FROM report_schedule s LEFT JOIN dbs d ON d.id = s.database_id
+                                 WHERE s.type = 'Alert'""")
     for name, crontab, grace, validator, database, recipients in rows:
         assert crontab == "* * * * *" and grace == GRACE_S and recipients == 2, name
         assert database == "Crypto market data" and json.loads(validator)["op"] == ">", name
@@ -121,8 +122,8 @@ def conditions(platform: PlatformUnderTest) -> Conditions:
 def test_a_dead_letter_reaches_the_webhook_and_the_mailbox(platform: PlatformUnderTest, inbox: Inbox,
                                                            conditions: Conditions) -> None:
     settings = platform.settings
-    platform.wait_for("the dead letter", lambda: platform.query("SELECT count(*) FROM stock.rejected_messages")[0][0] > 0,
-                      60, interval=1)
+    platform.wait_for("the dead letter",
+                      lambda: platform.query("SELECT count(*) FROM stock.rejected_messages")[0][0] > 0, 60, interval=1)
     (stored_at,) = platform.query("SELECT extract(epoch FROM min(received_at))::float FROM stock.rejected_messages")[0]
     platform.wait_for("the Dead letters webhook POST", lambda: inbox.posts_for("Dead letters"), 180, interval=1)
     post = inbox.posts_for("Dead letters")[0]

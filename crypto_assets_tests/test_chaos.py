@@ -90,8 +90,8 @@ def test_kills_and_restarts_lose_nothing_double_nothing_and_candles_equal_binanc
     with psycopg2.connect(platform.database_url) as connection:
         candles = fetch_candles(connection, "aggregated_prices_1min")
     with shared_data.joinpath(*KLINES).open() as handle:
-        klines = [k for k in csv.DictReader(handle)
-                  if expected_trades[0].time_ms < int(k["open_time"]) and int(k["open_time"]) + 60_000 <= expected_trades[-1].time_ms]
+        first_ms, last_ms = expected_trades[0].time_ms, expected_trades[-1].time_ms
+        klines = [k for k in csv.DictReader(handle) if first_ms < int(k["open_time"]) <= last_ms - 60_000]
     assert len(klines) == 6
     for kline in klines:
         candle = candles[("BTCUSDT", datetime.fromtimestamp(int(kline["open_time"]) // 1000, UTC))]

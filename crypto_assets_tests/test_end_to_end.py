@@ -28,7 +28,8 @@ def ids_by_symbol(platform: PlatformUnderTest) -> dict[str, list[int]]:
 
 def assert_contiguous(ids: dict[str, list[int]]) -> None:
     for symbol, values in ids.items():
-        assert values == list(range(values[0], values[-1] + 1)), f"{symbol}: ids missing between {values[0]} and {values[-1]}"
+        assert values == list(range(values[0], values[-1] + 1)), \
+            f"{symbol}: ids missing between {values[0]} and {values[-1]}"
 
 
 def assert_latest_prices_show_the_newest_trades(platform: PlatformUnderTest) -> None:
@@ -113,7 +114,8 @@ def test_make_up_runs_the_platform_end_to_end_and_survives_a_restart(platform: P
     assert_contiguous(after)
     for symbol, values in before.items():
         assert set(values) <= set(after[symbol]), f"{symbol}: rows lost over the restart"
-    assert platform.query("SELECT count(*) - count(DISTINCT (symbol, agg_trade_id)) FROM stock.real_time_prices") == [(0,)]
+    doubled = "SELECT count(*) - count(DISTINCT (symbol, agg_trade_id)) FROM stock.real_time_prices"
+    assert platform.query(doubled) == [(0,)]
     assert platform.query("SELECT count(*) FROM stock.rejected_messages") == [(0,)]
 
     with platform.stage("make down"):

@@ -157,7 +157,8 @@ def test_make_down_and_up_keep_rows_and_up_is_idempotent(cli_env: dict[str, str]
 
     again = _run_make("up", cli_env)
     assert again.returncode == 0, again.stderr
-    assert _run_make("status", cli_env).stdout.splitlines()[1:3] == pids_before.splitlines()[1:3], "second up restarted a server"
+    servers_now = _run_make("status", cli_env).stdout.splitlines()[1:3]
+    assert servers_now == pids_before.splitlines()[1:3], "second up restarted a server"
 
     assert _run_make("down", cli_env).returncode == 0
     down_status = _run_make("status", cli_env).stdout

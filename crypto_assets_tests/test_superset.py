@@ -59,7 +59,8 @@ INSERT INTO stock.latest_prices (symbol, price, event_time, agg_trade_id, price_
 SELECT symbol, (array_agg(price ORDER BY agg_trade_id DESC))[1], max(event_time), max(agg_trade_id),
     (array_agg(price ORDER BY agg_trade_id))[1],
     (array_agg(price ORDER BY agg_trade_id DESC))[1] - (array_agg(price ORDER BY agg_trade_id))[1],
-    round(100 * ((array_agg(price ORDER BY agg_trade_id DESC))[1] / (array_agg(price ORDER BY agg_trade_id))[1] - 1), 4),
+    round(100 * ((array_agg(price ORDER BY agg_trade_id DESC))[1]
+                 / (array_agg(price ORDER BY agg_trade_id))[1] - 1), 4),
     max(price), min(price), sum(volume), sum(price * volume), count(*)
 FROM stock.real_time_prices GROUP BY symbol
 """
@@ -141,8 +142,10 @@ class SupersetClient:
 def _query_context(chart: dict) -> dict:
     """The query the chart's front end builds from its saved form data, for the chart types in the bundle."""
     form = json.loads(chart["params"])
-    where = " AND ".join(f"({f['sqlExpression']})" for f in form.get("adhoc_filters", []) if f["expressionType"] == "SQL")
-    base = {"filters": [], "extras": {"having": "", "where": where}, "orderby": [], "row_limit": form.get("row_limit", 1000)}
+    where = " AND ".join(f"({f['sqlExpression']})" for f in form.get("adhoc_filters", [])
+                         if f["expressionType"] == "SQL")
+    base = {"filters": [], "extras": {"having": "", "where": where}, "orderby": [],
+            "row_limit": form.get("row_limit", 1000)}
     if form["viz_type"] == "table":
         queries = [{**base, "columns": form["all_columns"], "metrics": []}]
     elif form["viz_type"] == "gauge_chart":
@@ -155,7 +158,8 @@ def _query_context(chart: dict) -> dict:
                     "val": DASHBOARD_TIME_RANGE if saved == "No filter" else saved}
         suffixes = ("", "_b") if form["viz_type"] == "mixed_timeseries" else ("",)
         queries = [{**base, "filters": [temporal], "columns": [axis, *form.get(f"groupby{s}", [])],
-                    "metrics": form[f"metrics{s}"], "extras": {**base["extras"], "time_grain_sqla": form["time_grain_sqla"]}}
+                    "metrics": form[f"metrics{s}"],
+                    "extras": {**base["extras"], "time_grain_sqla": form["time_grain_sqla"]}}
                    for s in suffixes]
     return {"datasource": {"id": chart["datasource_id"], "type": "table"}, "force": True, "queries": queries,
             "form_data": form, "result_format": "json", "result_type": "full"}
@@ -323,7 +327,8 @@ return holders.map(h => ({
   name: (h.querySelector('[data-test="editable-title"], .header-title') || {}).textContent || '',
   loading: !!h.querySelector('.loading, [data-test="loading-indicator"]'),
   error: !!h.querySelector('[data-test="error-message"], .alert-danger, [role="alert"]'),
-  errorText: ((h.querySelector('[data-test="error-message"], .alert-danger, [role="alert"]') || {}).textContent || '').slice(0, 200),
+  errorText: ((h.querySelector('[data-test="error-message"], .alert-danger, [role="alert"]') || {}).textContent || '')
+    .slice(0, 200),
   rendered: !!h.querySelector('canvas, svg, table, .superset-legacy-chart-big-number'),
   empty: !!h.querySelector('.no-results, [data-test="no-results"]'),
 }));

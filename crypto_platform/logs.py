@@ -22,7 +22,8 @@ class KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        parts = [f"ts={ts}", f"level={record.levelname.lower()}", f"logger={record.name}", f"msg={_format_value(record.getMessage())}"]
+        parts = [f"ts={ts}", f"level={record.levelname.lower()}", f"logger={record.name}",
+                 f"msg={_format_value(record.getMessage())}"]
         parts += [f"{k}={_format_value(v)}" for k, v in vars(record).items() if k not in _RESERVED]
         if record.exc_info:
             parts.append(f"error={_format_value(repr(record.exc_info[1]))}")

@@ -58,7 +58,9 @@ class BackupStore:
 
     def wal_files(self) -> list[Path]:
         """The archive's finished files (not the ``.part`` of a segment being archived)."""
-        return sorted(p for p in self.wal_dir.iterdir() if not p.name.endswith(".part")) if self.wal_dir.is_dir() else []
+        if not self.wal_dir.is_dir():
+            return []
+        return sorted(p for p in self.wal_dir.iterdir() if not p.name.endswith(".part"))
 
     def take(self, account: ServerAccount) -> BaseBackup:
         """``pg_basebackup`` of the whole cluster (tar, gzip level 1, fast checkpoint, its WAL streamed in)."""

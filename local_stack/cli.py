@@ -99,7 +99,8 @@ def cmd_clean(stack: LocalStack, args: argparse.Namespace) -> int:
 
 def cmd_backup(stack: LocalStack, _: argparse.Namespace) -> int:
     store = BackupStore(stack.settings)
-    account = ServerAccount.for_current_user() if stack.settings.embedded_postgres else ServerAccount(os.getuid(), os.getgid())
+    embedded = stack.settings.embedded_postgres
+    account = ServerAccount.for_current_user() if embedded else ServerAccount(os.getuid(), os.getgid())
     backup = store.take(account)
     took = (backup.finished_at - backup.started_at).total_seconds()
     _say(f"base backup {backup.path.name} taken in {took:.1f} s into {backup.path}")
@@ -121,7 +122,8 @@ def cmd_restore(stack: LocalStack, args: argparse.Namespace) -> int:
     report = restore_platform(stack, target, progress=lambda step: _say(f"  {step}"))
     _say(f"restored to {report.target.isoformat() if report.target else 'the latest state'} from base backup "
          f"{report.backup.path.name} in {report.seconds:.1f} s; the replaced data folder is kept in {report.replaced}")
-    _say("consumer group rewound to offsets " + (", ".join(f"{p}:{o}" for p, o in report.rewind.offsets.items()) or "none"))
+    offsets = ", ".join(f"{p}:{o}" for p, o in report.rewind.offsets.items())
+    _say("consumer group rewound to offsets " + (offsets or "none"))
     for name, moved in report.rewind.producer.items():
         _say(f"producer {name} rewound: " + ", ".join(f"{s} {a} -> {b}" for s, (a, b) in moved.items()))
     if report.canceled_runs:

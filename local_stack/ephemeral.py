@@ -21,7 +21,8 @@ PORT_VARIABLES = ("PG_PORT", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "REPLAY_PORT
 def stack_environment(state_dir: Path) -> dict[str, str]:
     """Environment of a stack of its own: a state folder and free ports, nothing shared with `make up`."""
     return {"STATE_DIR": str(state_dir), **{name: str(free_port()) for name in PORT_VARIABLES},
-            "KAFKA_BOOTSTRAP_SERVERS": "", "DATABASE_URL": "", "REDIS_URL": "", "SUPERSET_PUBLIC_URL": "", "SPARK_MASTER": "", "LOG_LEVEL": "INFO"}
+            "KAFKA_BOOTSTRAP_SERVERS": "", "DATABASE_URL": "", "REDIS_URL": "", "SUPERSET_PUBLIC_URL": "",
+            "SPARK_MASTER": "", "LOG_LEVEL": "INFO"}
 
 
 def make_state_dir(prefix: str) -> Path:

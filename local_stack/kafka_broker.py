@@ -105,7 +105,8 @@ class KafkaBroker:
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
-            raise StackError(f"formatting Kafka's storage failed: {(result.stdout + result.stderr).strip().splitlines()[-1]}")
+            last_line = (result.stdout + result.stderr).strip().splitlines()[-1]
+            raise StackError(f"formatting Kafka's storage failed: {last_line}")
 
     def start(self) -> None:
         """Starts the broker when it is not running and waits until it answers a metadata request.
@@ -116,7 +117,8 @@ class KafkaBroker:
                 raise StackError(f"Kafka runs with other settings ({'; '.join(changes)}); "
                                  "to apply them run `make down` then `make up`")
         else:
-            for port, variable in ((self.settings.kafka_port, "KAFKA_PORT"), (self.settings.kafka_controller_port, "KAFKA_CONTROLLER_PORT")):
+            for port, variable in ((self.settings.kafka_port, "KAFKA_PORT"),
+                                   (self.settings.kafka_controller_port, "KAFKA_CONTROLLER_PORT")):
                 require_free_port(self.settings.bind_host, port, variable, "Kafka")
             self.root.mkdir(parents=True, exist_ok=True)
             properties = self._write_properties()
@@ -128,7 +130,8 @@ class KafkaBroker:
             )
             self.run_record.write(settings_snapshot(self.settings, WATCHED))
         if not wait_until(self._answers_metadata, READY_TIMEOUT_S, interval=0.5):
-            raise StackError(f"Kafka did not answer within {READY_TIMEOUT_S} s; read {self.log_path}:\n{tail(self.log_path)}")
+            raise StackError(f"Kafka did not answer within {READY_TIMEOUT_S} s; read {self.log_path}:\n"
+                             f"{tail(self.log_path)}")
 
     def stop(self) -> list:
         """Stops the broker and anything left with its marker; returns the processes that survived."""

@@ -30,7 +30,8 @@ WATCHED = ("BIND_HOST", "PG_", "BACKUP_DIR")
 def pg_bin_dir() -> Path:
     spec = importlib.util.find_spec("pgserver")
     if spec is None or not spec.submodule_search_locations:
-        raise StackError("the pgserver package is missing; run `make install` (or set DATABASE_URL to a server of yours)")
+        raise StackError("the pgserver package is missing; run `make install` "
+                         "(or set DATABASE_URL to a server of yours)")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
@@ -189,7 +190,8 @@ class PostgresServer:
             account.own(self.log_path, self.log_dir)
             result = self._pg_ctl(account, "start", "-w", "-t", str(START_TIMEOUT_S), "-l", str(self.log_path))
             if result.returncode != 0:
-                raise StackError(f"PostgreSQL did not start; read {self.log_path} and {self.log_dir}:\n{tail(self.log_path)}")
+                raise StackError(f"PostgreSQL did not start; read {self.log_path} and {self.log_dir}:\n"
+                                 f"{tail(self.log_path)}")
             self.run_record.write(settings_snapshot(self.settings, WATCHED))
         self.ensure_databases()
 

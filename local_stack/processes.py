@@ -80,7 +80,8 @@ def start_detached(
                "--", *command]
     wrapper = subprocess.Popen(
         wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**(env if env is not None else os.environ), SERVICE_MARKER: marker}, cwd=cwd, start_new_session=True, umask=0o077,
+        env={**(env if env is not None else os.environ), SERVICE_MARKER: marker}, cwd=cwd, start_new_session=True,
+        umask=0o077,
     )
     deadline = time.monotonic() + PID_FILE_WAIT_S
     while (pid := pid_file.running_pid()) is None:

@@ -194,7 +194,8 @@ class RestClient:
     def call(self, method: str, path: str, payload: dict | None = None) -> dict:
         response = self.client.open(path, method=method, json=payload, headers=self.headers)
         if response.status_code not in (200, 201):
-            raise SystemExit(f"{method} {path} failed: HTTP {response.status_code} {response.get_data(as_text=True)[:500]}")
+            body = response.get_data(as_text=True)[:500]
+            raise SystemExit(f"{method} {path} failed: HTTP {response.status_code} {body}")
         return response.json
 
 
