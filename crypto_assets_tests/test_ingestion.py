@@ -236,7 +236,7 @@ def test_a_stop_during_a_gap_backfill_loses_nothing(chain_factory, shared_data: 
     kafka = ShuffledAcks(KafkaProducer(bootstrap_servers=config.bootstrap_servers, acks="all", enable_idempotence=True,
                                        linger_ms=5))
     producer = BinanceProducer(config, kafka=kafka)
-    fetch_page = producer._rest_agg_trades
+    fetch_page = producer.rest.agg_trades
     stopped_during: list[int] = []
 
     def first_page_with_a_stop(symbol: str, from_id: int) -> list:
@@ -245,7 +245,7 @@ def test_a_stop_during_a_gap_backfill_loses_nothing(chain_factory, shared_data: 
             producer.stop()  # as SIGTERM from `make down` would, while the page is on its way
         return fetch_page(symbol, from_id)
 
-    producer._rest_agg_trades = first_page_with_a_stop
+    producer.rest.agg_trades = first_page_with_a_stop
     thread = threading.Thread(target=producer.run, name="stopped-producer", daemon=True)
     thread.start()
     thread.join(120)

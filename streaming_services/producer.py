@@ -27,8 +27,6 @@ import sys
 import threading
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,12 +39,12 @@ from prometheus_client import Counter, Histogram
 
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings, SettingsError
+from streaming_services.binance_rest import MINUTE_MS, PAGE, BinanceRest
+from streaming_services.gap_fill import RestBehindStream, gap_page
 from streaming_services.messages import InvalidMessage, MarketClock, TradeMessage, decode_agg_trade_frame
 from streaming_services.producer_state import acked_path, load_acked_ids, write_state_file
 from streaming_services.startup import StartupError, start_metrics, wait_for_kafka, worker_argument
 
-REST_PAGE = 1000
-MINUTE_MS = 60_000
 CLOCK_POLL_S = 0.05  # how often acknowledgements are checked while a market clock waits for them
 MALFORMED_KEY = b"malformed"
 
@@ -188,6 +186,7 @@ class BinanceProducer:
             max_block_ms=config.max_block_ms, delivery_timeout_ms=120_000, client_id="binance-producer",
             partitioner=SymbolPartitioner(), metrics_enabled=False,
         )
+        self.rest = BinanceRest(config.rest_url)
         self.acked = AckedIds(config.state_path, config.symbols, config.source)
         self.last_sent: dict[str, int] = self.acked.snapshot()
         self.last_trade_id: dict[str, int] = {}  # the last (plain) trade id of the last aggregate sent
@@ -314,18 +313,10 @@ class BinanceProducer:
             return
         if last is None:
             # A symbol's first trade: its minute is sent whole, so that a market clock can vouch for it.
-            last = self._first_id_since(trade.symbol, trade.timestamp - trade.timestamp % MINUTE_MS) - 1
+            last = self.rest.first_id_since(trade.symbol, trade.timestamp - trade.timestamp % MINUTE_MS) - 1
         if trade.agg_trade_id > last + 1:
             self.backfill(trade.symbol, last + 1, trade.agg_trade_id)
         self.send(trade, "live")
-
-    def _first_id_since(self, symbol: str, start_ms: int) -> int:
-        """The first agg id at or after ``start_ms`` (REST by time); nothing there yet: a very high id."""
-        query = urllib.parse.urlencode({"symbol": symbol, "startTime": start_ms, "endTime": start_ms + MINUTE_MS - 1,
-                                        "limit": 1})
-        with urllib.request.urlopen(f"{self.config.rest_url}/api/v3/aggTrades?{query}", timeout=10) as response:
-            rows = json.load(response)
-        return int(rows[0]["a"]) if rows else 2**63 - 1
 
     def handle_closed_minute(self, symbol: str, open_ms: int, last_trade_id: int, closed_until_ms: int) -> None:
         """A closing kline: every trade up to its last trade id (-1 for a minute without trades) is sent, from
@@ -334,7 +325,7 @@ class BinanceProducer:
             return
         if last_trade_id >= 0 and self.last_trade_id.get(symbol, -1) < last_trade_id:
             last = self.last_sent.get(symbol)
-            self.backfill(symbol, self._first_id_since(symbol, open_ms) if last is None else last + 1)
+            self.backfill(symbol, self.rest.first_id_since(symbol, open_ms) if last is None else last + 1)
         required = self.last_sent.get(symbol)
         self._clocks.setdefault(symbol, []).append(
             (required, MarketClock(symbol, closed_until_ms, self.config.source)))
@@ -367,38 +358,32 @@ class BinanceProducer:
 
     def backfill(self, symbol: str, from_id: int, until_id: int | None = None) -> int:
         """Sends ids [from_id, until_id) from REST (up to the newest trade without ``until_id``), in order,
-        before the trade that revealed the gap. Returns how many trades it sent."""
+        before the trade that revealed the gap (the rule: ``gap_fill.gap_page``). Returns how many it sent."""
         next_id, sent = from_id, 0
-        while until_id is None or next_id < until_id:
+        while True:
             if self._stop.is_set():
                 # Returning would let the caller send the trade after the gap, and acked.json move past it.
                 raise StreamInterrupted("stopped")
-            rows = self._rest_agg_trades(symbol, next_id)
+            rows = self.rest.agg_trades(symbol, next_id)
             trades = [TradeMessage.from_agg_trade({**row, "s": symbol}, self.config.source) for row in rows]
-            missing = [t for t in trades if t.agg_trade_id >= next_id and (until_id is None or t.agg_trade_id < until_id)]
-            if not missing:
-                if until_id is None:
-                    break  # caught up with the newest trade
-                if trades and trades[0].agg_trade_id >= until_id:
-                    log.warning("ids absent at the source", extra={"symbol": symbol, "from_id": next_id})
-                    break
-                raise StreamInterrupted("rest-behind-stream")
-            for trade in missing:
+            try:
+                page = gap_page(trades, next_id, until_id, PAGE)
+            except RestBehindStream:
+                raise StreamInterrupted("rest-behind-stream") from None
+            if page.absent:
+                log.warning("ids absent at the source", extra={"symbol": symbol, "from_id": next_id})
+            for trade in page.missing:
                 self.send(trade, "backfill")
-            sent += len(missing)
-            BACKFILLED.inc(len(missing))
-            next_id = missing[-1].agg_trade_id + 1
-            if until_id is None and len(rows) < REST_PAGE:
+            sent += len(page.missing)
+            BACKFILLED.inc(len(page.missing))
+            next_id = page.next_id
+            if page.done:
                 break
         if sent:
             GAPS.inc()
-            log.info("gap backfilled", extra={"symbol": symbol, "from_id": from_id, "until_id": next_id, "trades": sent})
+            log.info("gap backfilled",
+                     extra={"symbol": symbol, "from_id": from_id, "until_id": next_id, "trades": sent})
         return sent
-
-    def _rest_agg_trades(self, symbol: str, from_id: int) -> list[dict[str, Any]]:
-        query = urllib.parse.urlencode({"symbol": symbol, "fromId": from_id, "limit": REST_PAGE})
-        with urllib.request.urlopen(f"{self.config.rest_url}/api/v3/aggTrades?{query}", timeout=10) as response:
-            return json.load(response)
 
     def send(self, trade: TradeMessage, kind: str) -> None:
         sent_at = time.perf_counter()
