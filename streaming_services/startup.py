@@ -8,12 +8,13 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from kafka.errors import KafkaError
 from prometheus_client import start_http_server
+
+from crypto_platform.retrying import retry_while_unavailable
 
 T = TypeVar("T")
 
@@ -61,17 +62,11 @@ def wait_for_kafka(build: Callable[[], T], bootstrap_servers: str) -> T:
     traceback; nothing is in flight yet, so SIGTERM or SIGINT meanwhile ends the process at once.
     """
     previous = {sig: signal.signal(sig, _exit_now) for sig in (signal.SIGTERM, signal.SIGINT)}
-    delay = KAFKA_RETRY_INITIAL_S
     log.info("connecting to Kafka", extra={"bootstrap_servers": bootstrap_servers})
     try:
-        while True:
-            try:
-                return build()
-            except KafkaError as exc:
-                log.warning("Kafka not reachable; retrying", extra={"bootstrap_servers": bootstrap_servers,
-                                                                    "delay_s": delay, "error": str(exc)[:200]})
-                time.sleep(delay)
-                delay = min(KAFKA_RETRY_MAX_S, delay * 2)
+        return retry_while_unavailable(build, KafkaError, initial_s=KAFKA_RETRY_INITIAL_S, max_s=KAFKA_RETRY_MAX_S,
+                                       log=log, message="Kafka not reachable; retrying",
+                                       extra={"bootstrap_servers": bootstrap_servers})
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
