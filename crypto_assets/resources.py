@@ -31,7 +31,6 @@ from crypto_assets.store import MarketStore
 from crypto_assets.transforms import SPARK_EXACTNESS_CONFIG
 from crypto_platform.credentials import CANDLE_WRITER, role_database_url
 from crypto_platform.settings import PlatformSettings
-from local_stack.jars import postgresql_jdbc_jar
 
 
 class MarketDatabase(dg.ConfigurableResource):
@@ -52,6 +51,11 @@ SESSION_SQL_CONFIG = {
 }
 
 
+def jdbc_driver_option(driver: str) -> str:
+    """A jar on disk goes to ``spark.jars``; a Maven coordinate to ``spark.jars.packages``."""
+    return "spark.jars" if driver.endswith(".jar") else "spark.jars.packages"
+
+
 def spark_config(settings: PlatformSettings) -> dict[str, str]:
     """SparkSession settings. Connect: the URL and the session's SQL settings. In process: master from
     SPARK_MASTER, the JDBC driver jar, UTC everywhere, exact decimals."""
@@ -61,7 +65,7 @@ def spark_config(settings: PlatformSettings) -> dict[str, str]:
     return {
         "spark.master": settings.spark_master,
         "spark.app.name": "crypto-assets",
-        "spark.jars": str(postgresql_jdbc_jar()),
+        jdbc_driver_option(settings.spark_jdbc_driver): settings.spark_jdbc_driver,
         "spark.driver.host": settings.bind_host,
         "spark.driver.bindAddress": settings.bind_host,
         "spark.driver.extraJavaOptions": utc,

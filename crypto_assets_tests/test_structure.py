@@ -1,5 +1,6 @@
 """The code's shape: no import loops between the platform's modules, local imports included (a loop
-patched by an import inside a function is still a loop)."""
+patched by an import inside a function is still a loop); the Dagster code location stands without the
+local stack."""
 
 from __future__ import annotations
 
@@ -65,3 +66,10 @@ def test_the_cycle_finder_finds_a_loop_through_a_local_import() -> None:
 def test_no_module_imports_itself_back_through_others() -> None:
     cycle = find_cycle(import_graph())
     assert not cycle, "import loop: " + " -> ".join(cycle)
+
+
+def test_the_dagster_code_needs_nothing_of_the_local_stack() -> None:
+    graph = import_graph()
+    reaching = {module: sorted(t for t in targets if t.startswith("local_stack"))
+                for module, targets in graph.items() if module.startswith("crypto_assets")}
+    assert not {module: targets for module, targets in reaching.items() if targets}

@@ -24,6 +24,8 @@ BINANCE_REST_URL = "https://api.binance.com"
 # so the producer's (9101, 9201, …) and the consumer's (9102, 9202, …) never meet.
 WORKER_PORT_STRIDE = 100
 BINANCE_DATA_URL = "https://data.binance.vision"
+# The PostgreSQL JDBC driver Spark reads and writes the market data with; its version is pinned here only.
+POSTGRESQL_JDBC = "org.postgresql:postgresql:42.7.4"
 
 
 class SettingsError(ValueError):
@@ -330,6 +332,10 @@ class PlatformSettings:
                                 shown="`local[*]` (the local cluster's with `SPARK_CLUSTER=1`)")
     spark_cluster: bool = setting("SPARK_CLUSTER", "1 = `make up` starts a standalone Spark master and worker", "0",
                                   boolean)
+    spark_jdbc_driver: str = setting(
+        "SPARK_JDBC_DRIVER", "PostgreSQL's JDBC driver for an in-process SparkSession: a `.jar` path, or a Maven "
+        "coordinate that Spark fetches once into `~/.ivy2` (`spark.jars.packages`)", POSTGRESQL_JDBC,
+        shown=f"`{POSTGRESQL_JDBC}` (the local stack gives its cached jar)")
     spark_master_port: int = setting("SPARK_MASTER_PORT", "standalone master", "7077", port)
     spark_master_webui_port: int = setting("SPARK_MASTER_WEBUI_PORT", "standalone master's UI", "8080", port)
     spark_worker_cores: int = setting("SPARK_WORKER_CORES", "standalone worker's cores", "2", integer(minimum=1))

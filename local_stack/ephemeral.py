@@ -10,6 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 from crypto_platform.settings import PlatformSettings
+from local_stack.jars import postgresql_jdbc_jar
 from local_stack.processes import free_port
 from local_stack.stack import LocalStack
 
@@ -22,7 +23,7 @@ def stack_environment(state_dir: Path) -> dict[str, str]:
     """Environment of a stack of its own: a state folder and free ports, nothing shared with `make up`."""
     return {"STATE_DIR": str(state_dir), **{name: str(free_port()) for name in PORT_VARIABLES},
             "KAFKA_BOOTSTRAP_SERVERS": "", "DATABASE_URL": "", "REDIS_URL": "", "SUPERSET_PUBLIC_URL": "",
-            "SPARK_MASTER": "", "LOG_LEVEL": "INFO"}
+            "SPARK_MASTER": "", "LOG_LEVEL": "INFO", "SPARK_JDBC_DRIVER": str(postgresql_jdbc_jar())}
 
 
 def make_state_dir(prefix: str) -> Path:

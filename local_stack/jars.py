@@ -8,8 +8,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from crypto_platform.settings import POSTGRESQL_JDBC
+
 POM = Path(__file__).with_name("kafka") / "pom.xml"
 JDBC_JAR_PREFIX = "postgresql-"
+JDBC_VERSION = POSTGRESQL_JDBC.rsplit(":", 1)[1]
 
 
 class JarsError(RuntimeError):
@@ -17,8 +20,8 @@ class JarsError(RuntimeError):
 
 
 def jars_dir() -> Path:
-    """A cache folder keyed by the pom's content, so a version bump resolves afresh."""
-    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+    """A cache folder keyed by the pom's content and the JDBC driver's version, so a bump resolves afresh."""
+    digest = hashlib.sha256(POM.read_bytes() + JDBC_VERSION.encode()).hexdigest()[:12]
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "crypto-platform" / f"jars-{digest}"
     return base
 
@@ -37,7 +40,7 @@ def ensure_jars() -> Path:
     with log.open("w") as out:
         result = subprocess.run(
             ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-             f"-DoutputDirectory={partial}", "-DincludeScope=runtime"],
+             f"-DoutputDirectory={partial}", "-DincludeScope=runtime", f"-Dpostgresql.jdbc.version={JDBC_VERSION}"],
             stdout=out, stderr=subprocess.STDOUT, check=False,
         )
     if result.returncode != 0:

@@ -17,6 +17,7 @@ import psutil
 
 from crypto_platform.credentials import DAGSTER, role_database_url
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings
+from local_stack.jars import postgresql_jdbc_jar
 from local_stack.kafka_broker import KafkaBroker
 from local_stack.migrations import apply_migrations
 from local_stack.permissions import restrict_state_dir
@@ -103,6 +104,8 @@ def dagster_environment(settings: PlatformSettings) -> dict[str, str]:
         "DAGSTER_PG_PASSWORD": unquote(url.password or ""),
         "DAGSTER_PG_DB": settings.dagster_database,
         "SPARK_LOCAL_IP": settings.bind_host,
+        # In-process candle runs (SPARK_REMOTE=) load the cached driver instead of fetching it.
+        "SPARK_JDBC_DRIVER": str(postgresql_jdbc_jar()),
     }
 
 
