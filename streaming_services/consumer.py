@@ -40,7 +40,9 @@ from crypto_platform.credentials import INGEST_WRITER, role_database_url
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings, SettingsError
 from streaming_services.admission import DEFAULT_LIMITS, Limits, StoredSymbol, judge
+from streaming_services.kafka_records import install_fast_records
 from streaming_services.messages import InvalidMessage, MarketClock, TradeMessage, parse_message, utc_text
+from streaming_services.metrics import BatchHistogram
 from streaming_services.startup import StartupError, start_metrics, wait_for_kafka, worker_argument
 
 RETRY_INITIAL_S = 0.5
@@ -56,8 +58,8 @@ RESULTS = Counter("consumer_messages_total", "Messages handled", ["result"])
 BATCH_SIZE = Histogram("consumer_batch_size", "Messages per transaction", buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000))
 DB_RETRIES = Counter("consumer_db_retries_total", "Transactions retried because PostgreSQL was unavailable")
 LAG = Gauge("consumer_lag", "Messages behind the partition's end", ["partition"])
-END_TO_END = Histogram("consumer_end_to_end_latency_seconds", "Trade time to PostgreSQL commit",
-                       buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 60))
+END_TO_END = BatchHistogram("consumer_end_to_end_latency_seconds", "Trade time to PostgreSQL commit",
+                            buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 60))
 
 STAGING_TABLE = """
 CREATE TEMP TABLE IF NOT EXISTS incoming_trades (
@@ -358,12 +360,13 @@ class PricesConsumer:
             # the group waiting out the dead member's 45 s session first.
             group_instance_id=config.instance_id,
         )
+        install_fast_records(self.kafka)
         self._stop = threading.Event()
         self._subscribe_once_partitions_are_known()
         # One batch is written to PostgreSQL while the next is polled and validated; offsets are
         # committed on this thread (the Kafka client is not thread-safe) once its write has committed.
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-writer")
-        self._in_flight: tuple[Future, list, list[Accepted], list[Rejected]] | None = None
+        self._in_flight: tuple[Future, int, dict[TopicPartition, int], list[Accepted], list[Rejected]] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -415,7 +418,8 @@ class PricesConsumer:
                 self._finish_in_flight()
                 if records:
                     future = self._writer_thread.submit(self._write_with_retry, accepted, rejected)
-                    self._in_flight = (future, records, accepted, rejected)
+                    reached = {tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}
+                    self._in_flight = (future, len(records), reached, accepted, rejected)
                 self._report_lag()
             self._finish_in_flight()
         finally:
@@ -427,31 +431,27 @@ class PricesConsumer:
     def _finish_in_flight(self) -> None:
         if self._in_flight is None:
             return
-        future, records, accepted, rejected = self._in_flight
+        future, count, reached, accepted, rejected = self._in_flight
         self._in_flight = None
         outcome = future.result()
         if outcome is None:
             return
         committed_at = time.time()
-        for item in accepted:
-            if isinstance(item.trade, TradeMessage):
-                END_TO_END.observe(max(0.0, committed_at - item.trade.timestamp / 1000))
-        BATCH_SIZE.observe(len(records))
+        END_TO_END.observe_all([max(0.0, committed_at - item.trade.timestamp / 1000) for item in accepted
+                                if isinstance(item.trade, TradeMessage)])
+        BATCH_SIZE.observe(count)
         RESULTS.labels("written").inc(outcome.written)
         RESULTS.labels("duplicate").inc(outcome.duplicates)
         RESULTS.labels("rejected").inc(len(rejected) + len(outcome.refused))
         for item in [*rejected, *outcome.refused]:
             log.info("message dead-lettered", extra={"partition": item.partition, "offset": item.offset,
                                                      "reason": item.error[:200]})
-        self._commit(records)
+        self._commit(reached)
 
-    def _commit(self, records: list) -> None:
-        offsets: dict[TopicPartition, int] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, -1), record.offset + 1)
+    def _commit(self, reached: dict[TopicPartition, int]) -> None:
+        """``reached``: per partition, the offset after the batch's last record (records come in offset order)."""
         try:
-            self.kafka.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
+            self.kafka.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in reached.items()})
         except (CommitFailedError, KafkaError) as exc:
             # The group moved on (rebalance): the new owner re-reads this batch and the unique keys absorb it.
             log.warning("offset commit failed; batch will be re-read", extra={"error": repr(exc)[:200]})
