@@ -18,7 +18,7 @@ ones, so neither is late by these rules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from streaming_services.messages import TradeMessage
@@ -73,6 +73,9 @@ def judge(trades: list[TradeMessage], stored: dict[str, StoredSymbol], existing:
     are not above their symbol's newest id (the only ones that can exist)."""
     verdicts = Verdicts()
     stored = dict(stored)
+    # The newest id and time per symbol move with each admitted trade; kept apart from ``stored`` so that a
+    # trade costs a tuple, not a ``dataclasses.replace`` (about 1.5 µs, a tenth of a row's whole cost).
+    newest = {symbol: (state.newest_id, state.newest_ms) for symbol, state in stored.items()}
     seen: dict[tuple[str, int], TradeMessage] = dict(existing)
     for index, trade in enumerate(trades):
         key = (trade.symbol, trade.agg_trade_id)
@@ -85,23 +88,40 @@ def judge(trades: list[TradeMessage], stored: dict[str, StoredSymbol], existing:
                                                 f"{trade.agg_trade_id}: stored {describe(known)}; "
                                                 f"this message {describe(trade)}"))
             continue
-        reason = _refusal(trade, stored.get(trade.symbol), limits)
-        if reason is not None:
-            verdicts.refused.append((index, reason))
-            continue
-        seen[key] = trade
-        verdicts.new.append(index)
         state = stored.get(trade.symbol)
         if state is None:
             stored[trade.symbol] = StoredSymbol(trade.agg_trade_id, trade.timestamp, trade.source)
-        elif trade.agg_trade_id > state.newest_id:
-            stored[trade.symbol] = replace(state, newest_id=trade.agg_trade_id, newest_ms=trade.timestamp)
+            newest[trade.symbol] = (trade.agg_trade_id, trade.timestamp)
+        else:
+            newest_id, newest_ms = newest[trade.symbol]
+            reason = _refusal(trade, state, newest_id, newest_ms, limits)
+            if reason is not None:
+                verdicts.refused.append((index, reason))
+                continue
+            if trade.agg_trade_id > newest_id:
+                newest[trade.symbol] = (trade.agg_trade_id, trade.timestamp)
+        seen[key] = trade
+        verdicts.new.append(index)
     return verdicts
 
 
-def _refusal(trade: TradeMessage, state: StoredSymbol | None, limits: Limits) -> str | None:
-    if state is None:
-        return None
+def _refusal(trade: TradeMessage, state: StoredSymbol, newest_id: int, newest_ms: int, limits: Limits) -> str | None:
+    """Why ``trade`` may not follow its symbol's rows (``state``, whose newest trade is now ``newest_*``)."""
+    if trade.source != state.source:
+        return (f"source {trade.source!r} differs from source {state.source!r} of the {trade.symbol} trades already"
+                f" stored; sources never mix: switch SOURCE only on an empty state (see README, Sources)")
+    distance = abs(trade.agg_trade_id - newest_id)
+    if distance > limits.max_id_distance:
+        return (f"agg_trade_id {trade.agg_trade_id} is {distance} ids away from {trade.symbol}'s newest stored id"
+                f" {newest_id}, more than CONSUMER_MAX_ID_DISTANCE={limits.max_id_distance}")
+    if newest_ms - trade.timestamp > limits.max_lateness_ms:
+        return (f"late trade: time {_iso(trade.timestamp)} is {newest_ms - trade.timestamp} ms before"
+                f" {trade.symbol}'s newest stored trade (id {newest_id}, {_iso(newest_ms)}), more than"
+                f" CONSUMER_MAX_LATENESS_S={limits.max_lateness_ms // 1000}")
+    if state.closed_until_ms is not None and trade.timestamp < state.closed_until_ms:
+        return (f"late trade: time {_iso(trade.timestamp)} is before {trade.symbol}'s exchange clock"
+                f" {_iso(state.closed_until_ms)} (stock.market_clock): its minute was already declared complete")
+    return None
     if trade.source != state.source:
         return (f"source {trade.source!r} differs from source {state.source!r} of the {trade.symbol} trades already"
                 f" stored; sources never mix: switch SOURCE only on an empty state (see README, Sources)")
