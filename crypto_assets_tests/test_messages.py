@@ -13,7 +13,9 @@ from streaming_services.consumer import classify
 from streaming_services.messages import (
     InvalidMessage,
     TradeMessage,
+    _check_amount,
     _decode_valid,
+    _exact_amount,
     _parse_with_reasons,
     decode_agg_trade_frame,
     parse_trade_message,
@@ -155,3 +157,14 @@ def test_a_valid_message_takes_the_fast_path_and_a_frame_decodes_like_from_agg_t
     assert decode_agg_trade_frame(frame, "replay") == message
     assert decode_agg_trade_frame(b'{"result":null,"id":1}', "replay") is None
     assert decode_agg_trade_frame(json.dumps({"data": {**AGG_TRADE, "p": 1.5}}).encode(), "replay") is None
+
+
+@pytest.mark.parametrize("text", ["1", "0", "0.5", "123456789012", "1234567890123", "1.12345678", "1.123456789",
+                                  "1E-7", "1E-9", "1E+2", "-1", "NaN", "Infinity", "0.00000000", "1.10", "0E-8",
+                                  "999999999999.99999999", "-0"])
+def test_the_amount_check_agrees_with_the_rule_of_the_reasoned_path(text: str) -> None:
+    try:
+        expected = _check_amount("price", Decimal(text)) is not None
+    except InvalidMessage:
+        expected = False
+    assert _exact_amount(Decimal(text)) is expected

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
@@ -240,12 +241,18 @@ class _WireTrade(msgspec.Struct):
 _WIRE_DECODER = msgspec.json.Decoder(_WireTrade)
 
 
+# ``str`` of a Decimal in plain notation that fits NUMERIC(20, 8); its digits carry no leading zeros.
+_PLAIN_AMOUNT = re.compile(rf"[0-9]{{1,{MAX_INTEGER_DIGITS}}}(?:\.[0-9]{{1,{MAX_DECIMAL_PLACES}}})?").fullmatch
+
+
 def _exact_amount(number: Decimal) -> bool:
-    """What ``_decimal`` accepts, as a predicate: finite, positive, fits NUMERIC(20, 8). The decimal places
-    are counted on ``str`` (a fifth of the cost of ``as_tuple``) unless it is in exponent notation."""
+    """What ``_decimal`` accepts, as a predicate: finite, positive, fits NUMERIC(20, 8). One match on ``str``
+    decides the usual case (half the cost of the checks one by one); other forms take those checks."""
+    text = str(number)
+    if _PLAIN_AMOUNT(text) is not None:
+        return number > 0
     if not (number.is_finite() and number > 0 and number.adjusted() < MAX_INTEGER_DIGITS):
         return False
-    text = str(number)
     if "E" in text:
         return -number.as_tuple().exponent <= MAX_DECIMAL_PLACES
     dot = text.find(".")
