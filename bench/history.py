@@ -7,7 +7,7 @@
    with ``--lineage``, one hour's candles computed from the trades against rolled up from the minutes;
 3. query: an hourly and a daily candle query over the whole span (the median of 20 runs).
 
-Usage: ``python -m bench.history [--rows 10000000] [--days 365] [--lineage]``. Prints one JSON line per
+Usage: ``python -m bench.history [--rows 10000000] [--days 365] [--lineage] [--import-only]``. Prints one JSON line per
 figure and the machine's load average before and after.
 """
 
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,13 +34,29 @@ from crypto_assets.candles import ONE_HOUR, align_range, from_ms
 from crypto_assets.engine import refresh_candles, refresh_rollup
 from crypto_assets.resources import spark_session
 from crypto_assets.store import MarketStore
-from streaming_services.importer import ImportStore, event_time_formatter, recompute_candles
+from streaming_services.importer import ImportStore, recompute_candles
 
 SYMBOL = "BTCUSDT"
 # The same columns as the importer writes.
 PLAIN_COPY = ("COPY stock.real_time_prices (symbol, price, timestamp, event_time, volume, agg_trade_id, first_trade_id,"
               " last_trade_id, trades, is_buyer_maker, source, ingest_xid) FROM STDIN WITH (FORMAT csv)")
 START = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def event_time_formatter() -> Callable[[int], str]:
+    """ms → PostgreSQL timestamptz text; the date-time prefix is cached per second (the trades are in time order)."""
+    cache: dict[int, str] = {}
+
+    def format_ms(ms: int) -> str:
+        second, milli = divmod(ms, 1000)
+        prefix = cache.get(second)
+        if prefix is None:
+            if len(cache) > 4096:
+                cache.clear()
+            prefix = cache[second] = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return f"{prefix}.{milli:03d}+00"
+
+    return format_ms
 
 
 def generate(path: Path, table_csv: Path, rows: int, days: int) -> int:
@@ -105,6 +122,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000, help="trades in the generated file")
     parser.add_argument("--days", type=int, default=365, help="days the trades span")
     parser.add_argument("--lineage", action="store_true", help="also time 1-hour candles from trades vs rolled up")
+    parser.add_argument("--import-only", action="store_true", help="only the import figure (no candles, no queries)")
     args = parser.parse_args()
     emit({"load_average_before": os.getloadavg(), "cpus": os.cpu_count()})
     with throwaway_postgres() as settings, tempfile.TemporaryDirectory(prefix="crypto-bench-history-") as folder:
@@ -120,6 +138,9 @@ def main() -> None:
         emit({"figure": "import", "rows": args.rows, "importer_s": round(import_s, 1),
               "importer_rows_per_s": round(args.rows / import_s), "plain_copy_s": round(copy_s, 1),
               "plain_copy_rows_per_s": round(args.rows / copy_s), "ratio": round(copy_s / import_s, 2)})
+        if args.import_only:
+            emit({"load_average_after": os.getloadavg()})
+            return
 
         os.environ.update(env)
         store = ImportStore(settings.database_url)

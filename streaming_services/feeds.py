@@ -8,8 +8,7 @@ with or without a header; a trade is an aggTrade with f = l). Times are ms, or �
 
 from __future__ import annotations
 
-import csv
-import io
+import codecs
 import random
 import re
 import zipfile
@@ -20,6 +19,10 @@ from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 MINUTE_MS = 60_000
 MICROSECOND_THRESHOLD = 10**14  # epoch ms stay below this until the year 5138; µs are above it
@@ -55,7 +58,7 @@ class AggTrade:
     def payload_json(self, event_time_ms: int) -> str:
         """``payload()`` as the compact JSON Binance sends, written directly: the replay server's hot path.
 
-        Safe without escaping: the symbol is alphanumeric and ``parse_rows`` let only plain decimals through.
+        Safe without escaping: the symbol is alphanumeric and the parser lets only plain decimals through.
         """
         return (f'{{"e":"aggTrade","E":{event_time_ms},"s":"{self.symbol}","a":{self.agg_id},"p":"{self.price}",'
                 f'"q":"{self.qty}","f":{self.first_id},"l":{self.last_id},"T":{self.time_ms},'
@@ -83,78 +86,195 @@ def symbol_from_filename(path: Path, symbols: Iterable[str] | None = None) -> st
     return named[0]
 
 
-def _to_ms(raw: str) -> int:
-    value = int(raw)
-    return value // 1000 if value >= MICROSECOND_THRESHOLD else value
+BLOCK_BYTES = 4 << 20  # Arrow's CSV block: about 50,000 aggTrades rows per batch
+BATCH_SCHEMA = pa.schema([("agg_id", pa.int64()), ("price", pa.string()), ("qty", pa.string()),
+                          ("first_id", pa.int64()), ("last_id", pa.int64()), ("time_ms", pa.int64()),
+                          ("is_buyer_maker", pa.bool_()), ("line", pa.int64())])
+# Which raw column holds each field, by the file's column count: aggTrades (8) or trades (7, f = l = id).
+LAYOUTS = {8: {"agg_id": 0, "price": 1, "qty": 2, "first_id": 3, "last_id": 4, "time": 5, "maker": 6},
+           7: {"agg_id": 0, "price": 1, "qty": 2, "first_id": 0, "last_id": 0, "time": 4, "maker": 5}}
+QTY_NAMES = {8: "quantity", 7: "qty"}
+INTEGER_TEXT = re.compile(rb"-?\d{1,19}")
+ARROW_ROW = re.compile(r"Row #(\d+): ")
+TRUE_FLAG = r"(?i)^\s*(true|1)\s*$"
 
 
-def _flag(raw: str) -> bool:
-    return raw.strip().lower() in {"true", "1"}
+@dataclass(frozen=True)
+class TradeBatch:
+    """Consecutive trades of one file in file order, as Arrow columns (``BATCH_SCHEMA``): ids and times
+    (ms) as int64, prices and quantities as Binance's decimal strings, ``line`` the line each came from."""
+
+    symbol: str
+    origin: str
+    columns: pa.RecordBatch
+
+    def trades(self) -> Iterator[AggTrade]:
+        c = self.columns
+        for agg_id, price, qty, first_id, last_id, time_ms, maker in zip(
+                *(c.column(i).to_pylist() for i in range(7)), strict=True):
+            yield AggTrade(self.symbol, agg_id, price, qty, first_id, last_id, time_ms, maker)
 
 
-def _plain_decimal(raw: str, column: str) -> str:
-    if PLAIN_DECIMAL.fullmatch(raw) is None:
-        raise ValueError(f"{column} {raw[:40]!r} is not a plain decimal number")
-    return raw
+def _first_false(mask: pa.Array) -> int | None:
+    """The index of the first false (or null) of a boolean array, or None when all are true."""
+    mask = pc.fill_null(mask, False)
+    if len(mask) == 0 or pc.all(mask).as_py():
+        return None
+    return pc.index(mask, False).as_py()
 
 
-def iter_rows(symbol: str, rows: Iterable[list[str]], origin: str) -> Iterator[tuple[int, AggTrade]]:
-    """Rows of an aggTrades or trades CSV (header optional) → (line number, AggTrade), in file order."""
-    for line_number, row in enumerate(rows, start=1):
-        if not row or (line_number == 1 and not row[0].strip().lstrip("-").isdigit()):
-            continue
+def _integers(raw: pa.Array, column: str) -> tuple[pa.Array, tuple[int, str] | None]:
+    """An integer column as int64 and, if a value is not an integer, (its index, the reason)."""
+    try:
+        return raw.cast(pa.int64()), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        for index, value in enumerate(raw.to_pylist()):
+            if INTEGER_TEXT.fullmatch(value) is None or not -2**63 <= int(value) < 2**63:
+                return raw, (index, f"{column} {value[:40]!r} is not an integer")
+        raise
+
+
+def _columns(raw: pa.RecordBatch, lines: pa.Array) -> tuple[pa.RecordBatch, tuple[int, str] | None]:
+    """Raw binary columns → ``BATCH_SCHEMA``, and the first bad row (index, reason) if there is one;
+    the rows before a bad one are good."""
+    layout, width = LAYOUTS[raw.num_columns], raw.num_columns
+    problems: list[tuple[int, str]] = []
+    values: dict[str, pa.Array] = {}
+    for name, column in (("price", "price"), ("qty", QTY_NAMES[width])):
+        text = raw.column(layout[name])
+        bad = _first_false(pc.match_substring_regex(text, f"^{PLAIN_DECIMAL.pattern}$"))
+        if bad is not None:
+            problems.append((bad, f"{column} {text[bad].as_py().decode('utf-8', 'replace')[:40]!r}"
+                                  " is not a plain decimal number"))
+            text = text.slice(0, bad)
+        values[name] = text.cast(pa.string())
+    for name, column in (("agg_id", "agg_trade_id"), ("first_id", "first_trade_id"), ("last_id", "last_trade_id"),
+                         ("time", "transact_time")):
+        values[name], problem = _integers(raw.column(layout[name]), column)
+        if problem is not None:
+            problems.append(problem)
+    if problems:
+        bad = min(problems)
+        good, _ = _columns(raw.slice(0, bad[0]), lines.slice(0, bad[0]))
+        return good, bad
+    time_raw = values["time"]
+    time_ms = pc.if_else(pc.greater_equal(time_raw, MICROSECOND_THRESHOLD), pc.divide(time_raw, 1000), time_raw)
+    maker = pc.match_substring_regex(raw.column(layout["maker"]), TRUE_FLAG)
+    return pa.RecordBatch.from_arrays([values["agg_id"], values["price"], values["qty"], values["first_id"],
+                                       values["last_id"], time_ms, maker, lines], schema=BATCH_SCHEMA), None
+
+
+class _Utf8Checked:
+    """A binary stream that raises a FeedError naming the line of the first byte that is not UTF-8 text
+    (Arrow reads binary columns unchecked; this keeps the replay server's promise of text)."""
+
+    def __init__(self, raw: Any, origin: str) -> None:
+        self.raw, self.origin, self.lines = raw, origin, 0
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
         try:
-            if len(row) == 8:
-                agg_id, price, qty, first_id, last_id, time_raw, maker = row[:7]
-                yield line_number, AggTrade(symbol, int(agg_id), _plain_decimal(price, "price"),
-                                            _plain_decimal(qty, "quantity"), int(first_id), int(last_id),
-                                            _to_ms(time_raw), _flag(maker))
-            elif len(row) == 7:
-                trade_id, price, qty, _quote, time_raw, maker = row[:6]
-                yield line_number, AggTrade(symbol, int(trade_id), _plain_decimal(price, "price"),
-                                            _plain_decimal(qty, "qty"), int(trade_id), int(trade_id),
-                                            _to_ms(time_raw), _flag(maker))
-            else:
-                raise FeedError(f"{origin}:{line_number}: {len(row)} columns, expected 7 (trades) or 8 (aggTrades)")
-        except ValueError as exc:
-            if isinstance(exc, FeedError):
-                raise
-            raise FeedError(f"{origin}:{line_number}: {exc}") from None
+            self.decoder.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            line = self.lines + data.count(b"\n", 0, max(exc.start, 0)) + 1
+            raise FeedError(f"{self.origin}:{line}: not UTF-8 text ({exc.reason})") from None
+        self.lines += data.count(b"\n")
+        return data
 
 
-def parse_rows(symbol: str, rows: Iterable[list[str]], origin: str) -> list[AggTrade]:
-    """Rows of an aggTrades or trades CSV (header optional) → AggTrades sorted by agg id."""
-    return sorted((trade for _line, trade in iter_rows(symbol, rows, origin)), key=lambda t: t.agg_id)
+def _csv_batches(stream: Any, symbol: str, origin: str) -> Iterator[TradeBatch]:
+    """One CSV stream → TradeBatches; a bad line raises a FeedError naming it, after the rows before it.
+
+    Format detection lives here alone: the column count of the first line (8 aggTrades, 7 trades), a header
+    (a first line whose first field is not a number) skipped, ms or µs per value, empty lines skipped."""
+    invalid: list[tuple[int, int]] = []
+
+    def on_invalid(row: Any) -> str:
+        invalid.append((row.number or 0, row.actual_columns))
+        return "skip"
+
+    try:
+        reader = pa_csv.open_csv(
+            _Utf8Checked(stream, origin),
+            read_options=pa_csv.ReadOptions(autogenerate_column_names=True, use_threads=False, block_size=BLOCK_BYTES),
+            parse_options=pa_csv.ParseOptions(ignore_empty_lines=False, invalid_row_handler=on_invalid),
+            convert_options=pa_csv.ConvertOptions(column_types={f"f{i}": pa.binary() for i in range(16)}))
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            return
+        raise FeedError(f"{origin}:1: {exc}") from None
+    width, done = len(reader.schema), 0
+    if width not in LAYOUTS:
+        raise FeedError(f"{origin}:1: {width} columns, expected 7 (trades) or 8 (aggTrades)")
+    while True:
+        try:
+            raw = reader.read_next_batch()
+        except StopIteration:
+            raw = None
+        except pa.ArrowInvalid as exc:
+            reason = str(exc).splitlines()[0]
+            row = ARROW_ROW.search(reason)
+            line = int(row.group(1)) if row else done + 1
+            raise FeedError(f"{origin}:{line}: {ARROW_ROW.sub('', reason)[:120]}") from None
+        rows = 0 if raw is None else raw.num_rows
+        bad_width = min(invalid) if invalid and invalid[0][0] <= done + rows + 1 else None
+        if bad_width is not None:
+            raw, rows = raw.slice(0, bad_width[0] - done - 1) if raw is not None else None, bad_width[0] - done - 1
+        if raw is not None and rows:
+            lines = pa.array(range(done + 1, done + rows + 1), pa.int64())
+            keep = pc.invert(pc.and_(pc.equal(pc.binary_length(raw.column(0)), 0),
+                                     pc.equal(pc.binary_length(raw.column(1)), 0)))
+            if done == 0 and not raw.column(0)[0].as_py().decode("utf-8", "replace").strip().lstrip("-").isdigit():
+                keep = pc.and_(keep, pa.array([False] + [True] * (rows - 1)))
+            if not pc.all(keep).as_py():
+                raw, lines = raw.filter(keep), lines.filter(keep)
+            columns, bad = _columns(raw, lines)
+            if columns.num_rows:
+                yield TradeBatch(symbol, origin, columns)
+            if bad is not None:
+                raise FeedError(f"{origin}:{lines[bad[0]].as_py()}: {bad[1]}")
+        done += rows
+        if bad_width is not None:
+            raise FeedError(f"{origin}:{bad_width[0]}: {bad_width[1]} columns, expected {width} like line 1")
+        if raw is None:
+            return
 
 
-def iter_binance_file(path: Path, symbols: Iterable[str] | None = None) -> Iterator[tuple[str, int, AggTrade]]:
-    """A Binance trades or aggTrades file, ``.csv`` or ``.zip`` (every CSV inside), streamed in file order:
-    (origin, line number, AggTrade), origin naming the file (and the member of a zip)."""
+def iter_trade_batches(path: Path, symbols: Iterable[str] | None = None) -> Iterator[TradeBatch]:
+    """A Binance trades or aggTrades file, ``.csv`` or ``.zip`` (every CSV inside), in file order, as Arrow
+    batches: the one parser of the replay server (``read_binance_file``) and the importer. A bad line,
+    a corrupt archive or a name without a symbol raises a FeedError naming the file (and member) and line."""
     if not path.is_file():
         raise FeedError(f"{path} is not a file")
     symbol = symbol_from_filename(path, symbols)
-    if path.suffix.lower() == ".zip":
-        origin, line_number = str(path), 0
-        try:
-            with zipfile.ZipFile(path) as archive:
-                for name in archive.namelist():
-                    if name.lower().endswith(".csv"):
-                        origin, line_number = f"{path}!{name}", 0
-                        with archive.open(name) as member:
-                            text = io.TextIOWrapper(member, encoding="utf-8", newline="")
-                            for line_number, trade in iter_rows(symbol, csv.reader(text), origin):
-                                yield origin, line_number, trade
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnicodeDecodeError) as exc:
-            where = f"{origin}:{line_number + 1}" if line_number or origin != str(path) else origin
-            raise FeedError(f"{where}: corrupt zip archive ({exc})") from None
+    if path.suffix.lower() != ".zip":
+        with path.open("rb") as handle:
+            yield from _csv_batches(handle, symbol, str(path))
         return
-    with path.open(newline="", encoding="utf-8") as handle:
-        line_number = 0
-        try:
-            for line_number, trade in iter_rows(symbol, csv.reader(handle), str(path)):
-                yield str(path), line_number, trade
-        except UnicodeDecodeError as exc:
-            raise FeedError(f"{path}:{line_number + 1}: not UTF-8 text ({exc.reason})") from None
+    origin, line_number = str(path), 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.lower().endswith(".csv"):
+                    origin, line_number = f"{path}!{name}", 0
+                    with archive.open(name) as member:
+                        for batch in _csv_batches(member, symbol, origin):
+                            line_number = batch.columns.column("line")[-1].as_py()
+                            yield batch
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        where = f"{origin}:{line_number + 1}" if line_number or origin != str(path) else origin
+        raise FeedError(f"{where}: corrupt zip archive ({exc})") from None
 
 
 def read_binance_file(path: Path, symbols: Iterable[str] | None = None) -> list[AggTrade]:
@@ -162,7 +282,8 @@ def read_binance_file(path: Path, symbols: Iterable[str] | None = None) -> list[
     symbol its name carries (with ``symbols``: of those, else a ``FeedError``)."""
     if not path.is_file():
         raise FeedError(f"REPLAY_FILES names {path}, which is not a file")
-    return sorted((trade for _origin, _line, trade in iter_binance_file(path, symbols)), key=lambda t: t.agg_id)
+    trades = (trade for batch in iter_trade_batches(path, symbols) for trade in batch.trades())
+    return sorted(trades, key=lambda t: t.agg_id)
 
 
 def load_files(paths: Iterable[Path], symbols: Iterable[str] | None = None) -> dict[str, list[AggTrade]]:

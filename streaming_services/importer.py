@@ -3,8 +3,10 @@
 ``python -m streaming_services.importer FILE...`` or ``... --download SYMBOL FROM TO`` (``make import``).
 
 Per file: its ``.CHECKSUM`` (SHA-256) verified when one lies beside it; its rows parsed by the replay
-server's parser (``feeds.iter_binance_file``) and checked by the consumer's rules
-(``messages.check_trade``); COPYed in batches, each batch committed together with the file's position
+server's parser (``feeds.iter_trade_batches``: Arrow's CSV reader, column by column) and checked by the
+consumer's rules (``BatchChecker``: Arrow expressions clear rows, ``messages.check_trade`` judges every
+row they do not clear); encoded as COPY's CSV by Arrow and COPYed in batches (a writer thread sends one
+while the next is read), each batch committed together with the file's position
 in ``stock.imported_files``, so an import stopped anywhere (SIGTERM, a crash) resumes where it stopped.
 
 Invariants:
@@ -24,14 +26,13 @@ Exit 0 on success, 1 when the candle backfill failed, 2 on a bad file or argumen
 from __future__ import annotations
 
 import argparse
-import io
+import functools
 import os
 import subprocess
 import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,16 +42,33 @@ from pathlib import Path
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
 from crypto_platform.settings import PlatformSettings, SettingsError
 from streaming_services.binance_data import DataFileError, download, verified_sha256
-from streaming_services.feeds import AggTrade, FeedError, iter_binance_file, symbol_from_filename
-from streaming_services.messages import InvalidMessage, TradeMessage, check_trade
+from streaming_services.feeds import FeedError, iter_trade_batches, symbol_from_filename
+from streaming_services.messages import (
+    EARLIEST_TRADE_MS,
+    MAX_CLOCK_SKEW_MS,
+    MAX_DECIMAL_PLACES,
+    MAX_INTEGER_DIGITS,
+    MAX_SOURCE_LENGTH,
+    MAX_TRADE_QUOTE,
+    MAX_TRADES_PER_AGGREGATE,
+    InvalidMessage,
+    TradeMessage,
+    check_trade,
+)
 
 DEFAULT_BATCH_ROWS = 200_000
 IMPORTED_XID = "0"
 SAMPLE_BYTES = 1 << 16
+COPY_CHUNK_BYTES = 1 << 20
+AMOUNT = rf"^0*[0-9]{{1,{MAX_INTEGER_DIGITS}}}(\.[0-9]{{1,{MAX_DECIMAL_PLACES}}})?$"  # NUMERIC(20, 8)'s digits
+QUOTE_CERTAINLY_BELOW = float(MAX_TRADE_QUOTE) / 10  # floats of price × volume only preselect (× 10 margin)
 
 COLUMNS = ("symbol, price, timestamp, event_time, volume, agg_trade_id, first_trade_id, last_trade_id, trades,"
            " is_buyer_maker, source, ingest_xid")
@@ -83,20 +101,64 @@ class FileResult:
     skipped: bool
 
 
-def event_time_formatter() -> Callable[[int], str]:
-    """ms → PostgreSQL timestamptz text; the date-time prefix is cached per second (files are in time order)."""
-    cache: dict[int, str] = {}
+class BatchChecker:
+    """The consumer's rules (``messages.check_trade``) over a batch of trades at once.
 
-    def format_ms(ms: int) -> str:
-        second, milli = divmod(ms, 1000)
-        prefix = cache.get(second)
-        if prefix is None:
-            if len(cache) > 4096:
-                cache.clear()
-            prefix = cache[second] = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-        return f"{prefix}.{milli:03d}+00"
+    The Arrow expressions below only ever prove rows fine: a row any of them doubts is judged by
+    ``check_trade`` itself, so the rules and their messages stay the consumer's, and the first row it
+    refuses stops the import. A doubted row it accepts (say price × volume just under the bound, which
+    floats cannot decide) is imported like any other."""
 
-    return format_ms
+    def __init__(self, symbols: frozenset[str], source: str) -> None:
+        self.symbols = symbols
+        self.source = source
+
+    def check(self, symbol: str, origin: str, rows: pa.RecordBatch) -> tuple[pa.RecordBatch, ImportStopped | None]:
+        """The rows before the first bad one, and the one line naming it (None when every row is good)."""
+        now_ms = time.time_ns() // 1_000_000
+        agg, first, last, at = (rows.column(n) for n in ("agg_id", "first_id", "last_id", "time_ms"))
+        price, qty = rows.column("price"), rows.column("qty")
+        price_f, qty_f = price.cast(pa.float64()), qty.cast(pa.float64())
+        fine = [pc.greater_equal(at, EARLIEST_TRADE_MS), pc.less_equal(at, now_ms + MAX_CLOCK_SKEW_MS),
+                pc.greater_equal(agg, 0), pc.greater_equal(first, 0), pc.greater_equal(last, first),
+                pc.less(pc.subtract(last, first), MAX_TRADES_PER_AGGREGATE),
+                pc.match_substring_regex(price, AMOUNT), pc.match_substring_regex(qty, AMOUNT),
+                pc.greater(price_f, 0), pc.greater(qty_f, 0),
+                pc.less(pc.multiply(price_f, qty_f), QUOTE_CERTAINLY_BELOW)]
+        ok = functools.reduce(pc.and_, fine)
+        if not (symbol in self.symbols and source_is_valid(self.source)):
+            ok = pc.and_(ok, False)
+        if pc.all(ok).as_py():
+            return rows, None
+        for index in pc.indices_nonzero(pc.invert(ok)).to_pylist():
+            values = {n: rows.column(n)[index].as_py() for n in rows.schema.names}
+            try:
+                check_trade(TradeMessage(symbol, Decimal(values["price"]), Decimal(values["qty"]), values["time_ms"],
+                                         values["agg_id"], values["first_id"], values["last_id"],
+                                         values["is_buyer_maker"], self.source), self.symbols, now_ms)
+            except InvalidMessage as exc:
+                return rows.slice(0, index), ImportStopped(f"{origin}:{values['line']}: {exc}")
+        return rows, None
+
+
+def source_is_valid(source: str) -> bool:
+    """``check_trade``'s rule on the source, for the whole file at once."""
+    return bool(source) and len(source) <= MAX_SOURCE_LENGTH and source.isprintable()
+
+
+def copy_rows(rows: pa.Table, symbol: str, source: str) -> pa.Buffer:
+    """The batch as COPY's CSV in ``COLUMNS`` order. ``event_time`` is written without a zone: the
+    importer's session runs in UTC (``ImportStore``)."""
+    count = rows.num_rows
+    first, last = rows.column("first_id"), rows.column("last_id")
+    table = pa.table([pa.repeat(symbol, count), rows.column("price"), rows.column("time_ms"),
+                      rows.column("time_ms").cast(pa.timestamp("ms")), rows.column("qty"), rows.column("agg_id"),
+                      first, last, pc.add(pc.subtract(last, first), 1), rows.column("is_buyer_maker"),
+                      pa.repeat(source, count), pa.repeat(IMPORTED_XID, count)],
+                     names=[c.strip() for c in COLUMNS.split(",")])
+    out = pa.BufferOutputStream()
+    pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False))
+    return out.getvalue()
 
 
 def estimated_rows(path: Path) -> int | None:
@@ -128,7 +190,8 @@ class ImportStore:
         self.connection = self._connect()
 
     def _connect(self) -> psycopg2.extensions.connection:
-        return psycopg2.connect(self.database_url, connect_timeout=10, application_name="importer")
+        return psycopg2.connect(self.database_url, connect_timeout=10, application_name="importer",
+                                options="-c TimeZone=UTC")
 
     def close(self) -> None:
         self.connection.close()
@@ -150,22 +213,22 @@ class ImportStore:
             )
         return FileState(0, "loading")
 
-    def write_batch(self, name: str, rows: io.StringIO, rows_done: int, first_ms: int, last_ms: int) -> int:
+    def write_batch(self, name: str, data: pa.Buffer, rows_done: int, first_ms: int, last_ms: int) -> int:
         """The batch's rows and the file's new position, in one transaction; returns the rows that were new.
 
         COPY straight into the table; a batch meeting rows that are already there is merged instead."""
         with self.connection, self.connection.cursor() as cursor:
             cursor.execute("SAVEPOINT direct_copy")
             try:
-                rows.seek(0)
-                cursor.copy_expert(COPY_DIRECT, rows)
+                rows = pa.BufferReader(data)
+                cursor.copy_expert(COPY_DIRECT, rows, size=COPY_CHUNK_BYTES)
                 written = cursor.rowcount
                 cursor.execute("RELEASE SAVEPOINT direct_copy")
             except psycopg2.errors.UniqueViolation:
                 cursor.execute("ROLLBACK TO SAVEPOINT direct_copy")
                 rows.seek(0)
                 cursor.execute(STAGING)
-                cursor.copy_expert(COPY_STAGING, rows)
+                cursor.copy_expert(COPY_STAGING, rows, size=COPY_CHUNK_BYTES)
                 cursor.execute(MERGE)
                 written = cursor.rowcount
             cursor.execute(
@@ -224,64 +287,61 @@ class FileImporter:
         total = estimated_rows(path)
         with tqdm(total=total, initial=state.rows_done, unit=" rows", unit_scale=True, desc=path.name,
                   disable=not self.show_progress, dynamic_ncols=True, mininterval=0.5) as bar:
-            position = self._stream(path, state.rows_done, bar)
+            position = self._stream(path, symbol, state.rows_done, bar)
             bar.total = position
             bar.refresh()
         self.store.set_status([path.name], "loaded")
         return FileResult(path, position, self._new_rows, skipped=False)
 
-    def _rows(self, path: Path, skip: int) -> Iterator[tuple[int, AggTrade]]:
-        """(position in the file, trade) past its first ``skip`` trades, each checked by the consumer's rules."""
-        now_ms = time.time_ns() // 1_000_000
-        position = 0
-        for origin, line, trade in iter_binance_file(path):
-            position += 1
-            if position <= skip:
-                continue
-            try:
-                check_trade(TradeMessage(trade.symbol, Decimal(trade.price), Decimal(trade.qty), trade.time_ms,
-                                         trade.agg_id, trade.first_id, trade.last_id, trade.is_buyer_maker,
-                                         self.source), self.symbols, now_ms)
-            except InvalidMessage as exc:
-                raise ImportStopped(f"{origin}:{line}: {exc}") from None
-            yield position, trade
+    def _stream(self, path: Path, symbol: str, skip: int, bar: tqdm) -> int:
+        """Checks and COPYs the file's trades past its first ``skip``; returns the file's new position.
 
-    def _stream(self, path: Path, skip: int, bar: tqdm) -> int:
-        event_time = event_time_formatter()
-        buffer, count, lo, hi, position = io.StringIO(), 0, None, None, skip
-        write, tail = buffer.write, f",{self.source},{IMPORTED_XID}\n"
+        Batches hold exactly ``batch_rows`` trades (the last one fewer), so positions are trade counts."""
+        checker = BatchChecker(self.symbols, self.source)
+        pending: list[pa.RecordBatch] = []
+        count, seen, position = 0, 0, skip
+        stop: ImportStopped | None = None
         try:
-            for position, t in self._rows(path, skip):
-                ms = t.time_ms
-                write(f"{t.symbol},{t.price},{ms},{event_time(ms)},{t.qty},{t.agg_id},{t.first_id},{t.last_id},"
-                      f"{t.last_id - t.first_id + 1},{'t' if t.is_buyer_maker else 'f'}{tail}")
-                count += 1
-                lo = ms if lo is None or ms < lo else lo
-                hi = ms if hi is None or ms > hi else hi
-                if count >= self.batch_rows:
-                    self._submit(path.name, buffer, position, lo, hi, count, bar)
-                    buffer, count, lo, hi = io.StringIO(), 0, None, None
-                    write = buffer.write
-        except (FeedError, ImportStopped) as exc:
-            # The rows before the bad one are committed with their position: a corrected file resumes there.
-            if count:
-                self._submit(path.name, buffer, position, lo, hi, count, bar)
-            self._drain()
-            raise ImportStopped(str(exc)) from None
+            for batch in iter_trade_batches(path):
+                rows = batch.columns
+                seen += rows.num_rows
+                if seen <= skip:
+                    continue
+                if seen - rows.num_rows < skip:
+                    rows = rows.slice(skip - (seen - rows.num_rows))
+                good, stop = checker.check(batch.symbol, batch.origin, rows)
+                pending.append(good)
+                count += good.num_rows
+                while count >= self.batch_rows:
+                    table = pa.Table.from_batches(pending)
+                    position += self.batch_rows
+                    self._submit(path.name, symbol, table.slice(0, self.batch_rows), position, bar)
+                    pending, count = table.slice(self.batch_rows).to_batches(), count - self.batch_rows
+                if stop is not None:
+                    break
+        except FeedError as exc:
+            stop = ImportStopped(str(exc))
+        # The rows before a bad one are committed with their position: a corrected file resumes there.
         if count:
-            self._submit(path.name, buffer, position, lo, hi, count, bar)
+            position += count
+            self._submit(path.name, symbol, pa.Table.from_batches(pending), position, bar)
         self._drain()
+        if stop is not None:
+            raise stop
         return position
 
-    def _submit(self, name: str, buffer: io.StringIO, position: int, lo: int, hi: int, count: int, bar: tqdm) -> None:
-        """Waits for the batch in flight, then hands this one to the writer (parsing goes on meanwhile)."""
+    def _submit(self, name: str, symbol: str, rows: pa.Table, position: int, bar: tqdm) -> None:
+        """Encodes the batch, waits for the batch in flight, then hands this one to the writer (reading and
+        checking go on meanwhile)."""
+        data = copy_rows(rows, symbol, self.source)
+        lo, hi = (value.as_py() for value in pc.min_max(rows.column("time_ms")).values())
         self._drain()
 
         def write() -> None:
-            new = self.store.write_batch(name, buffer, position, lo, hi)
+            new = self.store.write_batch(name, data, position, lo, hi)
             with self._lock:
                 self._new_rows += new
-            bar.update(count)
+            bar.update(rows.num_rows)
 
         self._in_flight = self._writer.submit(write)
 
