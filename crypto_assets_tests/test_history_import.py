@@ -16,6 +16,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg2
@@ -290,3 +291,39 @@ def test_an_import_recomputes_its_candles_and_the_sensor_does_not_read_it_as_new
     assert file_states(settings.database_url)[path.name] == ("complete", len(trades), len(trades))
     _cursor, waiting, _newest = MarketStore(settings.database_url).pending_trades(ONE_MINUTE)
     assert waiting == 0
+
+
+EDGE_AMOUNTS = ["1", "0", "0.00000000", "0.00000001", "0.000000001", "1.100000000", "999999999999.99999999",
+                "1000000000000", "0000000000001000000", "00000000000000000001", "10000000", "9999999.99999999",
+                "10000000.00000001", "99999999", "1000000"]
+
+
+def test_the_batch_checker_refuses_exactly_what_check_trade_refuses_with_its_message() -> None:
+    """Arrow expressions only clear rows; each row (edge amounts, times, ids) gets check_trade's verdict."""
+    import pyarrow as pa
+
+    from streaming_services.feeds import BATCH_SCHEMA
+    from streaming_services.messages import EARLIEST_TRADE_MS, InvalidMessage, TradeMessage, check_trade
+    now = time.time_ns() // 1_000_000
+    rows = [(1, p, q, 5, 5, 1_723_161_600_000) for p in EDGE_AMOUNTS for q in EDGE_AMOUNTS]
+    rows += [(1, "1.5", "2", f, last, t) for f, last, t in [
+        (5, 4, 1_723_161_600_000), (0, 2**31 - 2, 1_723_161_600_000), (0, 2**31 - 1, 1_723_161_600_000),
+        (-1, 3, 1_723_161_600_000), (5, 5, EARLIEST_TRADE_MS - 1), (5, 5, EARLIEST_TRADE_MS),
+        (5, 5, now + 2 * 86_400_000)]]
+    rows += [(-7, "1.5", "2", 5, 5, 1_723_161_600_000)]
+    checker = importer.BatchChecker(frozenset({"BTCUSDT"}), "replay")
+    for line, (agg, price, qty, first, last, at) in enumerate(rows, start=1):
+        batch = pa.RecordBatch.from_pylist([{"agg_id": agg, "price": price, "qty": qty, "first_id": first,
+                                             "last_id": last, "time_ms": at, "is_buyer_maker": True,
+                                             "line": line}], schema=BATCH_SCHEMA)
+        try:
+            check_trade(TradeMessage("BTCUSDT", Decimal(price), Decimal(qty), at, agg, first, last, True, "replay"),
+                        frozenset({"BTCUSDT"}), now)
+            expected = None
+        except InvalidMessage as exc:
+            expected = f"f:{line}: {exc}"
+        good, stop = checker.check("BTCUSDT", "f", batch)
+        assert (None if stop is None else str(stop)) == expected, (price, qty, first, last, at)
+        assert good.num_rows == (1 if expected is None else 0)
+    assert str(importer.BatchChecker(frozenset({"ETHUSDT"}), "replay").check("BTCUSDT", "f", batch)[1]) == (
+        f"f:{len(rows)}: unknown symbol 'BTCUSDT'")
