@@ -90,6 +90,51 @@ def plain_copy(database_url: str, path: Path) -> float:
     return time.perf_counter() - started
 
 
+SECONDARY_INDEXES = ("real_time_prices_event_time_idx", "real_time_prices_symbol_event_time_idx",
+                     "real_time_prices_ingest_xid_idx")
+
+
+def server_profile(database_url: str, table_csv: Path) -> dict[str, float]:
+    """PostgreSQL's side of an import, each variant on the emptied table with the same rows (seconds):
+    COPY straight into the table (the importer's path), COPY into a temporary table + INSERT … ON CONFLICT
+    (its path for a batch that meets existing rows), straight with ``synchronous_commit=off``, and straight
+    without the three secondary indexes (what their upkeep costs; they are put back afterwards)."""
+    figures = {}
+    merge = [PLAIN_COPY.replace("stock.real_time_prices", "staged"),
+             "INSERT INTO stock.real_time_prices SELECT * FROM staged ON CONFLICT (symbol, agg_trade_id) DO NOTHING"]
+    with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE indexname = ANY(%s)", (list(SECONDARY_INDEXES),))
+        definitions = cursor.fetchall()
+    connection.close()
+    for name, setup, statements in (
+            ("copy_direct_s", [], [PLAIN_COPY]),
+            ("copy_staging_merge_s", ["CREATE TEMP TABLE staged (LIKE stock.real_time_prices INCLUDING DEFAULTS)"],
+             merge),
+            ("copy_direct_async_commit_s", ["SET synchronous_commit = off"], [PLAIN_COPY]),
+            ("copy_direct_no_secondary_indexes_s", [f"DROP INDEX stock.{i}" for i in SECONDARY_INDEXES], [PLAIN_COPY])):
+        empty_trades(database_url)
+        with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
+            for statement in setup:
+                cursor.execute(statement)
+            connection.commit()
+            started = time.perf_counter()
+            for statement in statements:
+                if statement.startswith("COPY"):
+                    with table_csv.open() as handle:
+                        cursor.copy_expert(statement, handle, size=1 << 20)
+                else:
+                    cursor.execute(statement)
+            connection.commit()
+            figures[name] = round(time.perf_counter() - started, 1)
+        connection.close()
+    with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
+        for _name, definition in definitions:
+            cursor.execute(definition)
+    connection.close()
+    empty_trades(database_url)
+    return figures
+
+
 def run_importer(path: Path, env: dict[str, str]) -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "streaming_services.importer", str(path), "--no-candles", "--quiet"],
@@ -122,6 +167,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000, help="trades in the generated file")
     parser.add_argument("--days", type=int, default=365, help="days the trades span")
     parser.add_argument("--lineage", action="store_true", help="also time 1-hour candles from trades vs rolled up")
+    parser.add_argument("--server-profile", action="store_true",
+                        help="after the import figure, PostgreSQL's side alone (direct COPY, staging + merge, async"
+                             " commit, no secondary indexes) instead of candles and queries")
     parser.add_argument("--import-only", action="store_true", help="only the import figure (no candles, no queries)")
     args = parser.parse_args()
     emit({"load_average_before": os.getloadavg(), "cpus": os.cpu_count()})
@@ -134,11 +182,13 @@ def main() -> None:
         copy_s = plain_copy(settings.database_url, converted)
         empty_trades(settings.database_url)
         import_s = run_importer(source, env)
-        converted.unlink()
         emit({"figure": "import", "rows": args.rows, "importer_s": round(import_s, 1),
               "importer_rows_per_s": round(args.rows / import_s), "plain_copy_s": round(copy_s, 1),
               "plain_copy_rows_per_s": round(args.rows / copy_s), "ratio": round(copy_s / import_s, 2)})
-        if args.import_only:
+        if args.server_profile:
+            emit({"figure": "import_server_side", "rows": args.rows, **server_profile(settings.database_url, converted)})
+        converted.unlink()
+        if args.import_only or args.server_profile:
             emit({"load_average_after": os.getloadavg()})
             return
 
