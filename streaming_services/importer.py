@@ -183,7 +183,9 @@ def estimated_rows(path: Path) -> int | None:
 
 
 class ImportStore:
-    """The importer's PostgreSQL side: file states and batch writes (a writer thread's own connection)."""
+    """The importer's PostgreSQL side: file states and batch writes (a writer thread's own connection).
+
+    The session runs in UTC: ``copy_rows`` writes ``event_time`` without a zone."""
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
