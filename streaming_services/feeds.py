@@ -4,6 +4,8 @@ A feed is a per-symbol list of ``AggTrade`` in agg-id order. Binance's public fi
 aggTrades (``agg_trade_id, price, quantity, first_trade_id, last_trade_id, transact_time, is_buyer_maker,
 is_best_match``, no header) and trades (``id, price, qty, quote_qty, time, is_buyer_maker, is_best_match``,
 with or without a header; a trade is an aggTrade with f = l). Times are ms, or µs in spot files since 2025.
+Both are read by one parser, ``iter_trade_batches`` (Arrow's CSV reader): the replay server's files and the
+importer's.
 """
 
 from __future__ import annotations
