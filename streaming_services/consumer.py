@@ -38,6 +38,7 @@ from psycopg2.pool import ThreadedConnectionPool
 
 from crypto_platform.credentials import INGEST_WRITER, role_database_url
 from crypto_platform.logs import configure_logging
+from crypto_platform.retrying import retry_while_unavailable
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings, SettingsError
 from streaming_services.admission import DEFAULT_LIMITS, Limits, StoredSymbol, judge
 from streaming_services.kafka_records import install_fast_records
@@ -457,16 +458,17 @@ class PricesConsumer:
             log.warning("offset commit failed; batch will be re-read", extra={"error": repr(exc)[:200]})
 
     def _write_with_retry(self, accepted: list[Accepted], rejected: list[Rejected]) -> WriteOutcome | None:
-        delay = RETRY_INITIAL_S
-        while True:
+        """The batch written, however long PostgreSQL is away; None when stopped meanwhile (nothing committed)."""
+
+        def write() -> WriteOutcome:
             try:
                 return self.writer.write(accepted, rejected)
-            except CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS:
                 DB_RETRIES.inc()
-                log.warning("PostgreSQL unavailable; retrying", extra={"delay_s": delay, "error": str(exc).strip()[:200]})
-                if self._stop.wait(delay):
-                    return None
-                delay = min(RETRY_MAX_S, delay * 2)
+                raise
+
+        return retry_while_unavailable(write, CONNECTION_ERRORS, initial_s=RETRY_INITIAL_S, max_s=RETRY_MAX_S,
+                                       log=log, message="PostgreSQL unavailable; retrying", stop=self._stop)
 
     def _report_lag(self) -> None:
         """Best effort and never blocking: with the broker away or a rebalance under way, ``position`` needs
