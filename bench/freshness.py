@@ -7,7 +7,7 @@ the replay feed) runs for ``--minutes`` after ``make up`` returned. Meanwhile th
 ``stock.aggregated_prices_1min`` twice a second and records, for every window that closes in that time,
 the first moment every symbol's candle of it is final; after the last window it waits up to
 ``FINAL_WAIT_S`` for it. Then it reads the candle runs from Dagster's storage: wall time (start to
-end), the Spark share (the assets' ``spark_seconds`` over the wall time), the resource set-up (Spark
+end), the Spark share (the steps' ``spark_seconds`` over the wall time), the resource set-up (Spark
 session acquisition) and the run's start after its minute closed. ``connect`` is the default
 (``SPARK_REMOTE`` = the local Spark Connect server); ``in-process`` sets ``SPARK_REMOTE=`` empty (a
 JVM per run). Both print in one invocation, with the machine's load average. On the ``connect`` path it
@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from unittest import mock
 
 import psutil
@@ -59,6 +59,8 @@ class PathFigures:
     idle_cost: str = ""
     # Where a run's wall time goes: "process start" (run start → first step), each step, "between steps".
     parts_s: dict[str, list[float]] = field(default_factory=dict)
+    # Each run: (start time, wall s, start after its minute closed s), to see which runs make the p95.
+    runs: list[tuple[float, float, float | None]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         def fmt(values: list[float], q: float) -> str:
@@ -78,6 +80,9 @@ class PathFigures:
             f"{self.name}: where a run's time goes (p50 s): " + ", ".join(
                 f"{part} {fmt(values, 50)}" for part, values in
                 sorted(self.parts_s.items(), key=lambda item: -(percentile(item[1], 50) or 0.0))),
+            f"{self.name}: each run (start UTC, wall s, start after close s): " + ", ".join(
+                f"{datetime.fromtimestamp(start, UTC):%H:%M:%S} {wall:.1f}"
+                + ("" if after is None else f" (+{after:.1f})") for start, wall, after in sorted(self.runs)),
         ] + ([f"{self.name}: {self.idle_cost}"] if self.idle_cost else [])
 
 
@@ -125,7 +130,7 @@ def run_figures(settings: PlatformSettings, figures: PathFigures, since: float) 
             if closed:
                 figures.start_after_close_s.append(record.start_time - datetime.fromisoformat(closed).timestamp())
             events = instance.all_logs(record.dagster_run.run_id)
-            spark = 0.0
+            spark: dict[str, float] = {}  # per step: a step that writes several assets shares one Spark job
             init_started = None
             step_started: dict[str, float] = {}
             in_steps = 0.0
@@ -148,8 +153,12 @@ def run_figures(settings: PlatformSettings, figures: PathFigures, since: float) 
                     init_started = float("inf")
                 elif dagster_event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
                     value = dagster_event.event_specific_data.materialization.metadata.get("spark_seconds")
-                    spark += float(value.value) if value is not None else 0.0
-            figures.spark_s.append(spark)
+                    if value is not None:
+                        step = dagster_event.step_key
+                        spark[step] = max(spark.get(step, 0.0), float(value.value))
+            figures.spark_s.append(sum(spark.values()))
+            figures.runs.append((record.start_time, record.end_time - record.start_time,
+                                 figures.start_after_close_s[-1] if closed else None))
             if step_started:
                 first_step = min(step_started.values())
                 figures.parts_s.setdefault("between steps", []).append(record.end_time - first_step - in_steps)
