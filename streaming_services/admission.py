@@ -122,18 +122,3 @@ def _refusal(trade: TradeMessage, state: StoredSymbol, newest_id: int, newest_ms
         return (f"late trade: time {_iso(trade.timestamp)} is before {trade.symbol}'s exchange clock"
                 f" {_iso(state.closed_until_ms)} (stock.market_clock): its minute was already declared complete")
     return None
-    if trade.source != state.source:
-        return (f"source {trade.source!r} differs from source {state.source!r} of the {trade.symbol} trades already"
-                f" stored; sources never mix: switch SOURCE only on an empty state (see README, Sources)")
-    distance = abs(trade.agg_trade_id - state.newest_id)
-    if distance > limits.max_id_distance:
-        return (f"agg_trade_id {trade.agg_trade_id} is {distance} ids away from {trade.symbol}'s newest stored id"
-                f" {state.newest_id}, more than CONSUMER_MAX_ID_DISTANCE={limits.max_id_distance}")
-    if state.newest_ms - trade.timestamp > limits.max_lateness_ms:
-        return (f"late trade: time {_iso(trade.timestamp)} is {state.newest_ms - trade.timestamp} ms before"
-                f" {trade.symbol}'s newest stored trade (id {state.newest_id}, {_iso(state.newest_ms)}), more than"
-                f" CONSUMER_MAX_LATENESS_S={limits.max_lateness_ms // 1000}")
-    if state.closed_until_ms is not None and trade.timestamp < state.closed_until_ms:
-        return (f"late trade: time {_iso(trade.timestamp)} is before {trade.symbol}'s exchange clock"
-                f" {_iso(state.closed_until_ms)} (stock.market_clock): its minute was already declared complete")
-    return None
