@@ -98,7 +98,7 @@ def assert_checks_passed(result: dg.ExecuteInProcessResult) -> None:
 
 
 def test_the_shared_list_holds_every_interval_in_order() -> None:
-    assert [s.key.to_user_string() for a in CANDLE_ASSETS for s in a.specs] == [t.asset_name for t in TIMEFRAMES]
+    assert [k.to_user_string() for a in CANDLE_ASSETS for k in a.keys] == [t.asset_name for t in TIMEFRAMES]
     assert [t.minutes for t in TIMEFRAMES] == [1, 5, 15, 60, 240, 1440]
 
 
