@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from crypto_assets.candles import (
+    MINUTE_MS,
     ONE_MINUTE,
     Timeframe,
     from_ms,
@@ -133,7 +134,7 @@ def refresh_candles(spark: SparkSession, store: MarketStore, timeframe: Timefram
                 seeds = store.seeds(timeframe, segments)
                 trades = read_trades(spark, store.jdbc, segments, size, expected_rows=changes.rows)
                 staged = complete_segments(spark, candles_from_trades(trades, size), segments, seeds, size, marks)
-                write_staging(store.jdbc, "candle_staging", {batch_id: staged.select(*STAGING_COLUMNS)})
+                write_staging(staged.select(*STAGING_COLUMNS), store.jdbc, "candle_staging", batch_id)
             spark_seconds = time.perf_counter() - started
             stats = store.merge_candles(timeframe, batch_id, changes.next_cursor, min(marks.values()),
                                         delete_range=backfill)
@@ -146,26 +147,31 @@ def refresh_candles(spark: SparkSession, store: MarketStore, timeframe: Timefram
 
 
 def refresh_latest(spark: SparkSession, store: MarketStore) -> LatestRun:
-    """Latest trade and 24-hour statistics per symbol from the newest 1,440 one-minute candles, published at once.
-
-    PostgreSQL plans (which windows, which trade is each symbol's newest); one Spark job computes."""
-    span, candles_read, newest_ids = store.latest_plan(DAY_MINUTES)
-    if span is None:
+    """Latest trade and 24-hour statistics per symbol from the newest 1,440 one-minute candles, published at once."""
+    newest = store.newest_window_start_ms(ONE_MINUTE)
+    if newest is None:
         return LatestRun(0, 0, None, 0.0, None)
+    lo, hi = newest - (DAY_MINUTES - 1) * MINUTE_MS, newest + MINUTE_MS
     batch_id = uuid.uuid4().hex
     started = time.perf_counter()
+    candles = read_candles(spark, store.jdbc, ONE_MINUTE.table, lo, hi).cache()
     try:
+        newest_ids = [(row.symbol, int(row.agg_id)) for row in candles.where(F.col("trade_count") > 0)
+                      .groupBy("symbol").agg(F.max("last_agg_trade_id").alias("agg_id")).collect()]
+        candles_read = candles.count()
         if newest_ids:
-            write_staging(store.jdbc, "latest_prices_staging", {batch_id: latest_from_candles(
-                read_candles(spark, store.jdbc, ONE_MINUTE.table, *span), read_trades_by_id(spark, store.jdbc, newest_ids))})
+            latest = latest_from_candles(candles, read_trades_by_id(spark, store.jdbc, newest_ids))
+            write_staging(latest, store.jdbc, "latest_prices_staging", batch_id)
         spark_seconds = time.perf_counter() - started
         published = store.publish_latest(batch_id)
     except Exception:
         store.drop_batch(batch_id)
         raise
+    finally:
+        candles.unpersist()
     newest_trade = store.newest_published_trade_ms()
     lag = None if newest_trade is None else (now_ms() - newest_trade) / 1000
-    return LatestRun(published, candles_read, span, spark_seconds, lag)
+    return LatestRun(published, candles_read, (lo, hi), spark_seconds, lag)
 
 
 @dataclass(frozen=True)
@@ -201,43 +207,33 @@ def _window_ranges(dirty: Mapping[str, set[int]], size_ms: int) -> list[tuple[st
     return ranges
 
 
-def refresh_rollups(spark: SparkSession, store: MarketStore, timeframes: Sequence[Timeframe],
-                    backfill: Mapping[Timeframe, tuple[int, int]] | None = None) -> dict[Timeframe, RollupRun]:
-    """Recomputes, from the one-minute candles, each interval's windows whose minutes changed since its own
-    cursor (or every window of its ``backfill = [lo, hi)``): one Spark job stages them all, then each table is
-    merged. Holds the one-minute table's lock so that no minute changes meanwhile and each cursor (the newest
-    ``updated_at`` read for it) misses nothing. ``spark_seconds`` of each run is that one shared job's."""
-    with store.exclusive(*(timeframe.table for timeframe in timeframes), ONE_MINUTE.table):
-        if backfill:
-            dirty = {t: store.minutes_in_range(t, *backfill[t]) for t in timeframes}
-            read_upto: dict[Timeframe, datetime] = {}
-        else:
-            dirty, read_upto = store.minutes_changed(timeframes)
-        ranges = {t: _window_ranges(dirty[t], t.size_ms) for t in timeframes}
-        batches = {t: uuid.uuid4().hex for t in timeframes}
-        started = time.perf_counter()
-        try:
-            write_staging(store.jdbc, "candle_staging", {
-                batches[t]: candles_from_minutes(read_minutes(spark, store.jdbc, ONE_MINUTE.table, ranges[t]), t.size_ms)
-                .select(*STAGING_COLUMNS) for t in timeframes if ranges[t]})
-            spark_seconds = time.perf_counter() - started
-            stats = {t: store.merge_candles(t, batches[t], None, None, delete_range=backfill[t] if backfill else None)
-                     for t in timeframes if ranges[t] or backfill}
-        except Exception:
-            store.drop_batch(*batches.values())
-            raise
-        for timeframe, upto in read_upto.items():
-            store.advance_rollup_cursor(timeframe, upto)
-    runs = {}
-    for t in timeframes:
-        windows = sum(len(starts) for starts in dirty[t].values())
-        merged = stats.get(t)
-        runs[t] = RollupRun(windows, windows * t.minutes, merged.written if merged else 0, merged.span if merged else None,
-                            spark_seconds)
-    return runs
-
-
 def refresh_rollup(spark: SparkSession, store: MarketStore, timeframe: Timeframe,
                    backfill: tuple[int, int] | None = None) -> RollupRun:
-    """One rolled-up interval alone (``refresh_rollups`` of just it), as ``bench/history.py`` times it."""
-    return refresh_rollups(spark, store, [timeframe], {timeframe: backfill} if backfill else None)[timeframe]
+    """Recomputes, from the one-minute candles, the windows whose minutes changed since the last run (or
+    every window of ``backfill = [lo, hi)``); holds the one-minute table's lock so that no minute changes
+    meanwhile and the cursor (the newest ``updated_at`` read) misses nothing."""
+    size = timeframe.size_ms
+    with store.exclusive(timeframe.table), store.exclusive(ONE_MINUTE.table):
+        if backfill:
+            dirty, read_upto = store.minutes_in_range(timeframe, *backfill), None
+        else:
+            dirty, read_upto = store.minutes_changed(timeframe)
+        ranges = _window_ranges(dirty, size)
+        batch_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        try:
+            if ranges:
+                minutes = read_minutes(spark, store.jdbc, ONE_MINUTE.table, ranges)
+                write_staging(candles_from_minutes(minutes, size).select(*STAGING_COLUMNS), store.jdbc,
+                              "candle_staging", batch_id)
+            spark_seconds = time.perf_counter() - started
+            stats = (store.merge_candles(timeframe, batch_id, None, None, delete_range=backfill)
+                     if ranges or backfill else None)
+        except Exception:
+            store.drop_batch(batch_id)
+            raise
+        if read_upto is not None:
+            store.advance_rollup_cursor(timeframe, read_upto)
+    windows = sum(len(starts) for starts in dirty.values())
+    return RollupRun(windows, windows * timeframe.minutes, stats.written if stats else 0, stats.span if stats else None,
+                     spark_seconds)

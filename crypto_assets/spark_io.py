@@ -7,7 +7,7 @@ merges in one transaction, since Spark's JDBC writer cannot upsert.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -70,9 +70,8 @@ def read_trades_by_id(spark: SparkSession, jdbc: JdbcTarget, ids: Sequence[tuple
     return frame.where(wanted).select("symbol", "price", "timestamp", "agg_trade_id")
 
 
-def write_staging(jdbc: JdbcTarget, table: str, batches: Mapping[str, DataFrame]) -> None:
-    """Appends each frame, tagged with its batch id, to a staging table: one Spark job for them all."""
-    tagged = [frame.withColumn("batch_id", F.lit(batch_id)) for batch_id, frame in batches.items()]
-    if tagged:
-        (reduce(DataFrame.unionByName, tagged).write.option("batchsize", 10_000)
-         .jdbc(jdbc.url, f"stock.{table}", mode="append", properties=jdbc.properties()))
+def write_staging(frame: DataFrame, jdbc: JdbcTarget, table: str, batch_id: str) -> None:
+    """Appends the frame, tagged with the run's batch id, to a staging table."""
+    (frame.withColumn("batch_id", F.lit(batch_id))
+     .write.option("batchsize", 10_000)
+     .jdbc(jdbc.url, f"stock.{table}", mode="append", properties=jdbc.properties()))

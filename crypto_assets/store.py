@@ -18,7 +18,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from crypto_assets.candles import MAX_TRADE_QUOTE, MINUTE_MS, Segment, Timeframe, from_ms, to_ms
+from crypto_assets.candles import MAX_TRADE_QUOTE, Segment, Timeframe, to_ms
 
 STOCK = "stock"
 # Above the ingest_xid 0 of bulk-imported rows (streaming_services/importer.py), whose candles the import
@@ -104,15 +104,13 @@ class MarketStore:
             connection.close()
 
     @contextmanager
-    def exclusive(self, *names: str) -> Iterator[None]:
-        """One writer per table at a time (sensor runs, a backfill, a UI click), whoever starts them; several
-        tables are locked in the order given, over one connection."""
+    def exclusive(self, name: str) -> Iterator[None]:
+        """One writer per table at a time (sensor runs, a backfill, a UI click), whoever starts them."""
         connection = self.connect()
         connection.autocommit = True
         try:
             with connection.cursor() as cursor:
-                for name in names:
-                    cursor.execute("SELECT pg_advisory_lock(%s)", (zlib.crc32(name.encode()),))
+                cursor.execute("SELECT pg_advisory_lock(%s)", (zlib.crc32(name.encode()),))
             yield
         finally:
             connection.close()
@@ -275,32 +273,23 @@ class MarketStore:
         span = None if first is None else (int(first), int(last) + timeframe.size_ms)
         return MergeStats(int(staged), int(trades), written, span, None if row is None else to_ms(row[0]))
 
-    def minutes_changed(self, timeframes: Sequence[Timeframe]
-                        ) -> tuple[dict[Timeframe, dict[str, set[int]]], dict[Timeframe, datetime]]:
-        """Per rollup: its windows whose one-minute candles changed since its cursor, and the cursor's next
-        value (none when nothing changed); one query for them all.
+    def minutes_changed(self, timeframe: Timeframe) -> tuple[dict[str, set[int]], datetime | None]:
+        """Windows of a rollup whose one-minute candles changed since its cursor, and the cursor's next value.
 
         Call while holding the one-minute table's lock: no merge is then in flight, every one committed is
         seen, and a later one stamps a later ``updated_at`` (its transaction starts after the lock is freed).
         """
         with self.transaction(snapshot=True) as cursor:
+            cursor.execute("SELECT minutes_read_upto FROM stock.rollup_cursors WHERE name = %s", (timeframe.asset_name,))
+            row = cursor.fetchone()
             cursor.execute(
-                "SELECT c.name, m.symbol, (extract(epoch FROM m.window_start) * 1000)::bigint / c.size * c.size,"
-                " max(m.updated_at)"
-                " FROM unnest(%s::text[], %s::bigint[]) AS c(name, size) LEFT JOIN stock.rollup_cursors r USING (name)"
-                " JOIN stock.aggregated_prices_1min m ON m.updated_at > coalesce(r.minutes_read_upto, %s)"
-                " GROUP BY 1, 2, 3",
-                ([t.asset_name for t in timeframes], [t.size_ms for t in timeframes], datetime(1970, 1, 1, tzinfo=UTC)),
+                "SELECT symbol, (extract(epoch FROM window_start) * 1000)::bigint / %s * %s, max(updated_at)"
+                " FROM stock.aggregated_prices_1min WHERE updated_at > %s GROUP BY 1, 2",
+                (timeframe.size_ms, timeframe.size_ms, row[0] if row else datetime(1970, 1, 1, tzinfo=UTC)),
             )
             rows = cursor.fetchall()
-        dirty: dict[Timeframe, dict[str, set[int]]] = {}
-        read_upto: dict[Timeframe, datetime] = {}
-        for timeframe in timeframes:
-            mine = [(symbol, start, at) for name, symbol, start, at in rows if name == timeframe.asset_name]
-            dirty[timeframe] = _dirty([(symbol, start, 1) for symbol, start, _at in mine])[0]
-            if mine:
-                read_upto[timeframe] = max(at for _s, _w, at in mine)
-        return dirty, read_upto
+        dirty, _count = _dirty([(symbol, start, 1) for symbol, start, _at in rows])
+        return dirty, max((at for _s, _w, at in rows), default=None)
 
     def minutes_in_range(self, timeframe: Timeframe, lo_ms: int, hi_ms: int) -> dict[str, set[int]]:
         """Windows of a rollup in ``[lo, hi)`` that have one-minute candles (a backfill)."""
@@ -322,22 +311,10 @@ class MarketStore:
                 (timeframe.asset_name, read_upto),
             )
 
-    def latest_plan(self, window_minutes: int) -> tuple[tuple[int, int] | None, int, list[tuple[str, int]]]:
-        """What latest_prices reads, in one snapshot: the ``window_minutes`` one-minute windows up to the newest
-        one (``[lo, hi)``, None for an empty table), how many candles they hold, and (symbol, agg id) of each
-        symbol's newest trade in them (the highest last agg id of its windows with trades)."""
-        with self.transaction(snapshot=True) as cursor:
-            cursor.execute("SELECT max(window_start) FROM stock.aggregated_prices_1min")
-            newest = _ms(cursor.fetchone()[0])
-            if newest is None:
-                return None, 0, []
-            lo, hi = newest - (window_minutes - 1) * MINUTE_MS, newest + MINUTE_MS
-            cursor.execute(
-                "SELECT symbol, count(*), max(last_agg_trade_id) FILTER (WHERE trade_count > 0)"
-                " FROM stock.aggregated_prices_1min WHERE window_start >= %s AND window_start < %s GROUP BY 1 ORDER BY 1",
-                (from_ms(lo), from_ms(hi)))
-            rows = cursor.fetchall()
-        return (lo, hi), sum(int(n) for _s, n, _id in rows), [(s, int(i)) for s, _n, i in rows if i is not None]
+    def newest_window_start_ms(self, timeframe: Timeframe) -> int | None:
+        with self.transaction() as cursor:
+            cursor.execute(sql.SQL("SELECT max(window_start) FROM {t}").format(t=sql.Identifier(STOCK, timeframe.table)))
+            return _ms(cursor.fetchone()[0])
 
     def newest_published_trade_ms(self) -> int | None:
         with self.transaction() as cursor:
@@ -352,11 +329,11 @@ class MarketStore:
             cursor.execute("DELETE FROM stock.latest_prices_staging WHERE batch_id = %s", (batch_id,))
         return written
 
-    def drop_batch(self, *batch_ids: str) -> None:
+    def drop_batch(self, batch_id: str) -> None:
         """A failed run's staged rows, so the unlogged staging tables do not grow."""
         with self.transaction() as cursor:
-            cursor.execute("DELETE FROM stock.candle_staging WHERE batch_id = ANY(%s)", (list(batch_ids),))
-            cursor.execute("DELETE FROM stock.latest_prices_staging WHERE batch_id = ANY(%s)", (list(batch_ids),))
+            cursor.execute("DELETE FROM stock.candle_staging WHERE batch_id = %s", (batch_id,))
+            cursor.execute("DELETE FROM stock.latest_prices_staging WHERE batch_id = %s", (batch_id,))
 
 
 # Trades read by a run that the candles leave out: price × volume too large to aggregate (candles.MAX_TRADE_QUOTE).

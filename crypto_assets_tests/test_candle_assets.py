@@ -83,7 +83,7 @@ def run_candles(settings: PlatformSettings, config: CandleRunConfig | None = Non
                           raise_on_error=raise_on_error)
 
 
-def run_check(settings: PlatformSettings, check: dg.AssetChecksDefinition | dg.AssetCheckKey) -> dg.AssetCheckEvaluation:
+def run_check(settings: PlatformSettings, check: dg.AssetChecksDefinition) -> dg.AssetCheckEvaluation:
     result = dg.materialize(ALL_DEFS, selection=dg.AssetSelection.checks(check), resources=build_resources(settings),
                             instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     [evaluation] = result.get_asset_check_evaluations()
@@ -408,8 +408,7 @@ CORRUPTIONS = {
                           " first_trade_id, last_trade_id, trades, is_buyer_maker, source) VALUES ('ETHUSDT',"
                           " 999999999999, 1680652800000, '2023-04-05T00:00Z', 999999999999, 1, 1, 1, 1, false, 'test')"],
 }
-CHECKS = {**{key.name: key for key in aggregated_1min_checks[0].check_keys},
-          "consistent_with_aggregated_1min": dg.AssetCheckKey(dg.AssetKey("aggregated_5min"), "consistent_with_aggregated_1min"),
+CHECKS = {**{next(iter(c.check_keys)).name: c for c in aggregated_1min_checks}, "consistent_with_aggregated_1min": aggregated_5min_checks[-1],
           "latest_prices_match_candles": latest_prices_match_candles}
 
 

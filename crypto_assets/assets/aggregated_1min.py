@@ -9,10 +9,8 @@ from crypto_assets.assets.common import (
     CANDLE_FRESHNESS,
     GROUP,
     KINDS,
-    CandleCheck,
     CandleRunConfig,
     candle_checks,
-    checks_step,
     materialize_candles,
 )
 from crypto_assets.assets.real_time_prices import real_time_prices
@@ -35,10 +33,14 @@ def aggregated_1min(context: dg.AssetExecutionContext, config: CandleRunConfig, 
     return materialize_candles(context, config, pyspark, market_db, ONE_MINUTE)
 
 
-# Not blocking: the other trades' candles and latest prices stay right and keep flowing while someone decides
-# what to do about the trade it names (symbol, agg id).
-TRADES_AGGREGABLE = CandleCheck("trades_aggregable", "No trade was left out of the candles for a price x volume too "
-                                "large to aggregate", checks.trades_aggregable, blocking=False)
+@dg.asset_check(asset=aggregated_1min, blocking=False,
+                description="No trade was left out of the candles for a price x volume too large to aggregate")
+def trades_aggregable(market_db: MarketDatabase) -> dg.AssetCheckResult:
+    """Names (symbol, agg id) each trade the candles left out; not blocking: the other trades' candles and
+    latest prices stay right and keep flowing while someone decides about it."""
+    with market_db.store().transaction(snapshot=True) as cursor:
+        outcome = checks.trades_aggregable(cursor, ONE_MINUTE)
+    return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=outcome.metadata)
 
-aggregated_1min_checks = [checks_step("aggregated_1min_checks",
-                                      [(ONE_MINUTE.asset_name, ONE_MINUTE, [*candle_checks(), TRADES_AGGREGABLE])])]
+
+aggregated_1min_checks = [*candle_checks(ONE_MINUTE, aggregated_1min), trades_aggregable]

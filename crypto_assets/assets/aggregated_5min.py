@@ -4,6 +4,7 @@
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
+from crypto_assets import checks
 from crypto_assets.assets.aggregated_1min import aggregated_1min
 from crypto_assets.assets.common import (
     CANDLE_FRESHNESS,
@@ -11,8 +12,6 @@ from crypto_assets.assets.common import (
     KINDS,
     CandleRunConfig,
     candle_checks,
-    checks_step,
-    consistent_with_one_minute_check,
     materialize_candles,
 )
 from crypto_assets.assets.real_time_prices import real_time_prices
@@ -34,5 +33,13 @@ def aggregated_5min(context: dg.AssetExecutionContext, config: CandleRunConfig, 
     return materialize_candles(context, config, pyspark, market_db, FIVE_MINUTES)
 
 
-aggregated_5min_checks = [checks_step("aggregated_5min_checks", [(
-    FIVE_MINUTES.asset_name, FIVE_MINUTES, [*candle_checks(), consistent_with_one_minute_check(FIVE_MINUTES, aggregated_1min)])])]
+@dg.asset_check(asset=aggregated_5min, additional_deps=[aggregated_1min], blocking=True,
+                description="Each final 5-minute candle equals its 1-minute candles rolled up")
+def consistent_with_aggregated_1min(market_db: MarketDatabase) -> dg.AssetCheckResult:
+    """Open, close, high, low, volume and count of a final window agree with the one-minute table."""
+    with market_db.store().transaction(snapshot=True) as cursor:
+        outcome = checks.consistent_with_one_minute(cursor, FIVE_MINUTES)
+    return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=outcome.metadata)
+
+
+aggregated_5min_checks = [*candle_checks(FIVE_MINUTES, aggregated_5min), consistent_with_aggregated_1min]
