@@ -8,8 +8,10 @@ import shutil
 import uuid
 from unittest import mock
 
+import yaml
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
+from local_stack.dagster_instance import resolve_env_references
 from local_stack.interrupted_runs import cancel_interrupted_runs
 from local_stack.stack import REPO_ROOT, LocalStack, dagster_environment
 
@@ -37,3 +39,12 @@ def test_runs_in_flight_are_canceled_and_the_others_left(stack: LocalStack) -> N
                    DagsterRunStatus.STARTING: DagsterRunStatus.CANCELED,
                    DagsterRunStatus.FAILURE: DagsterRunStatus.FAILURE,
                    DagsterRunStatus.SUCCESS: DagsterRunStatus.SUCCESS}
+
+
+def test_dagster_yaml_references_are_filled_as_dagster_reads_them() -> None:
+    """A port becomes an integer; a password of digits stays text (it was turned into an int before)."""
+    storage = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())["storage"]
+    env = {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": "5432", "DAGSTER_PG_USER": "dagster",
+           "DAGSTER_PG_PASSWORD": "123456", "DAGSTER_PG_DB": "dagster"}
+    database = resolve_env_references(storage, env)["postgres"]["postgres_db"]
+    assert database["port"] == 5432 and database["password"] == "123456" and database["db_name"] == "dagster"

@@ -22,15 +22,16 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance
 
 
-def resolve_env_references(config: object, env: Mapping[str, str]) -> object:
-    """``config`` with every ``{"env": NAME}`` replaced by ``env[NAME]`` (a port as an integer)."""
+def resolve_env_references(config: object, env: Mapping[str, str], key: str = "") -> object:
+    """``config`` with every ``{"env": NAME}`` replaced by ``env[NAME]``; a ``port`` as an integer (a password
+    of digits stays text)."""
     if isinstance(config, dict):
         if set(config) == {"env"}:
             value = env[config["env"]]
-            return int(value) if value.isdigit() else value
-        return {key: resolve_env_references(value, env) for key, value in config.items()}
+            return int(value) if key == "port" else value
+        return {name: resolve_env_references(value, env, name) for name, value in config.items()}
     if isinstance(config, list):
-        return [resolve_env_references(item, env) for item in config]
+        return [resolve_env_references(item, env, key) for item in config]
     return config
 
 
