@@ -104,14 +104,13 @@ def dagster_environment(settings: PlatformSettings) -> dict[str, str]:
         "DAGSTER_PG_PASSWORD": unquote(url.password or ""),
         "DAGSTER_PG_DB": settings.dagster_database,
         "SPARK_LOCAL_IP": settings.bind_host,
-        # In-process candle runs (SPARK_REMOTE=) load the cached driver instead of fetching it.
-        "SPARK_JDBC_DRIVER": str(postgresql_jdbc_jar()),
     }
 
 
 def _dagster_service(settings: PlatformSettings) -> ManagedService:
     """The webserver behind its Host/Origin guard and the daemon (so the sensor ticks) on BIND_HOST:DAGSTER_PORT."""
-    env = dagster_environment(settings)
+    # In-process candle runs (SPARK_REMOTE=) load the cached driver instead of fetching it.
+    env = {**dagster_environment(settings), "SPARK_JDBC_DRIVER": str(postgresql_jdbc_jar())}
     home = Path(env["DAGSTER_HOME"])
 
     def install_instance_config() -> None:
