@@ -1,0 +1,145 @@
+"""The platform's own certificate authority and its server certificate, in ``STATE_DIR/tls/``.
+
+``ensure_certificates`` makes, on first use, a CA (``ca.crt``, the trust root clients and users pass on;
+``ca.key``) and one server certificate signed by it (``server.crt``, ``server.key``) whose subject
+alternative names are the loopback names, ``BIND_HOST`` and the compose service names. Later calls keep
+both as they are while the server certificate still names every wanted host and has more than
+``RENEW_BEFORE`` to live; otherwise only the server certificate is issued again, so clients keep
+trusting the same ``ca.crt``. Keys are written 0600 in a 0700 folder and never leave it (servers that
+run as another account get a copy of their own, see ``local_stack.postgres``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_DAYS = 3650
+SERVER_DAYS = 397
+RENEW_BEFORE = dt.timedelta(days=30)
+# The names every server of the platform answers to: loopback, and the services of docker-compose.yml.
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1", "postgres", "kafka", "superset", "dagster-webserver")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Where the CA and the server certificate live; ``ca_cert`` is what clients verify servers against."""
+
+    folder: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.folder / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.folder / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.folder / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.folder / "server.key"
+
+
+def _subject_names(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys(hosts):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """``data`` into ``path``, mode 0600 from its first byte, replacing the file as a whole."""
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    partial.replace(path)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _issue_ca(files: TlsFiles, now: dt.datetime) -> None:
+    key = _new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crypto-platform local CA")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(files.ca_key, _key_pem(key))
+    _write_private(files.ca_cert, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _issue_server(files: TlsFiles, hosts: tuple[str, ...], now: dt.datetime) -> None:
+    ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    key = _new_key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
+        .add_extension(x509.SubjectAlternativeName(_subject_names(hosts)), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_private(files.server_key, _key_pem(key))
+    _write_private(files.server_cert, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _server_cert_fits(files: TlsFiles, hosts: tuple[str, ...], now: dt.datetime) -> bool:
+    """The server certificate exists, was signed by this CA, names every host and lives long enough."""
+    if not (files.server_cert.exists() and files.server_key.exists()):
+        return False
+    cert = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, x509.InvalidSignature):
+        return False
+    named = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    return set(_subject_names(hosts)) <= named and cert.not_valid_after_utc - now > RENEW_BEFORE
+
+
+def ensure_certificates(folder: Path, hosts: tuple[str, ...] = DEFAULT_HOSTS) -> TlsFiles:
+    """The CA and a server certificate for ``hosts`` in ``folder`` (0700), made or renewed as needed."""
+    files = TlsFiles(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    now = dt.datetime.now(dt.UTC)
+    if not (files.ca_cert.exists() and files.ca_key.exists()):
+        _issue_ca(files, now)
+    if not _server_cert_fits(files, hosts, now):
+        _issue_server(files, hosts, now)
+    return files
