@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import psycopg2
 import psycopg2.extensions
@@ -24,6 +24,7 @@ STOCK = "stock"
 # Above the ingest_xid 0 of bulk-imported rows (streaming_services/importer.py), whose candles the import
 # recomputes itself; below every real transaction id (3 and up), so no streamed row is skipped.
 START_CURSOR = "1"
+JDBC_TLS_OPTIONS = ("sslmode", "sslrootcert")
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,13 @@ class JdbcTarget:
 
     @classmethod
     def from_database_url(cls, database_url: str) -> JdbcTarget:
+        """The same server, database and login; the URL's TLS options (``sslmode``, ``sslrootcert``, which
+        the JDBC driver names as libpq does) go along."""
         parts = urlsplit(database_url)
         host = parts.hostname or "127.0.0.1"
-        return cls(f"jdbc:postgresql://{host}:{parts.port or 5432}{parts.path}?reWriteBatchedInserts=true",
+        tls = [(name, value) for name, value in parse_qsl(parts.query) if name in JDBC_TLS_OPTIONS]
+        query = urlencode([("reWriteBatchedInserts", "true"), *tls])
+        return cls(f"jdbc:postgresql://{host}:{parts.port or 5432}{parts.path}?{query}",
                    unquote(parts.username or ""), unquote(parts.password or ""))
 
     def properties(self) -> dict[str, str]:

@@ -211,8 +211,10 @@ def _local_connect_url(s: Settings) -> str:
 
 
 def _database_url(s: Settings) -> str:
+    """The embedded server as ``PG_USER``; with SECURE=1 over TLS only, its certificate checked against the CA."""
+    tls = f"?sslmode=verify-full&sslrootcert={quote(str(s['tls_ca_cert']))}" if s["secure"] else ""
     return (f"postgresql://{quote(s['pg_user'], safe='')}:{quote(s['pg_password'], safe='')}"
-            f"@{s['bind_host']}:{s['pg_port']}/{s['pg_database']}")
+            f"@{s['bind_host']}:{s['pg_port']}/{s['pg_database']}{tls}")
 
 
 def _stream_url(s: Settings) -> str:
@@ -236,6 +238,10 @@ class PlatformSettings:
 
     state_dir: Path = setting("STATE_DIR", "data, logs and pids of the local stack", ".platform", folder)
     bind_host: str = setting("BIND_HOST", "address every local server listens on", "127.0.0.1")
+    secure: bool = setting(
+        "SECURE", "1 = TLS from the platform's own CA (`STATE_DIR/tls/ca.crt`, made on first start); so far the "
+        "embedded PostgreSQL: `hostssl` connections only, clients with `sslmode=verify-full` (issue 14)", "0", boolean)
+    tls_ca_cert: Path = derived(lambda _, s: s["state_dir"] / "tls" / "ca.crt")
     kafka_port: int = setting("KAFKA_PORT", "Kafka listener", "9092", port)
     kafka_controller_port: int = setting("KAFKA_CONTROLLER_PORT", "KRaft controller listener", "9093", port)
     kafka_bootstrap_servers: str = setting("KAFKA_BOOTSTRAP_SERVERS", "where clients find Kafka",

@@ -74,10 +74,14 @@ class BackupStore:
             raise StackError(f"{final} exists already; wait a second and run make backup again")
         url = urlsplit(self.settings.database_url)
         env = {**os.environ, "PGPASSWORD": unquote(url.password or ""), "PGCONNECT_TIMEOUT": "10"}
-        netloc = (url.hostname or "") + (f":{url.port}" if url.port else "")
-        if url.username:
-            netloc = f"{url.username}@{netloc}"
-        connection = url._replace(netloc=netloc, path="").geturl()
+        if self.settings.secure:  # the client tools have no SSL: the server account's private socket
+            socket_dir = PostgresServer(self.settings).socket_dir
+            connection = f"host={socket_dir} port={url.port or 5432} user={unquote(url.username or '')}"
+        else:
+            netloc = (url.hostname or "") + (f":{url.port}" if url.port else "")
+            if url.username:
+                netloc = f"{url.username}@{netloc}"
+            connection = url._replace(netloc=netloc, path="", query="").geturl()
         result = account.run([str(pg_bin_dir() / "pg_basebackup"), "-d", connection, "-D", str(partial), "-Ft",
                               "--compress=client-gzip:1", "--checkpoint=fast", "--no-password",
                               f"--label=crypto-platform {stamp}"], env=env)

@@ -1,4 +1,5 @@
-"""Java jars from Maven Central (Kafka's broker, PostgreSQL's JDBC driver), resolved once and cached."""
+"""Artifacts from Maven Central (Kafka's broker, PostgreSQL's JDBC driver, SECURE=1's PostgreSQL server build),
+resolved once and cached."""
 
 from __future__ import annotations
 
@@ -58,3 +59,20 @@ def postgresql_jdbc_jar() -> Path:
     for jar in sorted(ensure_jars().glob(f"{JDBC_JAR_PREFIX}*.jar")):
         return jar
     raise JarsError(f"no {JDBC_JAR_PREFIX}*.jar in {jars_dir()}; delete that folder and try again")
+
+
+def maven_artifact(coordinate: str) -> Path:
+    """One artifact (``group:artifact:version``, no dependencies) in the ``~/.m2`` cache; its jar's path."""
+    group, artifact, version = coordinate.split(":")
+    jar = (Path.home() / ".m2" / "repository" / group.replace(".", "/") / artifact / version
+           / f"{artifact}-{version}.jar")
+    if jar.exists():
+        return jar
+    if shutil.which("mvn") is None:
+        raise JarsError("Maven (mvn) is not installed; install it with: apt-get install -y maven")
+    result = subprocess.run(["mvn", "-q", "-B", "dependency:get", f"-Dartifact={coordinate}", "-Dtransitive=false"],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not jar.exists():
+        lines = (result.stdout + result.stderr).strip().splitlines()
+        raise JarsError(f"Maven could not fetch {coordinate}: {lines[-1] if lines else f'exit {result.returncode}'}")
+    return jar

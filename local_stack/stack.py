@@ -104,6 +104,8 @@ def dagster_environment(settings: PlatformSettings) -> dict[str, str]:
         "DAGSTER_PG_PASSWORD": unquote(url.password or ""),
         "DAGSTER_PG_DB": settings.dagster_database,
         "SPARK_LOCAL_IP": settings.bind_host,
+        # dagster.yaml's storage names no TLS options; libpq takes them from here (SECURE=1).
+        **({"PGSSLMODE": "verify-full", "PGSSLROOTCERT": str(settings.tls_ca_cert)} if settings.secure else {}),
     }
 
 
