@@ -25,10 +25,10 @@ from unittest import mock
 
 import psycopg2
 
+from crypto_assets.candle_runs import now_ms, refresh_candles, refresh_latest
+from crypto_assets.candle_store import MarketStore
 from crypto_assets.candles import FIVE_MINUTES, ONE_MINUTE, window_start
-from crypto_assets.engine import now_ms, refresh_candles, refresh_latest
 from crypto_assets.resources import spark_session
-from crypto_assets.store import MarketStore
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import make_state_dir
 from local_stack.processes import free_port

@@ -30,10 +30,10 @@ import psycopg2
 from psycopg2 import sql
 
 from bench.candles import throwaway_postgres
+from crypto_assets.candle_runs import refresh_candles, refresh_rollup
+from crypto_assets.candle_store import MarketStore
 from crypto_assets.candles import ONE_HOUR, align_range, from_ms
-from crypto_assets.engine import refresh_candles, refresh_rollup
 from crypto_assets.resources import spark_session
-from crypto_assets.store import MarketStore
 from streaming_services.importer import ImportStore, recompute_candles
 
 SYMBOL = "BTCUSDT"

@@ -27,7 +27,7 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 from pyspark.sql import SparkSession
 
-from crypto_assets.store import MarketStore
+from crypto_assets.candle_store import MarketStore
 from crypto_assets.transforms import SPARK_EXACTNESS_CONFIG
 from crypto_platform.credentials import CANDLE_WRITER, role_database_url
 from crypto_platform.settings import PlatformSettings

@@ -18,8 +18,8 @@ from crypto_assets.assets.common import PIPELINE_TAG
 from crypto_assets.assets.intervals import CANDLE_ASSETS
 from crypto_assets.assets.latest_prices import latest_prices
 from crypto_assets.assets.real_time_prices import observe, real_time_prices
+from crypto_assets.candle_runs import now_ms
 from crypto_assets.candles import MINUTE_MS, ONE_MINUTE, from_ms, window_start
-from crypto_assets.engine import now_ms
 from crypto_assets.resources import MarketDatabase
 
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,

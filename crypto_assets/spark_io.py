@@ -8,16 +8,41 @@ merges in one transaction, since Spark's JDBC writer cannot upsert.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import reduce
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from crypto_assets.candles import Segment, from_ms
-from crypto_assets.store import JdbcTarget
 
 TRADE_COLUMNS = ("symbol", "price", "volume", "timestamp", "agg_trade_id", "trades", "is_buyer_maker")
 ROWS_PER_READ_PARTITION = 500_000
+JDBC_TLS_OPTIONS = ("sslmode", "sslrootcert")
+
+
+@dataclass(frozen=True)
+class JdbcTarget:
+    """The market-data database as Spark's JDBC reader and writer see it."""
+
+    url: str
+    user: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def from_database_url(cls, database_url: str) -> JdbcTarget:
+        """The same server, database and login; the URL's TLS options (``sslmode``, ``sslrootcert``, which
+        the JDBC driver names as libpq does) go along."""
+        parts = urlsplit(database_url)
+        host = parts.hostname or "127.0.0.1"
+        tls = [(name, value) for name, value in parse_qsl(parts.query) if name in JDBC_TLS_OPTIONS]
+        query = urlencode([("reWriteBatchedInserts", "true"), *tls])
+        return cls(f"jdbc:postgresql://{host}:{parts.port or 5432}{parts.path}?{query}",
+                   unquote(parts.username or ""), unquote(parts.password or ""))
+
+    def properties(self) -> dict[str, str]:
+        return {"user": self.user, "password": self.password, "driver": "org.postgresql.Driver"}
 
 
 def _time_range(lo_ms: int, hi_ms: int, column: str = "event_time") -> Column:

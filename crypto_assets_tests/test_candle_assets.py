@@ -28,12 +28,12 @@ from crypto_assets.assets.aggregated_5min import aggregated_5min, aggregated_5mi
 from crypto_assets.assets.common import CandleRunConfig
 from crypto_assets.assets.latest_prices import latest_prices, latest_prices_match_candles
 from crypto_assets.assets.real_time_prices import real_time_prices, source_is_fresh
+from crypto_assets.candle_runs import refresh_candles
+from crypto_assets.candle_store import MarketStore
 from crypto_assets.candles import FIVE_MINUTES, ONE_MINUTE, Segment
-from crypto_assets.engine import refresh_candles
 from crypto_assets.resources import MarketDatabase, build_resources, spark_session
 from crypto_assets.sensors import minute_close_sensor
-from crypto_assets.spark_io import read_trades
-from crypto_assets.store import JdbcTarget, MarketStore
+from crypto_assets.spark_io import JdbcTarget, read_trades
 from crypto_assets_tests.candle_reference import (
     Trade,
     differences,

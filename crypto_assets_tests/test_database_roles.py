@@ -14,7 +14,8 @@ import psycopg2.errors
 import pytest
 from kafka import KafkaProducer
 
-from crypto_assets.store import MarketStore
+from crypto_assets.candle_store import MarketStore
+from crypto_assets.spark_io import JdbcTarget
 from crypto_platform.credentials import (
     CANDLE_WRITER,
     DAGSTER,
@@ -204,7 +205,7 @@ def test_every_client_factory_logs_in_as_its_own_role(stack: LocalStack) -> None
     settings = stack.settings
     assert urlsplit(ConsumerConfig.from_settings(settings).database_url).username == INGEST_WRITER
     assert urlsplit(MarketDatabase().store().database_url).username == CANDLE_WRITER
-    assert MarketDatabase().store().jdbc.user == CANDLE_WRITER
+    assert JdbcTarget.from_database_url(MarketDatabase().store().database_url).user == CANDLE_WRITER
     assert dagster_environment(settings)["DAGSTER_PG_USER"] == DAGSTER
     assert urlsplit(server_environment(settings)["SUPERSET_METADATA_URI"]).username == SUPERSET_META
     assert settings.pg_user not in {INGEST_WRITER, CANDLE_WRITER, DAGSTER, SUPERSET_META, SUPERSET_READER}

@@ -22,8 +22,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from crypto_assets.candle_store import MarketStore
 from crypto_assets.candles import FIVE_MINUTES, ONE_MINUTE
-from crypto_assets.store import MarketStore
 from crypto_assets_tests.candle_reference import differences, fetch_candles, reference_candles, trades_from_csv
 from crypto_assets_tests.ingestion_harness import (
     IngestionChain,

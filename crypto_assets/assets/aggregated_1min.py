@@ -4,7 +4,7 @@
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
-from crypto_assets import checks
+from crypto_assets import check_queries
 from crypto_assets.assets.common import (
     CANDLE_FRESHNESS,
     GROUP,
@@ -39,7 +39,7 @@ def trades_aggregable(market_db: MarketDatabase) -> dg.AssetCheckResult:
     """Names (symbol, agg id) each trade the candles left out; not blocking: the other trades' candles and
     latest prices stay right and keep flowing while someone decides about it."""
     with market_db.store().transaction(snapshot=True) as cursor:
-        outcome = checks.trades_aggregable(cursor, ONE_MINUTE)
+        outcome = check_queries.trades_aggregable(cursor, ONE_MINUTE)
     return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=outcome.metadata)
 
 

@@ -4,7 +4,7 @@
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
-from crypto_assets import checks
+from crypto_assets import check_queries
 from crypto_assets.assets.aggregated_1min import aggregated_1min
 from crypto_assets.assets.common import (
     CANDLE_FRESHNESS,
@@ -38,7 +38,7 @@ def aggregated_5min(context: dg.AssetExecutionContext, config: CandleRunConfig, 
 def consistent_with_aggregated_1min(market_db: MarketDatabase) -> dg.AssetCheckResult:
     """Open, close, high, low, volume and count of a final window agree with the one-minute table."""
     with market_db.store().transaction(snapshot=True) as cursor:
-        outcome = checks.consistent_with_one_minute(cursor, FIVE_MINUTES)
+        outcome = check_queries.consistent_with_one_minute(cursor, FIVE_MINUTES)
     return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=outcome.metadata)
 
 

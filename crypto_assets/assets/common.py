@@ -6,9 +6,9 @@ from datetime import datetime, timedelta
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
-from crypto_assets import checks
+from crypto_assets import check_queries
+from crypto_assets.candle_runs import refresh_candles, refresh_rollup
 from crypto_assets.candles import Timeframe, align_range
-from crypto_assets.engine import refresh_candles, refresh_rollup
 from crypto_assets.resources import MarketDatabase
 
 GROUP = "market_candles"
@@ -67,7 +67,7 @@ def materialize_candles(context: dg.AssetExecutionContext, config: CandleRunConf
 
 
 def _check(timeframe: Timeframe, asset: dg.AssetsDefinition, name: str, description: str,
-           query: Callable[..., checks.CheckOutcome], additional_deps: list | None = None) -> dg.AssetChecksDefinition:
+           query: Callable[..., check_queries.CheckOutcome], additional_deps: list | None = None) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=asset, name=name, description=description, blocking=True,
                     additional_deps=additional_deps)
     def _candle_check(market_db: MarketDatabase) -> dg.AssetCheckResult:
@@ -83,15 +83,15 @@ def candle_checks(timeframe: Timeframe, asset: dg.AssetsDefinition) -> list[dg.A
     """The integrity checks every candle table must pass; errors, blocking downstream assets."""
     return [
         _check(timeframe, asset, "ohlc_invariants", "low <= open, close <= high; volume, count >= 0; "
-               "zero volume if and only if zero count", checks.ohlc_invariants),
+               "zero volume if and only if zero count", check_queries.ohlc_invariants),
         _check(timeframe, asset, "one_row_per_window", "No two candles for one (symbol, window_start)",
-               checks.one_row_per_window),
+               check_queries.one_row_per_window),
         _check(timeframe, asset, "windows_aligned", "Windows start on the clock's boundaries and last one window",
-               checks.windows_aligned),
+               check_queries.windows_aligned),
         _check(timeframe, asset, "no_missing_window", "Every window between a symbol's first and last candle exists",
-               checks.no_missing_window),
+               check_queries.no_missing_window),
         _check(timeframe, asset, "agg_ids_complete", "Agg trade ids of the checked final windows have no gap and "
-               "the candles span them all", checks.agg_ids_complete),
+               "the candles span them all", check_queries.agg_ids_complete),
     ]
 
 
@@ -100,4 +100,4 @@ def consistent_with_one_minute_check(timeframe: Timeframe, asset: dg.AssetsDefin
     """Each final candle of a longer interval equals its one-minute candles rolled up."""
     return _check(timeframe, asset, "consistent_with_aggregated_1min",
                   f"Each final {timeframe.label} candle equals its 1-minute candles rolled up",
-                  checks.consistent_with_one_minute, additional_deps=[one_minute])
+                  check_queries.consistent_with_one_minute, additional_deps=[one_minute])

@@ -3,11 +3,11 @@
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
-from crypto_assets import checks
+from crypto_assets import check_queries
 from crypto_assets.assets.aggregated_1min import aggregated_1min
 from crypto_assets.assets.common import CANDLE_FRESHNESS, GROUP, KINDS
 from crypto_assets.assets.real_time_prices import real_time_prices
-from crypto_assets.engine import refresh_latest
+from crypto_assets.candle_runs import refresh_latest
 from crypto_assets.resources import MarketDatabase
 
 
@@ -32,5 +32,5 @@ def latest_prices(context: dg.AssetExecutionContext, pyspark: PySparkResource,
 def latest_prices_match_candles(market_db: MarketDatabase) -> dg.AssetCheckResult:
     """Catches a half-published set or a latest price that no candle explains."""
     with market_db.store().transaction(snapshot=True) as cursor:
-        outcome = checks.latest_prices_consistent(cursor)
+        outcome = check_queries.latest_prices_consistent(cursor)
     return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=outcome.metadata)

@@ -2,11 +2,11 @@
 
 import dagster as dg
 
+from crypto_assets.candle_runs import now_ms
+from crypto_assets.candle_store import MarketStore
 from crypto_assets.candles import from_ms
-from crypto_assets.checks import source_freshness
-from crypto_assets.engine import now_ms
+from crypto_assets.check_queries import source_freshness
 from crypto_assets.resources import MarketDatabase
-from crypto_assets.store import MarketStore
 
 SOURCE_FRESHNESS_LIMIT_S = 300.0
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from crypto_assets.candle_store import Changes, MarketStore, SymbolState
 from crypto_assets.candles import (
     MINUTE_MS,
     ONE_MINUTE,
@@ -22,8 +23,14 @@ from crypto_assets.candles import (
     plan_segments,
     watermarks,
 )
-from crypto_assets.spark_io import read_candles, read_minutes, read_trades, read_trades_by_id, write_staging
-from crypto_assets.store import Changes, MarketStore, SymbolState
+from crypto_assets.spark_io import (
+    JdbcTarget,
+    read_candles,
+    read_minutes,
+    read_trades,
+    read_trades_by_id,
+    write_staging,
+)
 from crypto_assets.transforms import (
     STAGING_COLUMNS,
     candles_from_minutes,
@@ -37,6 +44,11 @@ DAY_MINUTES = 1440
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _jdbc(store: MarketStore) -> JdbcTarget:
+    """Spark's view of the store's database: the same server, database and login."""
+    return JdbcTarget.from_database_url(store.database_url)
 
 
 @dataclass(frozen=True)
@@ -132,9 +144,9 @@ def refresh_candles(spark: SparkSession, store: MarketStore, timeframe: Timefram
         try:
             if segments:
                 seeds = store.seeds(timeframe, segments)
-                trades = read_trades(spark, store.jdbc, segments, size, expected_rows=changes.rows)
+                trades = read_trades(spark, _jdbc(store), segments, size, expected_rows=changes.rows)
                 staged = complete_segments(spark, candles_from_trades(trades, size), segments, seeds, size, marks)
-                write_staging(staged.select(*STAGING_COLUMNS), store.jdbc, "candle_staging", batch_id)
+                write_staging(staged.select(*STAGING_COLUMNS), _jdbc(store), "candle_staging", batch_id)
             spark_seconds = time.perf_counter() - started
             stats = store.merge_candles(timeframe, batch_id, changes.next_cursor, min(marks.values()),
                                         delete_range=backfill)
@@ -154,14 +166,14 @@ def refresh_latest(spark: SparkSession, store: MarketStore) -> LatestRun:
     lo, hi = newest - (DAY_MINUTES - 1) * MINUTE_MS, newest + MINUTE_MS
     batch_id = uuid.uuid4().hex
     started = time.perf_counter()
-    candles = read_candles(spark, store.jdbc, ONE_MINUTE.table, lo, hi).cache()
+    candles = read_candles(spark, _jdbc(store), ONE_MINUTE.table, lo, hi).cache()
     try:
         newest_ids = [(row.symbol, int(row.agg_id)) for row in candles.where(F.col("trade_count") > 0)
                       .groupBy("symbol").agg(F.max("last_agg_trade_id").alias("agg_id")).collect()]
         candles_read = candles.count()
         if newest_ids:
-            latest = latest_from_candles(candles, read_trades_by_id(spark, store.jdbc, newest_ids))
-            write_staging(latest, store.jdbc, "latest_prices_staging", batch_id)
+            latest = latest_from_candles(candles, read_trades_by_id(spark, _jdbc(store), newest_ids))
+            write_staging(latest, _jdbc(store), "latest_prices_staging", batch_id)
         spark_seconds = time.perf_counter() - started
         published = store.publish_latest(batch_id)
     except Exception:
@@ -223,8 +235,8 @@ def refresh_rollup(spark: SparkSession, store: MarketStore, timeframe: Timeframe
         started = time.perf_counter()
         try:
             if ranges:
-                minutes = read_minutes(spark, store.jdbc, ONE_MINUTE.table, ranges)
-                write_staging(candles_from_minutes(minutes, size).select(*STAGING_COLUMNS), store.jdbc,
+                minutes = read_minutes(spark, _jdbc(store), ONE_MINUTE.table, ranges)
+                write_staging(candles_from_minutes(minutes, size).select(*STAGING_COLUMNS), _jdbc(store),
                               "candle_staging", batch_id)
             spark_seconds = time.perf_counter() - started
             stats = (store.merge_candles(timeframe, batch_id, None, None, delete_range=backfill)

@@ -12,7 +12,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import psycopg2
 import psycopg2.extensions
@@ -24,30 +23,6 @@ STOCK = "stock"
 # Above the ingest_xid 0 of bulk-imported rows (streaming_services/importer.py), whose candles the import
 # recomputes itself; below every real transaction id (3 and up), so no streamed row is skipped.
 START_CURSOR = "1"
-JDBC_TLS_OPTIONS = ("sslmode", "sslrootcert")
-
-
-@dataclass(frozen=True)
-class JdbcTarget:
-    """The market-data database as Spark's JDBC reader and writer see it."""
-
-    url: str
-    user: str
-    password: str = field(repr=False)
-
-    @classmethod
-    def from_database_url(cls, database_url: str) -> JdbcTarget:
-        """The same server, database and login; the URL's TLS options (``sslmode``, ``sslrootcert``, which
-        the JDBC driver names as libpq does) go along."""
-        parts = urlsplit(database_url)
-        host = parts.hostname or "127.0.0.1"
-        tls = [(name, value) for name, value in parse_qsl(parts.query) if name in JDBC_TLS_OPTIONS]
-        query = urlencode([("reWriteBatchedInserts", "true"), *tls])
-        return cls(f"jdbc:postgresql://{host}:{parts.port or 5432}{parts.path}?{query}",
-                   unquote(parts.username or ""), unquote(parts.password or ""))
-
-    def properties(self) -> dict[str, str]:
-        return {"user": self.user, "password": self.password, "driver": "org.postgresql.Driver"}
 
 
 @dataclass(frozen=True)
@@ -91,10 +66,6 @@ class MarketStore:
 
     def connect(self) -> psycopg2.extensions.connection:
         return psycopg2.connect(self.database_url, connect_timeout=10, application_name="crypto_assets")
-
-    @property
-    def jdbc(self) -> JdbcTarget:
-        return JdbcTarget.from_database_url(self.database_url)
 
     @contextmanager
     def transaction(self, snapshot: bool = False) -> Iterator[psycopg2.extensions.cursor]:
