@@ -22,10 +22,9 @@ import dagster as dg
 # The CLI's output is its summary lines; Dagster's beta notice (observable_source_asset) is noise here.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", dg.BetaWarning)
-    from crypto_assets.assets.common import PIPELINE_TAG, CandleRunConfig, parse_range
-    from crypto_assets.assets.intervals import CANDLE_ASSETS, CANDLE_CHECKS
-    from crypto_assets.assets.latest_prices import latest_prices, latest_prices_match_candles
-    from crypto_assets.assets.real_time_prices import real_time_prices
+    from crypto_assets.assets.attributes import PIPELINE_TAG
+    from crypto_assets.assets.catalog import CANDLE_ASSETS, DEFINITIONS, RUN_ASSETS
+    from crypto_assets.assets.run_config import CandleRunConfig, parse_range
     from crypto_assets.resources import build_resources
 from crypto_platform.settings import PlatformSettings, SettingsError
 
@@ -70,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     config = CandleRunConfig(start=args.start, end=args.end)
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     result = dg.materialize(
-        [real_time_prices, *CANDLE_ASSETS, latest_prices, *CANDLE_CHECKS, latest_prices_match_candles],
-        selection=dg.AssetSelection.assets(*CANDLE_ASSETS, latest_prices),
+        DEFINITIONS,
+        selection=dg.AssetSelection.assets(*RUN_ASSETS),
         resources=build_resources(settings),
         run_config=dg.RunConfig(ops={asset.key.to_user_string(): config for asset in CANDLE_ASSETS}),
         instance=instance,

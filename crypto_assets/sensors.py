@@ -14,9 +14,8 @@ from __future__ import annotations
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
-from crypto_assets.assets.common import PIPELINE_TAG
-from crypto_assets.assets.intervals import CANDLE_ASSETS
-from crypto_assets.assets.latest_prices import latest_prices
+from crypto_assets.assets.attributes import PIPELINE_TAG
+from crypto_assets.assets.catalog import RUN_ASSETS
 from crypto_assets.assets.real_time_prices import observe, real_time_prices
 from crypto_assets.candle_runs import now_ms
 from crypto_assets.candles import MINUTE_MS, ONE_MINUTE, from_ms, window_start
@@ -31,7 +30,7 @@ CLOSE_GRACE_S = 10
 
 candles_job = dg.define_asset_job(
     "candles_job",
-    selection=dg.AssetSelection.assets(*CANDLE_ASSETS, latest_prices),
+    selection=dg.AssetSelection.assets(*RUN_ASSETS),
     description="Candles of the trades since the last run, then latest prices; checks run after each asset.",
     tags={PIPELINE_TAG: "candles"},
     executor_def=dg.in_process_executor,

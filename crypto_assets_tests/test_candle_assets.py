@@ -25,9 +25,10 @@ from pyspark.sql import SparkSession
 from crypto_assets import backfill, sensors
 from crypto_assets.assets.aggregated_1min import aggregated_1min, aggregated_1min_checks
 from crypto_assets.assets.aggregated_5min import aggregated_5min, aggregated_5min_checks
-from crypto_assets.assets.common import CandleRunConfig
+from crypto_assets.assets.catalog import DEFINITIONS
 from crypto_assets.assets.latest_prices import latest_prices, latest_prices_match_candles
-from crypto_assets.assets.real_time_prices import real_time_prices, source_is_fresh
+from crypto_assets.assets.real_time_prices import source_is_fresh
+from crypto_assets.assets.run_config import CandleRunConfig
 from crypto_assets.candle_runs import refresh_candles
 from crypto_assets.candle_store import MarketStore
 from crypto_assets.candles import FIVE_MINUTES, ONE_MINUTE, Segment
@@ -48,8 +49,7 @@ from local_stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ALL_DEFS = [real_time_prices, aggregated_1min, aggregated_5min, latest_prices, *aggregated_1min_checks,
-            *aggregated_5min_checks, latest_prices_match_candles, source_is_fresh]
+ALL_DEFS = DEFINITIONS
 CANDLE_ASSETS = dg.AssetSelection.assets(aggregated_1min, aggregated_5min, latest_prices)
 BTC_2023 = ("spot_BTCUSDT_2023-04-05", "spot_BTCUSDT_trades_2023-04-04T235959_to_2023-04-05T000654.csv")
 KLINES_2023 = ("spot_BTCUSDT_2023-04-05", "spot_BTCUSDT-1m-ohlcv_excerpt_2023-04-04T2359_to_2023-04-05T0007.csv")

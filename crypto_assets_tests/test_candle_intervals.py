@@ -19,9 +19,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from crypto_assets import backfill
-from crypto_assets.assets.intervals import CANDLE_ASSETS, CANDLE_CHECKS
-from crypto_assets.assets.latest_prices import latest_prices, latest_prices_match_candles
-from crypto_assets.assets.real_time_prices import real_time_prices
+from crypto_assets.assets.catalog import CANDLE_ASSETS, CANDLE_CHECKS, DEFINITIONS, RUN_ASSETS
 from crypto_assets.candles import TIMEFRAMES
 from crypto_assets.resources import build_resources, spark_session
 from crypto_assets_tests.candle_reference import (
@@ -40,7 +38,7 @@ from local_stack.stack import LocalStack
 # Several Spark runs of six assets and their 38 checks: minutes each on a loaded 2-core machine.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-DEFS = [real_time_prices, *CANDLE_ASSETS, latest_prices, *CANDLE_CHECKS, latest_prices_match_candles]
+DEFS = DEFINITIONS
 PAIR_2024 = "spot_BTCUSDT_ETHUSDT_2024-08-08"
 T0 = datetime(2024, 8, 9, tzinfo=UTC)
 
@@ -78,7 +76,7 @@ def candles_env(platform_env: Callable[..., PlatformSettings], spark: SparkSessi
 
 
 def run_all(settings: PlatformSettings) -> dg.ExecuteInProcessResult:
-    return dg.materialize(DEFS, selection=dg.AssetSelection.assets(*CANDLE_ASSETS, latest_prices),
+    return dg.materialize(DEFS, selection=dg.AssetSelection.assets(*RUN_ASSETS),
                           resources=build_resources(settings), instance=dg.DagsterInstance.ephemeral(),
                           raise_on_error=False)
 

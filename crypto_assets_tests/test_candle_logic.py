@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto_assets.assets.common import parse_range
+from crypto_assets.assets.run_config import parse_range
 from crypto_assets.candles import (
     MINUTE_MS,
     Segment,

@@ -5,15 +5,11 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 
 from crypto_assets import check_queries
-from crypto_assets.assets.common import (
-    CANDLE_FRESHNESS,
-    GROUP,
-    KINDS,
-    CandleRunConfig,
-    candle_checks,
-    materialize_candles,
-)
+from crypto_assets.assets.attributes import CANDLE_FRESHNESS, GROUP, KINDS
+from crypto_assets.assets.materialize import materialize_candles
 from crypto_assets.assets.real_time_prices import real_time_prices
+from crypto_assets.assets.run_config import CandleRunConfig
+from crypto_assets.assets.sql_checks import candle_checks, sql_check
 from crypto_assets.candles import ONE_MINUTE
 from crypto_assets.resources import MarketDatabase
 
@@ -33,14 +29,12 @@ def aggregated_1min(context: dg.AssetExecutionContext, config: CandleRunConfig, 
     return materialize_candles(context, config, pyspark, market_db, ONE_MINUTE)
 
 
-@dg.asset_check(asset=aggregated_1min, blocking=False,
-                description="No trade was left out of the candles for a price x volume too large to aggregate")
-def trades_aggregable(market_db: MarketDatabase) -> dg.AssetCheckResult:
-    """Names (symbol, agg id) each trade the candles left out; not blocking: the other trades' candles and
-    latest prices stay right and keep flowing while someone decides about it."""
-    with market_db.store().transaction(snapshot=True) as cursor:
-        outcome = check_queries.trades_aggregable(cursor, ONE_MINUTE)
-    return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=outcome.metadata)
+# Names (symbol, agg id) each trade the candles left out; not blocking: the other trades' candles and latest
+# prices stay right and keep flowing while someone decides about it.
+trades_aggregable = sql_check(
+    aggregated_1min, "trades_aggregable",
+    "No trade was left out of the candles for a price x volume too large to aggregate",
+    lambda cursor: check_queries.trades_aggregable(cursor, ONE_MINUTE), blocking=False)
 
 
 aggregated_1min_checks = [*candle_checks(ONE_MINUTE, aggregated_1min), trades_aggregable]

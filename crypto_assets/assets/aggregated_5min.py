@@ -4,17 +4,12 @@
 import dagster as dg
 from dagster_pyspark import PySparkResource
 
-from crypto_assets import check_queries
 from crypto_assets.assets.aggregated_1min import aggregated_1min
-from crypto_assets.assets.common import (
-    CANDLE_FRESHNESS,
-    GROUP,
-    KINDS,
-    CandleRunConfig,
-    candle_checks,
-    materialize_candles,
-)
+from crypto_assets.assets.attributes import CANDLE_FRESHNESS, GROUP, KINDS
+from crypto_assets.assets.materialize import materialize_candles
 from crypto_assets.assets.real_time_prices import real_time_prices
+from crypto_assets.assets.run_config import CandleRunConfig
+from crypto_assets.assets.sql_checks import candle_checks, consistent_with_one_minute_check
 from crypto_assets.candles import FIVE_MINUTES
 from crypto_assets.resources import MarketDatabase
 
@@ -33,13 +28,9 @@ def aggregated_5min(context: dg.AssetExecutionContext, config: CandleRunConfig, 
     return materialize_candles(context, config, pyspark, market_db, FIVE_MINUTES)
 
 
-@dg.asset_check(asset=aggregated_5min, additional_deps=[aggregated_1min], blocking=True,
-                description="Each final 5-minute candle equals its 1-minute candles rolled up")
-def consistent_with_aggregated_1min(market_db: MarketDatabase) -> dg.AssetCheckResult:
-    """Open, close, high, low, volume and count of a final window agree with the one-minute table."""
-    with market_db.store().transaction(snapshot=True) as cursor:
-        outcome = check_queries.consistent_with_one_minute(cursor, FIVE_MINUTES)
-    return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=outcome.metadata)
+# Open, close, high, low, volume and count of a final window agree with the one-minute table.
+consistent_with_aggregated_1min = consistent_with_one_minute_check(
+    FIVE_MINUTES, aggregated_5min, aggregated_1min, "Each final 5-minute candle equals its 1-minute candles rolled up")
 
 
 aggregated_5min_checks = [*candle_checks(FIVE_MINUTES, aggregated_5min), consistent_with_aggregated_1min]

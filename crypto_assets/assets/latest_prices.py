@@ -5,8 +5,9 @@ from dagster_pyspark import PySparkResource
 
 from crypto_assets import check_queries
 from crypto_assets.assets.aggregated_1min import aggregated_1min
-from crypto_assets.assets.common import CANDLE_FRESHNESS, GROUP, KINDS
+from crypto_assets.assets.attributes import CANDLE_FRESHNESS, GROUP, KINDS
 from crypto_assets.assets.real_time_prices import real_time_prices
+from crypto_assets.assets.sql_checks import sql_check
 from crypto_assets.candle_runs import refresh_latest
 from crypto_assets.resources import MarketDatabase
 
@@ -27,10 +28,8 @@ def latest_prices(context: dg.AssetExecutionContext, pyspark: PySparkResource,
     return dg.MaterializeResult(metadata=run.metadata())
 
 
-@dg.asset_check(asset=latest_prices, blocking=True,
-                description="Latest price = close of the newest 1-minute candle with trades, within the 24 h range")
-def latest_prices_match_candles(market_db: MarketDatabase) -> dg.AssetCheckResult:
-    """Catches a half-published set or a latest price that no candle explains."""
-    with market_db.store().transaction(snapshot=True) as cursor:
-        outcome = check_queries.latest_prices_consistent(cursor)
-    return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=outcome.metadata)
+# Catches a half-published set or a latest price that no candle explains.
+latest_prices_match_candles = sql_check(
+    latest_prices, "latest_prices_match_candles",
+    "Latest price = close of the newest 1-minute candle with trades, within the 24 h range",
+    check_queries.latest_prices_consistent)

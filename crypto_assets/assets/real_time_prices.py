@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from crypto_assets.assets.sql_checks import sql_check
 from crypto_assets.candle_runs import now_ms
 from crypto_assets.candle_store import MarketStore
 from crypto_assets.candles import from_ms
@@ -43,9 +44,8 @@ def observe(store: MarketStore) -> tuple[dg.DataVersion, dict[str, object]]:
     }
 
 
-@dg.asset_check(asset=real_time_prices, description=f"The newest trade is at most {SOURCE_FRESHNESS_LIMIT_S:.0f} s old")
-def source_is_fresh(market_db: MarketDatabase) -> dg.AssetCheckResult:
-    """Warns (does not block) when ingestion stalls: the candles would still be exact, only late."""
-    with market_db.store().transaction(snapshot=True) as cursor:
-        outcome = source_freshness(cursor, now_ms(), SOURCE_FRESHNESS_LIMIT_S)
-    return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.WARN, metadata=outcome.metadata)
+# Warns (does not block) when ingestion stalls: the candles would still be exact, only late.
+source_is_fresh = sql_check(
+    real_time_prices, "source_is_fresh", f"The newest trade is at most {SOURCE_FRESHNESS_LIMIT_S:.0f} s old",
+    lambda cursor: source_freshness(cursor, now_ms(), SOURCE_FRESHNESS_LIMIT_S),
+    blocking=False, severity=dg.AssetCheckSeverity.WARN)

@@ -11,15 +11,10 @@ import dagster as dg
 from dagster_pyspark import PySparkResource
 
 from crypto_assets.assets.aggregated_1min import aggregated_1min
-from crypto_assets.assets.common import (
-    CANDLE_FRESHNESS,
-    GROUP,
-    KINDS,
-    CandleRunConfig,
-    candle_checks,
-    consistent_with_one_minute_check,
-    materialize_candles,
-)
+from crypto_assets.assets.attributes import CANDLE_FRESHNESS, GROUP, KINDS
+from crypto_assets.assets.materialize import materialize_candles
+from crypto_assets.assets.run_config import CandleRunConfig
+from crypto_assets.assets.sql_checks import candle_checks, consistent_with_one_minute_check
 from crypto_assets.candles import TIMEFRAMES, Timeframe
 from crypto_assets.resources import MarketDatabase
 
