@@ -50,7 +50,7 @@ GRANT SELECT ON stock.market_clock TO candle_writer;
 ALTER ROLE superset_reader SET statement_timeout = '60s';
 ALTER ROLE superset_reader SET idle_in_transaction_session_timeout = '60s';
 
--- Advisory locks serialise the candle writers (crypto_assets/candle_store.py); by default any role may take them,
+-- Advisory locks serialise the candle writers (crypto_assets/store.py); by default any role may take them,
 -- so a SQL Lab user could hold the candle lock and stall every run. Only candle_writer may now.
 REVOKE EXECUTE ON FUNCTION
     pg_advisory_lock(bigint), pg_advisory_lock(integer, integer),
