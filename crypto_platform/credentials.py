@@ -35,6 +35,12 @@ _CONFIGURED = {
 }
 RUNTIME_ROLES = tuple(_CONFIGURED)
 
+# Kafka's principals with SECURE=1 (SCRAM-SHA-512), each password generated into STATE_DIR/secrets/kafka-<name>.
+KAFKA_ADMIN = "platform-admin"  # the local stack's topic, ACL and status work; a super user
+KAFKA_PRODUCER = "binance-producer"  # writes the trades topic
+KAFKA_CONSUMER = "prices-consumer"  # reads it, in the consumer group
+KAFKA_PRINCIPALS = (KAFKA_ADMIN, KAFKA_PRODUCER, KAFKA_CONSUMER)
+
 
 def secrets_dir(settings: PlatformSettings) -> Path:
     """``STATE_DIR/secrets``, created 0700."""
@@ -83,3 +89,16 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = S
     salt_b64, stored_b64, server_b64 = (base64.b64encode(raw).decode() for raw in (salt, stored_key, server_key))
     return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
 
+
+
+def kafka_password(settings: PlatformSettings, principal: str) -> str:
+    return generated_secret(settings, f"kafka-{principal}")
+
+
+def kafka_security(settings: PlatformSettings, principal: str) -> dict[str, str]:
+    """kafka-python's connection options for ``principal``: none in plaintext; with SECURE=1 SASL_SSL,
+    SCRAM-SHA-512 with its password, the broker's certificate checked against the platform CA."""
+    if not settings.secure:
+        return {}
+    return {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": principal,
+            "sasl_plain_password": kafka_password(settings, principal), "ssl_cafile": str(settings.tls_ca_cert)}

@@ -239,8 +239,9 @@ class PlatformSettings:
     state_dir: Path = setting("STATE_DIR", "data, logs and pids of the local stack", ".platform", folder)
     bind_host: str = setting("BIND_HOST", "address every local server listens on", "127.0.0.1")
     secure: bool = setting(
-        "SECURE", "1 = TLS from the platform's own CA (`STATE_DIR/tls/ca.crt`, made on first start); so far the "
-        "embedded PostgreSQL: `hostssl` connections only, clients with `sslmode=verify-full` (issue 14)", "0", boolean)
+        "SECURE", "1 = TLS from the platform's own CA (`STATE_DIR/tls/ca.crt`, made on first start): the embedded "
+        "PostgreSQL takes `hostssl` connections only (clients: `sslmode=verify-full`), Kafka SASL_SSL with SCRAM "
+        "users and ACLs; Superset still HTTP (issue 14)", "0", boolean)
     tls_ca_cert: Path = derived(lambda _, s: s["state_dir"] / "tls" / "ca.crt")
     kafka_port: int = setting("KAFKA_PORT", "Kafka listener", "9092", port)
     kafka_controller_port: int = setting("KAFKA_CONTROLLER_PORT", "KRaft controller listener", "9093", port)

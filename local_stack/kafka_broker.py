@@ -1,4 +1,12 @@
-"""Apache Kafka in KRaft combined mode (broker + controller), run with the machine's Java from Maven jars."""
+"""Apache Kafka in KRaft combined mode (broker + controller), run with the machine's Java from Maven jars.
+
+With ``SECURE=1`` the client listener is SASL_SSL with SCRAM-SHA-512 and the controller's is TLS with
+client certificates (the broker shows the platform CA's server certificate, see ``certificates``); the
+SCRAM users (``credentials.KAFKA_PRINCIPALS``) are created when the storage is formatted, from an
+argument file (0600, deleted after) so no password is on a command line. ``StandardAuthorizer`` with
+``allow.everyone.if.no.acl.found=false``: the producer may write the trades topic, the consumer read it
+in its group (``ensure_topic`` grants both), the admin principal and the broker itself are super users.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +17,28 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import (
+    ACL,
+    ACLOperation,
+    ACLPermissionType,
+    ACLResourcePatternType,
+    KafkaAdminClient,
+    NewTopic,
+    ResourcePattern,
+    ResourceType,
+)
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from crypto_platform.credentials import (
+    KAFKA_ADMIN,
+    KAFKA_CONSUMER,
+    KAFKA_PRINCIPALS,
+    KAFKA_PRODUCER,
+    kafka_password,
+    kafka_security,
+)
 from crypto_platform.settings import PlatformSettings
+from local_stack.certificates import DEFAULT_HOSTS, ensure_certificates
 from local_stack.jars import ensure_jars
 from local_stack.processes import (
     PidFile,
@@ -28,7 +54,9 @@ from local_stack.run_record import RunRecord, settings_snapshot
 
 LOG4J = Path(__file__).with_name("kafka") / "log4j.properties"
 READY_TIMEOUT_S = 180  # ~10 s idle; over 90 s at load 40+ (a broker that dies is reported at once)
-WATCHED = ("BIND_HOST", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_HEAP", "KAFKA_RETENTION_HOURS")
+WATCHED = ("BIND_HOST", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_HEAP", "KAFKA_RETENTION_HOURS", "SECURE")
+SCRAM = "SCRAM-SHA-512"
+SECURED_MARKER = "scram-users"  # in the kafka folder: the storage was formatted with the SCRAM users
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +89,8 @@ class KafkaBroker:
         return str(ensure_jars() / "*")
 
     def _java(self, main_class: str, *args: str, heap: str = "256m") -> list[str]:
+        """The JVM's command line; ``main_class`` may be an ``@file`` naming the class and its arguments (the
+        launcher reads argument files up to the main class only)."""
         return [
             "java", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{LOG4J}", "-cp", self._classpath(), main_class, *args,
@@ -88,25 +118,67 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "log.retention.hours": str(s.kafka_retention_hours),
             "log.segment.bytes": str(256 * 1024 * 1024),
+            **(self._secure_properties() if s.secure else {}),
         }
         path = self.root / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+        _write_private(path, "".join(f"{k}={v}\n" for k, v in properties.items()))
         return path
 
+    def _secure_properties(self) -> dict[str, str]:
+        s = self.settings
+        host = s.bind_host
+        tls = ensure_certificates(s.tls_ca_cert.parent, (*DEFAULT_HOSTS, host))
+        admin_password = kafka_password(s, KAFKA_ADMIN)
+        return {
+            "listeners": f"SASL_SSL://{host}:{s.kafka_port},CONTROLLER://{host}:{s.kafka_controller_port}",
+            "advertised.listeners": f"SASL_SSL://{host}:{s.kafka_port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SSL",
+            "sasl.enabled.mechanisms": SCRAM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM,
+            f"listener.name.sasl_ssl.{SCRAM.lower()}.sasl.jaas.config":
+                f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{KAFKA_ADMIN}" '
+                f'password="{admin_password}";',
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.certificate.chain": _one_line_pem(tls.server_cert.read_text()),
+            "ssl.keystore.key": _one_line_pem(tls.server_key.read_text()),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(tls.ca_cert),
+            "listener.name.controller.ssl.client.auth": "required",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            # The admin principal, and the broker itself on the controller listener (its certificate's name).
+            "super.users": f"User:{KAFKA_ADMIN};User:CN={DEFAULT_HOSTS[0]}",
+        }
+
     def _format_once(self, properties: Path) -> None:
+        secured = self.root / SECURED_MARKER
         if (self.data_dir / "meta.properties").exists():
+            if self.settings.secure and not secured.exists():
+                raise StackError(f"Kafka's storage in {self.data_dir} was formatted without SECURE=1, so it has no "
+                                 "SCRAM users; run `make clean` (its messages are lost) or leave SECURE unset")
             return
         cluster_id_file = self.root / "cluster.id"
         if not cluster_id_file.exists():
             cluster_id_file.write_text(_kafka_cluster_id())
-        result = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id_file.read_text().strip()}",
-                       "-c", str(properties)),
-            capture_output=True, text=True, check=False,
-        )
+        arguments = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id_file.read_text().strip()}",
+                     "-c", str(properties)]
+        if self.settings.secure:
+            for principal in KAFKA_PRINCIPALS:
+                password = kafka_password(self.settings, principal)
+                arguments += ["--add-scram", f"{SCRAM}=[name={principal},password={password}]"]
+        # The arguments reach Java through an @argument file, so no password is on the command line.
+        argument_file = self.root / "format.args"
+        _write_private(argument_file, "".join(f'"{argument}"\n' for argument in arguments))
+        try:
+            result = subprocess.run(self._java(f"@{argument_file}"), capture_output=True, text=True, check=False)
+        finally:
+            argument_file.unlink(missing_ok=True)
         if result.returncode != 0:
             last_line = (result.stdout + result.stderr).strip().splitlines()[-1]
             raise StackError(f"formatting Kafka's storage failed: {last_line}")
+        if self.settings.secure:
+            secured.touch()
 
     def start(self) -> None:
         """Starts the broker when it is not running and waits until it answers a metadata request.
@@ -143,7 +215,7 @@ class KafkaBroker:
     def admin(self) -> KafkaAdminClient:
         return KafkaAdminClient(
             bootstrap_servers=self.settings.kafka_bootstrap_servers, client_id="local-stack",
-            request_timeout_ms=10_000,
+            request_timeout_ms=10_000, **kafka_security(self.settings, KAFKA_ADMIN),
         )
 
     def _answers_metadata(self) -> bool:
@@ -176,8 +248,29 @@ class KafkaBroker:
                     log.info("topic created", extra={"topic": name, "partitions": partitions})
                 except TopicAlreadyExistsError:
                     pass
+            if self.settings.secure:
+                result = admin.create_acls(self._acls(name))
+                if result["failed"]:
+                    raise StackError(f"Kafka refused the ACLs of topic {name}: {result['failed'][0]}")
         finally:
             admin.close()
+
+    def _acls(self, topic: str) -> list[ACL]:
+        """The producer writes ``topic``; the consumer reads it in groups named after CONSUMER_GROUP."""
+        def allow(principal: str, operation: ACLOperation, kind: ResourceType, name: str,
+                  pattern: ACLResourcePatternType = ACLResourcePatternType.LITERAL) -> ACL:
+            return ACL(f"User:{principal}", "*", operation, ACLPermissionType.ALLOW,
+                       ResourcePattern(kind, name, pattern))
+
+        return [
+            allow(KAFKA_PRODUCER, ACLOperation.WRITE, ResourceType.TOPIC, topic),
+            allow(KAFKA_PRODUCER, ACLOperation.DESCRIBE, ResourceType.TOPIC, topic),
+            allow(KAFKA_PRODUCER, ACLOperation.IDEMPOTENT_WRITE, ResourceType.CLUSTER, "kafka-cluster"),
+            allow(KAFKA_CONSUMER, ACLOperation.READ, ResourceType.TOPIC, topic),
+            allow(KAFKA_CONSUMER, ACLOperation.DESCRIBE, ResourceType.TOPIC, topic),
+            allow(KAFKA_CONSUMER, ACLOperation.READ, ResourceType.GROUP, self.settings.consumer_group,
+                  ACLResourcePatternType.PREFIXED),
+        ]
 
     def partition_count(self, name: str) -> int:
         admin = self.admin()
@@ -195,3 +288,15 @@ def _kafka_cluster_id() -> str:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cluster_id.startswith("-"):
             return cluster_id
+
+
+def _one_line_pem(pem: str) -> str:
+    """A PEM block as one properties value (Kafka's inline PEM keystore reads the escaped newlines)."""
+    return pem.strip().replace("\n", "\\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """``text`` into ``path``, mode 0600 from the start (it may hold passwords and the broker's key)."""
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(text)

@@ -9,6 +9,7 @@ import psycopg2
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from crypto_platform.credentials import KAFKA_ADMIN, kafka_security
 from crypto_platform.settings import PlatformSettings
 from local_stack.backup_plan import describe_backups
 from local_stack.backups import BackupStore, archiver_state
@@ -121,7 +122,7 @@ def consumer_lag(settings: PlatformSettings) -> dict[int, int] | None:
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers, group_id=settings.consumer_group,
-            enable_auto_commit=False,
+            enable_auto_commit=False, **kafka_security(settings, KAFKA_ADMIN),
         )
     except KafkaError:
         return None

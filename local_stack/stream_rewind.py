@@ -24,6 +24,7 @@ from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, MemberToRemove, OffsetSpec
 from kafka.errors import KafkaError
 
+from crypto_platform.credentials import KAFKA_ADMIN, kafka_security
 from crypto_platform.settings import PlatformSettings
 from local_stack.backup_plan import rewound_acked
 from local_stack.processes import StackError, wait_until
@@ -82,7 +83,8 @@ def rewind_consumer_group(settings: PlatformSettings, stored: dict[int, int]) ->
     """Sets the group's committed offsets to the restored database's (earliest where it has none). The
     group's processes are stopped; static members stay registered until their session ends, so they
     are removed first (a commit into a group with members is refused)."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="crypto-restore")
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="crypto-restore",
+                             **kafka_security(settings, KAFKA_ADMIN))
     try:
         group, topic = settings.consumer_group, settings.kafka_topic
         partitions = admin.describe_topics([topic])[0]["partitions"]

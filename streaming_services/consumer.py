@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import psycopg2
@@ -36,7 +36,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from psycopg2.extras import execute_values
 from psycopg2.pool import ThreadedConnectionPool
 
-from crypto_platform.credentials import INGEST_WRITER, role_database_url
+from crypto_platform.credentials import INGEST_WRITER, KAFKA_CONSUMER, kafka_security, role_database_url
 from crypto_platform.logs import configure_logging
 from crypto_platform.retrying import retry_while_unavailable
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings, SettingsError
@@ -331,6 +331,7 @@ class ConsumerConfig:
     instance_id: str | None = None
     dead_letter_max_bytes: int = 65536
     limits: Limits = DEFAULT_LIMITS
+    kafka_security: dict[str, str] = field(default_factory=dict, repr=False)  # credentials.kafka_security
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings, worker: int = 0) -> ConsumerConfig:
@@ -342,7 +343,8 @@ class ConsumerConfig:
                    role_database_url(settings, INGEST_WRITER), frozenset(settings.symbols), settings.consumer_batch_size,
                    settings.consumer_check_crcs, instance_id=instance_id or None,
                    dead_letter_max_bytes=settings.dead_letter_max_bytes,
-                   limits=Limits(settings.consumer_max_id_distance, settings.consumer_max_lateness_s * 1000))
+                   limits=Limits(settings.consumer_max_id_distance, settings.consumer_max_lateness_s * 1000),
+                   kafka_security=kafka_security(settings, KAFKA_CONSUMER))
 
 
 class PricesConsumer:
@@ -359,7 +361,7 @@ class PricesConsumer:
             check_crcs=config.check_crcs, client_id="prices-consumer", metrics_enabled=False,
             # A static member that restarts takes its partitions back at once (no rebalance), instead of
             # the group waiting out the dead member's 45 s session first.
-            group_instance_id=config.instance_id,
+            group_instance_id=config.instance_id, **config.kafka_security,
         )
         install_fast_records(self.kafka)
         self._stop = threading.Event()

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import urllib.error
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from kafka.errors import KafkaError
 from kafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter, Histogram
 
+from crypto_platform.credentials import KAFKA_PRODUCER, kafka_security
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings, SettingsError
 from streaming_services.binance_rest import MINUTE_MS, PAGE, BinanceRest
@@ -75,6 +76,7 @@ class ProducerConfig:
     backoff_max_s: float = 30.0
     linger_ms: int = 5
     max_block_ms: int = 5000
+    kafka_security: dict[str, str] = field(default_factory=dict, repr=False)  # credentials.kafka_security
 
     @classmethod
     def from_settings(cls, settings: PlatformSettings, worker: int = 0) -> ProducerConfig:
@@ -82,7 +84,8 @@ class ProducerConfig:
                    symbols=worker_symbols(settings.symbols, worker, settings.producer_workers),
                    topic=settings.kafka_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
                    source=settings.source, state_path=acked_path(settings.state_dir, worker),
-                   stall_timeout_s=settings.producer_stall_timeout_s)
+                   stall_timeout_s=settings.producer_stall_timeout_s,
+                   kafka_security=kafka_security(settings, KAFKA_PRODUCER))
 
     @property
     def stream_url(self) -> str:
@@ -184,7 +187,7 @@ class BinanceProducer:
             bootstrap_servers=config.bootstrap_servers, acks="all", enable_idempotence=True, retries=2**31 - 1,
             linger_ms=config.linger_ms, batch_size=256 * 1024, compression_type=None,
             max_block_ms=config.max_block_ms, delivery_timeout_ms=120_000, client_id="binance-producer",
-            partitioner=SymbolPartitioner(), metrics_enabled=False,
+            partitioner=SymbolPartitioner(), metrics_enabled=False, **config.kafka_security,
         )
         self.rest = BinanceRest(config.rest_url)
         self.acked = AckedIds(config.state_path, config.symbols, config.source)
