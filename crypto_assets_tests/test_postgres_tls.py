@@ -11,11 +11,13 @@ from urllib.parse import quote
 import psycopg2
 import pytest
 
+from crypto_platform.credentials import CANDLE_WRITER, INGEST_WRITER, role_database_url
 from crypto_platform.settings import PlatformSettings
 from local_stack.backups import BackupStore
 from local_stack.certificates import ensure_certificates
 from local_stack.ephemeral import make_state_dir, stack_environment
 from local_stack.postgres import PostgresServer, ServerAccount
+from local_stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,12 +26,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def secure_postgres() -> Iterator[PostgresServer]:
     state_dir = make_state_dir("crypto-test-pg-tls-")
     settings = PlatformSettings.from_env({**os.environ, **stack_environment(state_dir), "SECURE": "1"})
-    server = PostgresServer(settings)
+    stack = LocalStack(settings)
     try:
-        server.start()
-        yield server
+        stack.start_database()  # as make up does it: STATE_DIR made private first, then the roles
+        yield stack.postgres
     finally:
-        server.stop()
+        stack.down()
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
@@ -69,3 +71,12 @@ def test_a_base_backup_goes_through_the_server_accounts_socket(secure_postgres):
     store = BackupStore(secure_postgres.settings)
     backup = store.take(ServerAccount.for_current_user())
     assert backup.size_bytes > 0 and [b.path for b in store.backups()] == [backup.path]
+
+
+def test_every_run_time_role_connects_over_tls(secure_postgres):
+    settings = secure_postgres.settings
+    for role in (INGEST_WRITER, CANDLE_WRITER):
+        with psycopg2.connect(role_database_url(settings, role)) as connection, connection.cursor() as cursor:
+            cursor.execute("SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            assert cursor.fetchone() == (role, True)
+        connection.close()
