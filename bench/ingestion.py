@@ -6,7 +6,7 @@
    2, … producer and consumer worker processes (``--workers``), every id compared afterwards;
 3. latency at a steady rate: producer send → broker ack, and trade time → row in PostgreSQL.
 
-Usage: ``python -m bench.ingestion [--rows N] [--workers 1,2,3] [--rate R --seconds S]
+Usage: ``[LOG_LEVEL=INFO] python -m bench.ingestion [--rows N] [--workers 1,2,3] [--rate R --seconds S]
 [--part consumer|stages|chain|latency ...]``.
 """
 
@@ -38,7 +38,8 @@ from local_stack.processes import free_port, stop_processes, wait_until
 from local_stack.stack import REPO_ROOT, LocalStack
 from streaming_services.consumer import COPY_TRADES, ConsumerConfig, PricesConsumer, classify, encode_copy_rows
 from streaming_services.messages import TradeMessage, decode_agg_trade_frame
-from streaming_services.producer import SEND_LATENCY, BinanceProducer, ProducerConfig
+from streaming_services.producer import SEND_LATENCY, BinanceProducer, ProducerConfig, worker_symbols
+from streaming_services.producer_state import acked_path, write_state_file
 from streaming_services.replay_server import ReplayConfig, ReplayServer
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT")
@@ -61,12 +62,17 @@ def truncate(database_url: str) -> None:
         cursor.execute("TRUNCATE stock.real_time_prices, stock.rejected_messages, stock.market_clock")
 
 
-def commit_rate(database_url: str, target: int, timeout: float) -> float:
+STALL_S = 120.0  # no new row for this long while rows are missing: the run is stuck, not slow
+
+
+def commit_rate(database_url: str, target: int, timeout: float, where: str = "") -> float:
     """Rows committed per second from the first commit seen until the table holds ``target`` rows, so that
     process start and the group join are not in it. One connection polled every 0.1 s, so that watching
-    costs the machine little (a new connection is a password hash on both sides)."""
+    costs the machine little (a new connection is a password hash on both sides). A table that stops
+    growing for ``STALL_S`` ends the run at once, with the rows per symbol and ``where`` (the logs)."""
     started = time.perf_counter()
     first: tuple[int, float] | None = None
+    moved: tuple[int, float] = (0, started)
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
         connection.autocommit = True
         while True:
@@ -76,8 +82,14 @@ def commit_rate(database_url: str, target: int, timeout: float) -> float:
                 first = (rows, now)
             if rows >= target and first is not None and now > first[1]:
                 return (rows - first[0]) / (now - first[1])
-            if now - started > timeout:
-                raise SystemExit(f"bench: only {rows} of {target} rows after {timeout} s")
+            if rows != moved[0]:
+                moved = (rows, now)
+            if now - started > timeout or (first is not None and now - moved[1] > STALL_S):
+                cursor.execute("SELECT symbol, count(*), max(agg_trade_id) FROM stock.real_time_prices"
+                               " GROUP BY symbol ORDER BY symbol")
+                per_symbol = ", ".join(f"{symbol} {count} (max id {top})" for symbol, count, top in cursor.fetchall())
+                raise SystemExit(f"bench: only {rows} of {target} rows after {now - started:.0f} s, none new for "
+                                 f"{now - moved[1]:.0f} s; per symbol: {per_symbol or 'none'}; {where}")
             time.sleep(0.1)
 
 
@@ -112,6 +124,11 @@ def fill_topic(settings: PlatformSettings, stack: LocalStack, trades: list[Trade
     producer.close()
 
 
+def service_log_level() -> str:
+    """The services' LOG_LEVEL: WARNING (their logs stay quiet while measured) unless the caller sets one."""
+    return os.environ.get("LOG_LEVEL", "WARNING")
+
+
 def _stack_credentials(settings: PlatformSettings) -> dict[str, str]:
     """The bench stack's writer password for worker processes whose STATE_DIR is a folder of their own
     (they would generate a password of their own there, which the bench's PostgreSQL does not know)."""
@@ -124,11 +141,11 @@ def consumer_rate(settings: PlatformSettings, rows: int, workers: int) -> float:
     group = f"{CONSUMER_TOPIC}-{workers}"
     env = {**os.environ, "STATE_DIR": str(folder), "SYMBOLS": ",".join(SYMBOLS), "KAFKA_TOPIC": CONSUMER_TOPIC,
            "CONSUMER_GROUP": group, "CONSUMER_WORKERS": str(workers), "CONSUMER_METRICS_PORT": str(free_port()),
-           "LOG_LEVEL": "WARNING", **_stack_credentials(settings)}
+           "LOG_LEVEL": service_log_level(), **_stack_credentials(settings)}
     processes = [start_service("streaming_services.consumer", i, env, folder / f"consumer-{i}.log")
                  for i in range(workers)]
     try:
-        rate = commit_rate(settings.database_url, rows, 900)
+        rate = commit_rate(settings.database_url, rows, 900, f"logs in {folder}")
     finally:
         stop_processes([psutil.Process(process.pid) for process in processes])
     truncate(settings.database_url)
@@ -244,6 +261,21 @@ def start_service(module: str, worker: int | None, env: dict[str, str], log_path
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def start_producers_from_the_first_id(state_dir: Path, workers: int, source: str) -> None:
+    """Each producer worker's acknowledged ids, as if it had stopped before its symbols' first trade (id 1).
+
+    The replay market's clock starts with its first subscriber, and at full speed it has published every
+    trade of the files a few seconds later. A worker that subscribes after that (its connection timed out
+    on the busy machine) would never hear of its symbols: a producer without saved ids starts at the minute
+    of the first live trade it sees, and none comes. With these ids it backfills from REST on connecting,
+    the path of a restarted producer, so the run's completion (every id once) no longer depends on when
+    each worker subscribed.
+    """
+    for worker in range(workers):
+        write_state_file(acked_path(state_dir, worker), source,
+                         {symbol: 0 for symbol in worker_symbols(SYMBOLS, worker, workers)})
+
+
 def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int, workers: int) -> float:
     """The services as ``make up`` runs them (replay server, ``workers`` producer and consumer processes).
     Counted from the first committed row to the last, so process start and the group join are not in it."""
@@ -253,13 +285,15 @@ def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int, workers
     topic = f"bench-chain-{workers}"
     consumers = min(workers, settings.kafka_partitions)
     stack.kafka.ensure_topic(topic, settings.kafka_partitions)
+    start_producers_from_the_first_id(folder, workers, "replay")
     replay_port = free_port()
     env = {**os.environ, "STATE_DIR": str(folder), "SYMBOLS": ",".join(SYMBOLS), "SOURCE": "replay",
            "REPLAY_FILES": ",".join(map(str, files)), "REPLAY_SPEED": "0", "REPLAY_PORT": str(replay_port),
            "BINANCE_WS_URL": f"ws://127.0.0.1:{replay_port}", "BINANCE_REST_URL": f"http://127.0.0.1:{replay_port}",
            "KAFKA_TOPIC": topic, "CONSUMER_GROUP": topic, "PRODUCER_WORKERS": str(workers),
            "CONSUMER_WORKERS": str(consumers), "PRODUCER_METRICS_PORT": str(free_port()),
-           "CONSUMER_METRICS_PORT": str(free_port()), "LOG_LEVEL": "WARNING", **_stack_credentials(settings)}
+           "CONSUMER_METRICS_PORT": str(free_port()), "LOG_LEVEL": service_log_level(),
+           **_stack_credentials(settings)}
     processes = [start_service("streaming_services.replay_server", None, env, folder / "replay.log")]
     try:
         if not wait_until(lambda: _port_answers(replay_port), 120):
@@ -268,7 +302,7 @@ def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int, workers
                       for i in range(consumers)]
         processes += [start_service("streaming_services.producer", i, env, folder / f"producer-{i}.log")
                       for i in range(workers)]
-        rate = commit_rate(settings.database_url, expected, 900)
+        rate = commit_rate(settings.database_url, expected, 900, f"logs in {folder}")
         stored_ids_check(settings.database_url, rows // len(SYMBOLS))
     finally:
         stop_processes([psutil.Process(process.pid) for process in reversed(processes)])

@@ -14,11 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import websocket
 from kafka.errors import KafkaTimeoutError
 from kafka.future import Future
 
+from bench.ingestion import SYMBOLS, start_producers_from_the_first_id, write_market_files
 from streaming_services.feeds import read_binance_file
-from streaming_services.producer import MALFORMED_KEY, AckedIds, BinanceProducer, ProducerConfig
+from streaming_services.producer import MALFORMED_KEY, AckedIds, BinanceProducer, ProducerConfig, worker_symbols
+from streaming_services.producer_state import acked_path
 from streaming_services.replay_server import FaultPlan, ReplayConfig, ReplayServer
 
 BTC_2023 = "spot_BTCUSDT_2023-04-05/spot_BTCUSDT_trades_2023-04-04T235959_to_2023-04-05T000654.csv"
@@ -224,3 +227,38 @@ def test_a_closing_kline_sends_the_market_clock_after_every_trade_of_the_minute(
         assert {t.agg_id for t in trades if t.time_ms < clock["closedUntil"]} <= set(clock["after"])
     closed = [c["closedUntil"] for c in kafka.clocks]
     assert closed == sorted(closed) and closed[-1] > max(t.time_ms for t in trades) + 2 * 60_000
+
+
+def test_a_bench_chain_worker_that_subscribes_after_the_replay_finished_still_sends_every_id(
+        tmp_path: Path) -> None:
+    """``bench.ingestion --part chain``: the first subscriber starts the replay market, which at full speed is
+    through its files at once; worker 2 of 3, subscribing only then, must still hand over every id of its
+    symbol. Failed on the old bench (no saved ids): that worker sent nothing and the run stalled."""
+    rows_per_symbol, workers, late = 500, 3, 2
+    files = tuple(write_market_files(tmp_path, rows_per_symbol * len(SYMBOLS)))
+    server = ReplayServer(ReplayConfig(symbols=SYMBOLS, files=files, speed=0, port=0, state_dir=tmp_path / "replay"))
+    ws_url, rest_url = server.start_in_thread()
+    kafka = RecordingKafka()
+    try:
+        first = websocket.create_connection(ProducerConfig(ws_url, rest_url, SYMBOLS, "trades", "unused", "replay",
+                                                           tmp_path / "unused.json").stream_url, timeout=10)
+        seen = 0
+        while seen < rows_per_symbol * len(SYMBOLS):  # the whole market is out before the late worker subscribes
+            seen += "@aggTrade" in first.recv()
+        first.close()
+        start_producers_from_the_first_id(tmp_path, workers, "replay")
+        symbols = worker_symbols(SYMBOLS, late, workers)
+        config = ProducerConfig(ws_url, rest_url, symbols, "trades", "unused", "replay", acked_path(tmp_path, late),
+                                backoff_initial_s=0.05, backoff_max_s=0.2)
+        producer = BinanceProducer(config, kafka=kafka)
+        thread = threading.Thread(target=producer.run, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: len(kafka.acked) >= rows_per_symbol * len(symbols), 30, "every id of the late worker")
+        finally:
+            producer.stop()
+            thread.join(30)
+    finally:
+        server.stop_thread()
+    assert symbols == ("BNBUSDT",)
+    assert kafka.acked == list(range(1, rows_per_symbol + 1))
