@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from streaming_services.feeds import synthetic_market
-from streaming_services.replay_server import SYNTHETIC_HISTORY_MS, MarketTimeline, ReplayConfig, ReplayServer
+from streaming_services.market import SYNTHETIC_HISTORY_MS, MarketTimeline
+from streaming_services.replay_server import ReplayConfig, ReplayServer
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 START_MS = 1_795_600_000_000

@@ -10,23 +10,21 @@ The market's clock starts when the first client subscribes and is kept in ``<sta
 after a restart the server serves the same market, and trades that "happened" while it was down are
 available over REST, as on the real exchange. The synthetic market keeps the last hour of trades for
 REST (bounded memory however long it runs) and checkpoints its walks, so a restart regenerates at most
-that hour, the same trades with the same consecutive ids.
+that hour, the same trades with the same consecutive ids. The market itself (timeline, files, synthetic walk)
+is ``market.py``; this module is the aiohttp server and the WebSocket fault plan tests use.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import json
 import logging
-import math
 import re
 import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +35,11 @@ from aiohttp import WSMsgType, web
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings, SettingsError
 from streaming_services.feeds import (
-    MINUTE_MS,
     AggTrade,
     FeedError,
     Kline,
-    KlineBuilder,
-    SyntheticSymbol,
-    load_files,
-    retime,
-    synthetic_market,
 )
+from streaming_services.market import REST_MAX_WINDOW_MS, MarketTimeline, now_ms
 from streaming_services.startup import StartupError, port_taken
 
 MAX_STREAMS_PER_CONNECTION = 1024
@@ -54,36 +47,42 @@ MAX_INCOMING_PER_SECOND = 5
 MAX_URL_BYTES = 64 * 1024  # 1,024 stream names fit in a URL, as on Binance
 REST_DEFAULT_LIMIT = 500
 REST_MAX_LIMIT = 1000
-REST_MAX_WINDOW_MS = 3_600_000
 TICK_S = 0.02
 FAST_BATCH = 5000
-SYNTHETIC_SEED = 20240808
-SYNTHETIC_HISTORY_MS = 3_600_000  # what REST keeps of the synthetic market: the longest producer outage it heals
-SNAPSHOT_EVERY_MS = 60_000
-RESUME_REGENERATE_MAX_MS = 6 * 3_600_000  # a longer stop skips ahead rather than replay hours of walk at start
-TRIM_CHUNK = 1000
 
 PUBLISHER = web.AppKey("publisher", asyncio.Task)
 
 log = logging.getLogger(__name__)
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass
 class FaultPlan:
-    """Faults injected on the WebSocket (tests): REST always keeps serving every trade."""
+    """Faults injected on the WebSocket, for tests; the default plan injects none.
+
+    The send loop asks ``drops`` before each event and ``after_frame`` after each frame, nothing more.
+    REST always keeps serving every trade, so every dropped or lost trade can be healed.
+    """
 
     close_after_frames: int | None = None
     stall_after_frames: int | None = None
     malformed_every: int | None = None
     skip_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def skips(self, trade: AggTrade) -> bool:
-        span = self.skip_ids.get(trade.symbol)
-        return span is not None and span[0] <= trade.agg_id <= span[1]
+    def drops(self, event: AggTrade | Kline) -> bool:
+        span = self.skip_ids.get(event.symbol) if isinstance(event, AggTrade) else None
+        return span is not None and span[0] <= event.agg_id <= span[1]
+
+    async def after_frame(self, subscriber: Subscriber, event: AggTrade | Kline) -> bool:
+        """Applies the faults due after a frame; True when it closed the connection."""
+        ws, sent = subscriber.ws, subscriber.frames_sent
+        if self.malformed_every and sent % self.malformed_every == 0:
+            await ws.send_str('{"stream":"' + event.symbol.lower() + '@aggTrade","data":{"e":"aggTrade","p":')
+        if self.stall_after_frames and sent >= self.stall_after_frames:
+            subscriber.stalled = True
+        if self.close_after_frames and sent >= self.close_after_frames:
+            await ws.close(code=1011, message=b"Injected disconnect")
+            return True
+        return False
 
 
 @dataclass
@@ -106,149 +105,6 @@ class ReplayConfig:
         return cls(symbols=settings.symbols, files=tuple(Path(f) for f in settings.replay_files),
                    speed=settings.replay_speed, retime=settings.replay_retime, host=settings.bind_host,
                    port=settings.replay_port, state_dir=settings.state_dir / "replay")
-
-
-class MarketTimeline:
-    """Which trades have happened by a given wall-clock time; append-only per symbol, in agg-id order."""
-
-    def __init__(self, config: ReplayConfig) -> None:
-        self.config = config
-        recorded = load_files(config.files, config.symbols)
-        self.file_symbols = set(recorded)
-        self.synthetic: dict[str, SyntheticSymbol] = synthetic_market(
-            [s for s in config.symbols if s not in recorded], SYNTHETIC_SEED)
-        for walk in self.synthetic.values():
-            walk.trades_per_second = config.synthetic_trades_per_second
-        self._recorded = recorded
-        self.pending: list[AggTrade] = []
-        self.published: dict[str, list[AggTrade]] = {s: [] for s in (*recorded, *self.synthetic)}
-        self._ids: dict[str, list[int]] = {s: [] for s in self.published}
-        self._snapshots: dict[str, deque[dict[str, Any]]] = {s: deque() for s in self.synthetic}
-        self._klines = {s: KlineBuilder(s) for s in self.published}
-        self.anchor_ms: int | None = None
-
-    @property
-    def source(self) -> str:
-        return "synthetic" if not self.file_symbols else "replay"
-
-    def start(self, anchor_ms: int) -> None:
-        """Fixes the clock: file trades are shifted (REPLAY_RETIME) so the recording starts at the anchor."""
-        self.anchor_ms = anchor_ms
-        first = min((trades[0].time_ms for trades in self._recorded.values() if trades), default=anchor_ms)
-        self._file_origin = anchor_ms if self.config.retime else first
-        shift = anchor_ms - first if self.config.retime else 0
-        merged = [t for trades in self._recorded.values() for t in retime(trades, shift)]
-        self.pending = sorted(merged, key=lambda t: (t.time_ms, t.symbol, t.agg_id))
-        self._pending_index = 0
-        for symbol, walk in self.synthetic.items():
-            walk.start(anchor_ms)
-            self._snapshots[symbol] = deque([walk.checkpoint()])
-
-    def resume(self, anchor_ms: int, checkpoints: dict[str, dict[str, Any]], wall_ms: int) -> None:
-        """After a restart: the same clock, each synthetic walk continued from its ``checkpoint()``, so the
-        same trades are served again with the same ids, then those of the stop.
-
-        After a stop longer than RESUME_REGENERATE_MAX_MS a walk skips to the last history REST keeps
-        (a quiet market, ids still consecutive) instead of regenerating days of trades at start.
-        """
-        self.start(anchor_ms)
-        for symbol, walk in self.synthetic.items():
-            if symbol in checkpoints:
-                walk.restore(checkpoints[symbol])
-            if wall_ms - walk.next_time_ms > RESUME_REGENERATE_MAX_MS:
-                walk.next_time_ms = wall_ms - SYNTHETIC_HISTORY_MS
-            self._snapshots[symbol] = deque([walk.checkpoint()])
-        resume_from = min((walk.next_time_ms for walk in self.synthetic.values()), default=wall_ms)
-        for step_ms in range(resume_from + SNAPSHOT_EVERY_MS, wall_ms, SNAPSHOT_EVERY_MS):
-            self.advance(step_ms)
-        self.advance(wall_ms)
-
-    def checkpoint(self) -> dict[str, dict[str, Any]]:
-        """Per synthetic symbol, the walk's state at the oldest trade REST still serves."""
-        return {symbol: snapshots[0] for symbol, snapshots in self._snapshots.items() if snapshots}
-
-    def feed_time(self, wall_ms: int) -> float:
-        if self.config.speed == 0:
-            return float("inf")
-        return self._file_origin + (wall_ms - self.anchor_ms) * self.config.speed
-
-    def advance(self, wall_ms: int, limit: int | None = None) -> list[AggTrade]:
-        """Publishes every trade due by ``wall_ms`` (at most ``limit`` file trades); returns them in time order."""
-        if self.anchor_ms is None:
-            return []
-        due: list[AggTrade] = []
-        horizon = self.feed_time(wall_ms)
-        while self._pending_index < len(self.pending) and self.pending[self._pending_index].time_ms <= horizon:
-            due.append(self.pending[self._pending_index])
-            self._pending_index += 1
-            if limit is not None and len(due) >= limit:
-                break
-        if self.synthetic:
-            for walk in self.synthetic.values():
-                due.extend(walk.trades_until(wall_ms))
-            due.sort(key=lambda t: (t.time_ms, t.symbol, t.agg_id))
-        for trade in due:
-            self.published[trade.symbol].append(trade)
-            self._ids[trade.symbol].append(trade.agg_id)
-            self._klines[trade.symbol].add(trade)
-        for symbol, walk in self.synthetic.items():
-            self._forget_old(symbol, walk, wall_ms)
-        return due
-
-    def _forget_old(self, symbol: str, walk: SyntheticSymbol, wall_ms: int) -> None:
-        """Keeps a checkpoint a minute and drops the synthetic trades older than the oldest one kept."""
-        snapshots = self._snapshots[symbol]
-        if walk.next_time_ms - snapshots[-1]["next_time_ms"] >= SNAPSHOT_EVERY_MS:
-            snapshots.append(walk.checkpoint())
-        while len(snapshots) > 1 and snapshots[1]["next_time_ms"] <= wall_ms - SYNTHETIC_HISTORY_MS:
-            snapshots.popleft()
-        ids = self._ids[symbol]
-        forgotten = bisect.bisect_left(ids, snapshots[0]["next_agg_id"])
-        if forgotten >= TRIM_CHUNK:
-            del ids[:forgotten], self.published[symbol][:forgotten]
-
-    def closed_klines(self, wall_ms: int) -> list[Kline]:
-        """The klines of the minutes that closed since the last call, per symbol in time order.
-
-        A synthetic symbol's minute closes with the wall clock; a recorded one's once every file trade
-        before its end is published (at REPLAY_SPEED=0, once the files are through, up to the last trade).
-        """
-        if self.anchor_ms is None:
-            return []
-        horizon = self.feed_time(wall_ms)
-        if self._pending_index < len(self.pending):
-            files_clock = min(horizon, self.pending[self._pending_index].time_ms)
-        else:
-            files_clock = horizon
-        closed: list[Kline] = []
-        for symbol, builder in self._klines.items():
-            clock = wall_ms if symbol in self.synthetic else files_clock
-            if math.isinf(clock):
-                if not builder.pending:
-                    continue
-                clock = builder.pending[-1].time_ms - builder.pending[-1].time_ms % MINUTE_MS + MINUTE_MS
-            closed.extend(builder.close_until(int(clock)))
-        return closed
-
-    @property
-    def files_pending(self) -> bool:
-        return self.anchor_ms is not None and self._pending_index < len(self.pending)
-
-    def agg_trades(self, symbol: str, from_id: int | None, start_ms: int | None, end_ms: int | None,
-                   limit: int) -> list[AggTrade]:
-        """``GET /api/v3/aggTrades`` over what has been published, with Binance's parameter rules."""
-        trades, ids = self.published[symbol], self._ids[symbol]
-        if from_id is not None:
-            begin = bisect.bisect_left(ids, from_id)
-            selected = trades[begin:begin + limit]
-            if end_ms is not None:
-                selected = [t for t in selected if t.time_ms <= end_ms]
-            return selected
-        if start_ms is not None or end_ms is not None:
-            lower = start_ms if start_ms is not None else end_ms - REST_MAX_WINDOW_MS
-            upper = end_ms if end_ms is not None else start_ms + REST_MAX_WINDOW_MS
-            return [t for t in trades if lower <= t.time_ms <= upper][:limit]
-        return trades[-limit:]
 
 
 def _stream_name(event: AggTrade | Kline) -> str:
@@ -494,7 +350,7 @@ class ReplayServer:
                 await ws.send_json({"e": "serverShutdown", "E": now_ms()})
                 await ws.close(code=1001, message=b"Connection lifetime reached")
                 return
-            if trade is None or subscriber.stalled or (isinstance(trade, AggTrade) and faults.skips(trade)):
+            if trade is None or subscriber.stalled or faults.drops(trade):
                 continue
             if isinstance(trade, AggTrade):
                 payload = trade.payload_json(now_ms())
@@ -502,12 +358,7 @@ class ReplayServer:
                 payload = json.dumps(trade.payload(now_ms()), separators=(",", ":"))
             await ws.send_str(f'{{"stream":"{_stream_name(trade)}","data":{payload}}}' if subscriber.combined else payload)
             subscriber.frames_sent += 1
-            if faults.malformed_every and subscriber.frames_sent % faults.malformed_every == 0:
-                await ws.send_str('{"stream":"' + trade.symbol.lower() + '@aggTrade","data":{"e":"aggTrade","p":')
-            if faults.stall_after_frames and subscriber.frames_sent >= faults.stall_after_frames:
-                subscriber.stalled = True
-            if faults.close_after_frames and subscriber.frames_sent >= faults.close_after_frames:
-                await ws.close(code=1011, message=b"Injected disconnect")
+            if await faults.after_frame(subscriber, trade):
                 return
 
     async def _ping_loop(self, subscriber: Subscriber) -> None:
