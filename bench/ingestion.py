@@ -36,8 +36,9 @@ from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import ephemeral_stack, make_state_dir
 from local_stack.processes import free_port, stop_processes, wait_until
 from local_stack.stack import REPO_ROOT, LocalStack
-from streaming_services.consumer import COPY_TRADES, ConsumerConfig, PricesConsumer, classify, encode_copy_rows
+from streaming_services.consumer import ConsumerConfig, PricesConsumer, classify
 from streaming_services.messages import TradeMessage, decode_agg_trade_frame
+from streaming_services.postgres_sink import COPY_TRADES, encode_copy_rows
 from streaming_services.producer import SEND_LATENCY, BinanceProducer, ProducerConfig, worker_symbols
 from streaming_services.producer_state import acked_path, write_state_file
 from streaming_services.replay_server import ReplayConfig, ReplayServer

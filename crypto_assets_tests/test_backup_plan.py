@@ -26,8 +26,8 @@ from local_stack.backup_plan import (
     start_segment,
     wal_to_delete,
 )
-from streaming_services.consumer import Accepted, Rejected, next_offsets
 from streaming_services.messages import TradeMessage
+from streaming_services.postgres_sink import Accepted, Rejected, next_offsets
 
 NOW = datetime(2026, 11, 28, 16, 0, tzinfo=UTC)
 

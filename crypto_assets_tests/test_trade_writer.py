@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from streaming_services.consumer import Accepted, Rejected, TradeWriter, WriteOutcome
 from streaming_services.messages import TradeMessage
+from streaming_services.postgres_sink import Accepted, Rejected, TradeWriter, WriteOutcome
 
 START_MS = 1_723_161_255_000
 
