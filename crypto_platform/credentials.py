@@ -90,7 +90,6 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = S
     return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
 
 
-
 def kafka_password(settings: PlatformSettings, principal: str) -> str:
     return generated_secret(settings, f"kafka-{principal}")
 

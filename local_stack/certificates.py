@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from crypto_platform.settings import PlatformSettings
+from local_stack.permissions import write_private
 
 CA_DAYS = 3650
 SERVER_DAYS = 397
@@ -62,16 +64,6 @@ def _subject_names(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
     return names
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """``data`` into ``path``, mode 0600 from its first byte, replacing the file as a whole."""
-    partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    partial.replace(path)
-
-
 def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
@@ -95,8 +87,8 @@ def _issue_ca(files: TlsFiles, now: dt.datetime) -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(files.ca_key, _key_pem(key))
-    _write_private(files.ca_cert, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(files.ca_key, _key_pem(key))
+    write_private(files.ca_cert, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _issue_server(files: TlsFiles, hosts: tuple[str, ...], now: dt.datetime) -> None:
@@ -110,12 +102,14 @@ def _issue_server(files: TlsFiles, hosts: tuple[str, ...], now: dt.datetime) -> 
         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
         .add_extension(x509.SubjectAlternativeName(_subject_names(hosts)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        # Client auth too: the Kafka broker shows this certificate to its own controller listener.
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(files.server_key, _key_pem(key))
-    _write_private(files.server_cert, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(files.server_key, _key_pem(key))
+    write_private(files.server_cert, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _server_cert_fits(files: TlsFiles, hosts: tuple[str, ...], now: dt.datetime) -> bool:
@@ -143,3 +137,8 @@ def ensure_certificates(folder: Path, hosts: tuple[str, ...] = DEFAULT_HOSTS) ->
     if not _server_cert_fits(files, hosts, now):
         _issue_server(files, hosts, now)
     return files
+
+
+def platform_certificates(settings: PlatformSettings) -> TlsFiles:
+    """The certificates every server of the stack shows: in ``STATE_DIR/tls/``, naming ``BIND_HOST`` too."""
+    return ensure_certificates(settings.tls_ca_cert.parent, (*DEFAULT_HOSTS, settings.bind_host))

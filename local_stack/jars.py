@@ -20,6 +20,11 @@ class JarsError(RuntimeError):
     """Maven could not resolve the jars; the message names the log to read."""
 
 
+def _require_maven() -> None:
+    if shutil.which("mvn") is None:
+        raise JarsError("Maven (mvn) is not installed; install it with: apt-get install -y maven")
+
+
 def jars_dir() -> Path:
     """A cache folder keyed by the pom's content and the JDBC driver's version, so a bump resolves afresh."""
     digest = hashlib.sha256(POM.read_bytes() + JDBC_VERSION.encode()).hexdigest()[:12]
@@ -32,8 +37,7 @@ def ensure_jars() -> Path:
     target = jars_dir()
     if (target / ".complete").exists():
         return target
-    if shutil.which("mvn") is None:
-        raise JarsError("Maven (mvn) is not installed; install it with: apt-get install -y maven")
+    _require_maven()
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -68,8 +72,7 @@ def maven_artifact(coordinate: str) -> Path:
            / f"{artifact}-{version}.jar")
     if jar.exists():
         return jar
-    if shutil.which("mvn") is None:
-        raise JarsError("Maven (mvn) is not installed; install it with: apt-get install -y maven")
+    _require_maven()
     result = subprocess.run(["mvn", "-q", "-B", "dependency:get", f"-Dartifact={coordinate}", "-Dtransitive=false"],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0 or not jar.exists():

@@ -38,8 +38,9 @@ from crypto_platform.credentials import (
     kafka_security,
 )
 from crypto_platform.settings import PlatformSettings
-from local_stack.certificates import DEFAULT_HOSTS, ensure_certificates
+from local_stack.certificates import DEFAULT_HOSTS, platform_certificates
 from local_stack.jars import ensure_jars
+from local_stack.permissions import write_private
 from local_stack.processes import (
     PidFile,
     StackError,
@@ -121,13 +122,13 @@ class KafkaBroker:
             **(self._secure_properties() if s.secure else {}),
         }
         path = self.root / "server.properties"
-        _write_private(path, "".join(f"{k}={v}\n" for k, v in properties.items()))
+        write_private(path, "".join(f"{k}={v}\n" for k, v in properties.items()).encode())
         return path
 
     def _secure_properties(self) -> dict[str, str]:
         s = self.settings
         host = s.bind_host
-        tls = ensure_certificates(s.tls_ca_cert.parent, (*DEFAULT_HOSTS, host))
+        tls = platform_certificates(s)
         admin_password = kafka_password(s, KAFKA_ADMIN)
         return {
             "listeners": f"SASL_SSL://{host}:{s.kafka_port},CONTROLLER://{host}:{s.kafka_controller_port}",
@@ -169,7 +170,7 @@ class KafkaBroker:
                 arguments += ["--add-scram", f"{SCRAM}=[name={principal},password={password}]"]
         # The arguments reach Java through an @argument file, so no password is on the command line.
         argument_file = self.root / "format.args"
-        _write_private(argument_file, "".join(f'"{argument}"\n' for argument in arguments))
+        write_private(argument_file, "".join(f'"{argument}"\n' for argument in arguments).encode())
         try:
             result = subprocess.run(self._java(f"@{argument_file}"), capture_output=True, text=True, check=False)
         finally:
@@ -293,10 +294,3 @@ def _kafka_cluster_id() -> str:
 def _one_line_pem(pem: str) -> str:
     """A PEM block as one properties value (Kafka's inline PEM keystore reads the escaped newlines)."""
     return pem.strip().replace("\n", "\\n")
-
-
-def _write_private(path: Path, text: str) -> None:
-    """``text`` into ``path``, mode 0600 from the start (it may hold passwords and the broker's key)."""
-    path.unlink(missing_ok=True)
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-        handle.write(text)

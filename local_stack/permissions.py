@@ -15,6 +15,15 @@ PRIVATE_UMASK = 0o077
 PASS_THROUGH = 0o710
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """``data`` into ``path``, mode 0600 from its first byte, replacing the file as a whole (keys, passwords)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
+        handle.write(data)
+    partial.replace(path)
+
+
 def restrict_state_dir(state_dir: Path, server_gid: int | None = None) -> None:
     """Removes group and other access under ``state_dir`` (symlinks untouched) and makes this process's
     new files private; ``server_gid``: the PostgreSQL server's group, let through to its folders."""

@@ -26,7 +26,7 @@ from psycopg2 import sql
 
 from crypto_platform.settings import PlatformSettings
 from local_stack.backup_plan import ARCHIVE_TIMEOUT_S, archive_command, conf_literal, restore_command
-from local_stack.certificates import DEFAULT_HOSTS, ensure_certificates
+from local_stack.certificates import platform_certificates
 from local_stack.jars import maven_artifact
 from local_stack.processes import StackError, require_free_port, tail
 from local_stack.run_record import RunRecord, settings_snapshot
@@ -215,16 +215,17 @@ class PostgresServer:
             f"restore_command = {conf_literal(restore_command(wal_dir))}\n"
             # Present only while make restore replays WAL to its target.
             "include_if_exists = 'recovery_target.conf'\n"
-            + (self._tls_conf(account) if self.settings.secure else "")
+            + (self._secure_conf(account) if self.settings.secure else "")
         )
         account.own(conf)
         hba = self.data_dir / "pg_hba.conf"
         hba.write_text("# Written by the local stack at every start.\n" + hba_lines(self.settings.secure))
         account.own(hba)
 
-    def _tls_conf(self, account: ServerAccount) -> str:
-        """The platform CA's server certificate, copied where only the server's account reads it."""
-        files = ensure_certificates(self.settings.tls_ca_cert.parent, (*DEFAULT_HOSTS, self.settings.bind_host))
+    def _secure_conf(self, account: ServerAccount) -> str:
+        """SECURE=1's settings: the platform CA's server certificate, copied where only the server's account
+        reads it, and the folder of the account's private socket."""
+        files = platform_certificates(self.settings)
         folder = self.root / "tls"
         for private in (folder, self.socket_dir):
             private.mkdir(mode=0o700, exist_ok=True)
