@@ -72,6 +72,8 @@ def spark_config(settings: PlatformSettings) -> dict[str, str]:
         "spark.executor.extraJavaOptions": utc,
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
+        # The driver's RPC ports refuse unauthenticated peers (local mode makes its own secret).
+        **({"spark.authenticate": "true"} if settings.secure else {}),
         **SESSION_SQL_CONFIG,
     }
 

@@ -11,11 +11,12 @@ import threading
 import pytest
 from cryptography import x509
 
+from crypto_platform.credentials import TlsFiles
 from local_stack import certificates
 from local_stack.certificates import ensure_certificates
 
 
-def handshake(files: certificates.TlsFiles, server_name: str) -> str:
+def handshake(files: TlsFiles, server_name: str) -> str:
     """Connects a client that trusts only ``ca.crt`` to a server holding ``server.crt``; the server's CN."""
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(files.server_cert, files.server_key)

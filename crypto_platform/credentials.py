@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 from crypto_platform.settings import PlatformSettings
@@ -40,6 +41,7 @@ KAFKA_ADMIN = "platform-admin"  # the local stack's topic, ACL and status work; 
 KAFKA_PRODUCER = "binance-producer"  # writes the trades topic
 KAFKA_CONSUMER = "prices-consumer"  # reads it, in the consumer group
 KAFKA_PRINCIPALS = (KAFKA_ADMIN, KAFKA_PRODUCER, KAFKA_CONSUMER)
+DAGSTER_UI_USER = "dagster"  # SECURE=1's login of the Dagster UI
 
 
 def secrets_dir(settings: PlatformSettings) -> Path:
@@ -90,6 +92,24 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = S
     return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
 
 
+def spark_connect_token(settings: PlatformSettings) -> str:
+    """SECURE=1's pre-shared token of the local Spark Connect server; server and clients read it from
+    ``SPARK_CONNECT_AUTHENTICATE_TOKEN`` (PySpark's own variable), never from a command line."""
+    return generated_secret(settings, "spark-connect-token", 32)
+
+
+def spark_connect_environment(settings: PlatformSettings) -> dict[str, str]:
+    """What a process that serves or uses the local Spark Connect server needs in its environment."""
+    if not (settings.secure and settings.spark_connect_server):
+        return {}
+    return {"SPARK_CONNECT_AUTHENTICATE_TOKEN": spark_connect_token(settings)}
+
+
+def dagster_ui_password(settings: PlatformSettings) -> str:
+    """SECURE=1's login of the Dagster UI (HTTP basic, user ``dagster``), generated once."""
+    return generated_secret(settings, "dagster-ui")
+
+
 def kafka_password(settings: PlatformSettings, principal: str) -> str:
     return generated_secret(settings, f"kafka-{principal}")
 
@@ -101,3 +121,36 @@ def kafka_security(settings: PlatformSettings, principal: str) -> dict[str, str]
         return {}
     return {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": principal,
             "sasl_plain_password": kafka_password(settings, principal), "ssl_cafile": str(settings.tls_ca_cert)}
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Where the CA and the server certificate live; ``ca_cert`` is what clients verify servers against."""
+
+    folder: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.folder / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.folder / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.folder / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.folder / "server.key"
+
+    @property
+    def trust_bundle(self) -> Path:
+        """The public CAs (certifi's) and ours in one file: for clients that also reach outside services."""
+        return self.folder / "trust.pem"
+
+
+def tls_files(settings: PlatformSettings) -> TlsFiles:
+    """The platform's CA and server certificate in ``STATE_DIR/tls/`` (made by ``local_stack.certificates``)."""
+    return TlsFiles(settings.tls_ca_cert.parent)

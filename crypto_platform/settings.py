@@ -207,7 +207,9 @@ def _unset(variable: str) -> Callable[[Mapping[str, str], Settings], bool]:
 
 
 def _local_connect_url(s: Settings) -> str:
-    return f"sc://{s['bind_host']}:{s['spark_connect_port']}"
+    """PySpark sends SECURE=1's token without TLS to ``localhost`` only (gRPC's local credentials)."""
+    host = "localhost" if s["secure"] and s["bind_host"] in ("127.0.0.1", "localhost", "::1") else s["bind_host"]
+    return f"sc://{host}:{s['spark_connect_port']}"
 
 
 def _database_url(s: Settings) -> str:
@@ -241,8 +243,11 @@ class PlatformSettings:
     secure: bool = setting(
         "SECURE", "1 = TLS from the platform's own CA (`STATE_DIR/tls/ca.crt`, made on first start): the embedded "
         "PostgreSQL takes `hostssl` connections only (clients: `sslmode=verify-full`), Kafka SASL_SSL with SCRAM "
-        "users and ACLs; Superset still HTTP (issue 14)", "0", boolean)
+        "users and ACLs, Superset and the Dagster UI HTTPS only (Dagster's with a login), Spark Connect a token",
+        "0", boolean)
     tls_ca_cert: Path = derived(lambda _, s: s["state_dir"] / "tls" / "ca.crt")
+    # The platform's own web servers (Superset, the Dagster UI) speak HTTPS only with SECURE=1.
+    web_scheme: str = derived(lambda _, s: "https" if s["secure"] else "http")
     kafka_port: int = setting("KAFKA_PORT", "Kafka listener", "9092", port)
     kafka_controller_port: int = setting("KAFKA_CONTROLLER_PORT", "KRaft controller listener", "9093", port)
     kafka_bootstrap_servers: str = setting("KAFKA_BOOTSTRAP_SERVERS", "where clients find Kafka",
@@ -378,7 +383,8 @@ class PlatformSettings:
     embedded_redis: bool = derived(_unset("REDIS_URL"))
     superset_public_url: str = setting(
         "SUPERSET_PUBLIC_URL", "Superset's address in alert links; the alerts' worker fetches chart data there",
-        lambda s: f"http://{s['bind_host']}:{s['superset_port']}", url, shown="`http://BIND_HOST:SUPERSET_PORT`")
+        lambda s: f"{s['web_scheme']}://{s['bind_host']}:{s['superset_port']}", url,
+        shown="`http://BIND_HOST:SUPERSET_PORT` (`https://` with `SECURE=1`)")
     superset_alert_webhook_url: str = setting(
         "SUPERSET_ALERT_WEBHOOK_URL", "alerts and reports POST here (`https://`, or `http://` to "
         "127.0.0.1/localhost)", "", webhook_url, shown="none", secret=True)
@@ -399,6 +405,9 @@ class PlatformSettings:
         if self.producer_workers > len(self.symbols):
             raise SettingsError(f"PRODUCER_WORKERS={self.producer_workers} exceeds the {len(self.symbols)} SYMBOLS "
                                 "(a symbol is never in two workers)")
+        if self.secure and self.spark_cluster:
+            raise SettingsError("SECURE=1 does not cover SPARK_CLUSTER=1 yet (the standalone master's UI and RPC "
+                                "have no login here): set SPARK_CLUSTER=0")
         if self.consumer_workers > self.kafka_partitions:
             raise SettingsError(f"CONSUMER_WORKERS={self.consumer_workers} exceeds KAFKA_PARTITIONS="
                                 f"{self.kafka_partitions} (a partition is read by one consumer of the group)")

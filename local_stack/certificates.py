@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from dataclasses import dataclass
+import ssl
 from pathlib import Path
 
+import certifi
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from crypto_platform.credentials import TlsFiles, tls_files
 from crypto_platform.settings import PlatformSettings
 from local_stack.permissions import write_private
 
@@ -29,29 +31,6 @@ SERVER_DAYS = 397
 RENEW_BEFORE = dt.timedelta(days=30)
 # The names every server of the platform answers to: loopback, and the services of docker-compose.yml.
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1", "postgres", "kafka", "superset", "dagster-webserver")
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """Where the CA and the server certificate live; ``ca_cert`` is what clients verify servers against."""
-
-    folder: Path
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.folder / "ca.crt"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.folder / "ca.key"
-
-    @property
-    def server_cert(self) -> Path:
-        return self.folder / "server.crt"
-
-    @property
-    def server_key(self) -> Path:
-        return self.folder / "server.key"
 
 
 def _subject_names(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
@@ -136,9 +115,24 @@ def ensure_certificates(folder: Path, hosts: tuple[str, ...] = DEFAULT_HOSTS) ->
         _issue_ca(files, now)
     if not _server_cert_fits(files, hosts, now):
         _issue_server(files, hosts, now)
+    bundle = Path(certifi.where()).read_bytes().rstrip() + b"\n" + files.ca_cert.read_bytes()
+    if not files.trust_bundle.exists() or files.trust_bundle.read_bytes() != bundle:
+        write_private(files.trust_bundle, bundle)
     return files
 
 
 def platform_certificates(settings: PlatformSettings) -> TlsFiles:
     """The certificates every server of the stack shows: in ``STATE_DIR/tls/``, naming ``BIND_HOST`` too."""
-    return ensure_certificates(settings.tls_ca_cert.parent, (*DEFAULT_HOSTS, settings.bind_host))
+    return ensure_certificates(tls_files(settings).folder, (*DEFAULT_HOSTS, settings.bind_host))
+
+
+def client_context(settings: PlatformSettings, with_certificate: bool = False) -> ssl.SSLContext | None:
+    """How a client of the stack's own TLS servers verifies them: against ``ca.crt`` (None in plaintext);
+    ``with_certificate`` also shows the platform's certificate, for servers that want a client's."""
+    if not settings.secure:
+        return None
+    files = tls_files(settings)
+    context = ssl.create_default_context(cafile=str(files.ca_cert))
+    if with_certificate:
+        context.load_cert_chain(files.server_cert, files.server_key)
+    return context

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -156,10 +157,14 @@ def port_answers(host: str, port: int) -> Callable[[], bool]:
     return answers
 
 
-def http_ok(url: str) -> Callable[[], bool]:
+def http_ok(url: str, context: ssl.SSLContext | None = None, headers: dict[str, str] | None = None,
+            ) -> Callable[[], bool]:
+    """Answers 200 (over HTTPS checked with ``context``, sending ``headers``, when given)."""
+    request = urllib.request.Request(url, headers=headers or {})
+
     def answers() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=HTTP_PROBE_TIMEOUT_S) as response:
+            with urllib.request.urlopen(request, timeout=HTTP_PROBE_TIMEOUT_S, context=context) as response:
                 return response.status == 200
         except OSError:
             return False

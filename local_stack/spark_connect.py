@@ -8,7 +8,8 @@ driver on the classpath, the JVM's time zone, the master (``local[SPARK_CONNECT_
 standalone cluster with ``SPARK_CLUSTER=1``). The exactness settings are the server's defaults and are
 set again by every session (``crypto_assets.resources``), so a foreign server cannot weaken them.
 
-Bound to ``BIND_HOST`` only (loopback by default): a Connect client can run any code as this user.
+Bound to ``BIND_HOST`` only (loopback by default): a Connect client can run any code as this user, so
+with SECURE=1 every client must also show the pre-shared token (``crypto_platform.credentials``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from crypto_platform.credentials import spark_connect_environment
 from crypto_platform.settings import PlatformSettings
 from local_stack.jars import postgresql_jdbc_jar
 from local_stack.service import ManagedService
@@ -65,6 +67,8 @@ def server_confs(settings: PlatformSettings) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         **SESSION_SQL_CONFIG,
     }
+    if settings.secure:  # the driver's RPC ports refuse unauthenticated peers (local mode makes its own secret)
+        confs["spark.authenticate"] = "true"
     if server_master(settings).startswith("spark://"):
         confs["spark.cores.max"] = str(settings.spark_connect_cores)
     return confs
@@ -85,6 +89,7 @@ def _answers_a_query(settings: PlatformSettings) -> Callable[[], bool]:
     """Ready = a Connect session ran a small exact-decimal aggregation (which also warms the JIT up,
     so the first candle run does not pay for it). The port is probed first: the client would retry."""
     host, port = settings.bind_host, settings.spark_connect_port
+    token = spark_connect_environment(settings).get("SPARK_CONNECT_AUTHENTICATE_TOKEN")
 
     def ready() -> bool:
         try:
@@ -92,16 +97,17 @@ def _answers_a_query(settings: PlatformSettings) -> Callable[[], bool]:
                 pass
         except OSError:
             return False
-        return warm_up(f"sc://{host}:{port}")
+        return warm_up(settings.spark_remote, token)
 
     return ready
 
 
-def warm_up(url: str) -> bool:
+def warm_up(url: str, token: str | None = None) -> bool:
+    """One small exact aggregation on the server at ``url`` (showing ``token`` when it wants one)."""
     from pyspark.sql.connect.session import SparkSession
 
     try:
-        session = SparkSession.builder.remote(url).create()
+        session = SparkSession.builder.remote(url + (f"/;token={token}" if token else "")).create()
         try:
             rows = (session.range(100_000).selectExpr("id % 5 AS k", "CAST(id AS DECIMAL(20, 8)) AS p")
                     .groupBy("k").agg({"p": "sum"}).collect())
@@ -116,12 +122,12 @@ def warm_up(url: str) -> bool:
 def spark_connect_service(settings: PlatformSettings) -> ManagedService:
     home = spark_home()
     env = {"SPARK_HOME": str(home), "SPARK_LOCAL_IP": settings.bind_host, "SPARK_NO_DAEMONIZE": "1",
-           "SPARK_LOG_DIR": str(settings.state_dir / "spark-connect" / "logs")}
+           "SPARK_LOG_DIR": str(settings.state_dir / "spark-connect" / "logs"), **spark_connect_environment(settings)}
     return ManagedService(
         "spark-connect", settings, server_command(settings), port=settings.spark_connect_port,
         port_variable="SPARK_CONNECT_PORT", env=env, ready=_answers_a_query(settings),
         before_start=lambda: (settings.state_dir / "spark-connect" / "tmp").mkdir(parents=True, exist_ok=True),
-        ready_timeout_s=READY_TIMEOUT_S, watched=("BIND_HOST", "SPARK_"),
+        ready_timeout_s=READY_TIMEOUT_S, watched=("BIND_HOST", "SPARK_", "SECURE"),
     )
 
 
@@ -130,7 +136,8 @@ def main() -> None:
     settings = PlatformSettings.from_env()
     command = server_command(settings)
     (settings.state_dir / "spark-connect" / "tmp").mkdir(parents=True, exist_ok=True)
-    os.execvpe(command[0], command, {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_NO_DAEMONIZE": "1"})
+    os.execvpe(command[0], command, {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_NO_DAEMONIZE": "1",
+                                     **spark_connect_environment(settings)})
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ from urllib.parse import unquote, urlsplit
 
 import psutil
 
-from crypto_platform.credentials import DAGSTER, role_database_url
+from crypto_platform.credentials import DAGSTER, role_database_url, spark_connect_environment
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings
+from local_stack.certificates import client_context
+from local_stack.dagster_web import dagster_url, login_headers
 from local_stack.jars import postgresql_jdbc_jar
 from local_stack.kafka_broker import KafkaBroker
 from local_stack.migrations import apply_migrations
@@ -112,7 +114,8 @@ def dagster_environment(settings: PlatformSettings) -> dict[str, str]:
 def _dagster_service(settings: PlatformSettings) -> ManagedService:
     """The webserver behind its Host/Origin guard and the daemon (so the sensor ticks) on BIND_HOST:DAGSTER_PORT."""
     # In-process candle runs (SPARK_REMOTE=) load the cached driver instead of fetching it.
-    env = {**dagster_environment(settings), "SPARK_JDBC_DRIVER": str(postgresql_jdbc_jar())}
+    env = {**dagster_environment(settings), "SPARK_JDBC_DRIVER": str(postgresql_jdbc_jar()),
+           **spark_connect_environment(settings)}
     home = Path(env["DAGSTER_HOME"])
 
     def install_instance_config() -> None:
@@ -124,20 +127,24 @@ def _dagster_service(settings: PlatformSettings) -> ManagedService:
         [sys.executable, "-m", "local_stack.dagster_web", "-h", settings.bind_host, "-p", str(settings.dagster_port),
          "-w", str(REPO_ROOT / "workspace.yaml")],
         port=settings.dagster_port, port_variable="DAGSTER_PORT", env=env,
-        ready=http_ok(f"http://{settings.bind_host}:{settings.dagster_port}/server_info"),
+        ready=http_ok(f"{dagster_url(settings)}/server_info", client_context(settings), login_headers(settings)),
         before_start=install_instance_config, ready_timeout_s=DAGSTER_READY_TIMEOUT_S,
         ignored=NOT_DAGSTERS,
     )
 
 
 def _python_service(settings: PlatformSettings, name: str, module: str, port: int, port_variable: str,
-                    ready_path: str, watched: tuple[str, ...], env: dict[str, str] | None = None,
+                    ready: Callable[[], bool], watched: tuple[str, ...], env: dict[str, str] | None = None,
                     arguments: Sequence[str] = ()) -> ManagedService:
     """A streaming service; ready once its HTTP endpoint (metrics, or the replay server's ping) answers."""
     return ManagedService(name, settings, [sys.executable, "-m", module, *arguments], port=port,
-                          port_variable=port_variable,
-                          ready=http_ok(f"http://{settings.bind_host}:{port}{ready_path}"),
+                          port_variable=port_variable, ready=ready,
                           watched=("BIND_HOST", "LOG_LEVEL", "SYMBOLS", *watched), env=env or {})
+
+
+def _metrics_answer(settings: PlatformSettings, port: int) -> Callable[[], bool]:
+    """The Prometheus endpoint answers: with SECURE=1 over HTTPS, showing the platform's client certificate."""
+    return http_ok(f"{settings.web_scheme}://{settings.bind_host}:{port}/metrics", client_context(settings, True))
 
 
 def _worker_name(service: str, worker: int) -> str:
@@ -163,24 +170,22 @@ class LocalStack:
         if s.source == "replay":
             candidates.append(("streaming_services.replay_server", _python_service(
                 s, "replay-server", "streaming_services.replay_server", s.replay_port, "REPLAY_PORT",
-                "/api/v3/ping", ("SOURCE", "REPLAY_", "STATE_DIR"))))
+                # Binance's public endpoints' stand-in: plain HTTP in both modes, as public data.
+                http_ok(f"http://{s.bind_host}:{s.replay_port}/api/v3/ping"), ("SOURCE", "REPLAY_", "STATE_DIR"))))
         # CONSUMER_WORKERS / PRODUCER_WORKERS processes each: consumer, consumer-1, … (``--worker I``).
-        candidates += [
-            ("streaming_services.consumer", _python_service(
-                s, _worker_name("consumer", i), "streaming_services.consumer",
-                s.consumer_metrics_port + i * WORKER_PORT_STRIDE, "CONSUMER_METRICS_PORT",
-                "/metrics", ("KAFKA_", "CONSUMER_", "DEAD_LETTER_", "PG_", "DATABASE_URL"),
-                {"CONSUMER_INSTANCE_ID": s.consumer_instance_id or DEFAULT_CONSUMER_INSTANCE_ID}, ("--worker", str(i))))
-            for i in range(s.consumer_workers)
-        ]
-        candidates += [
-            ("streaming_services.producer", _python_service(
-                s, _worker_name("producer", i), "streaming_services.producer",
-                s.producer_metrics_port + i * WORKER_PORT_STRIDE, "PRODUCER_METRICS_PORT",
-                "/metrics", ("KAFKA_", "PRODUCER_", "SOURCE", "BINANCE_", "REPLAY_PORT", "STATE_DIR"),
-                arguments=("--worker", str(i))))
-            for i in range(s.producer_workers)
-        ]
+        for i in range(s.consumer_workers):
+            port = s.consumer_metrics_port + i * WORKER_PORT_STRIDE
+            candidates.append(("streaming_services.consumer", _python_service(
+                s, _worker_name("consumer", i), "streaming_services.consumer", port, "CONSUMER_METRICS_PORT",
+                _metrics_answer(s, port), ("KAFKA_", "CONSUMER_", "DEAD_LETTER_", "PG_", "DATABASE_URL"),
+                {"CONSUMER_INSTANCE_ID": s.consumer_instance_id or DEFAULT_CONSUMER_INSTANCE_ID},
+                ("--worker", str(i)))))
+        for i in range(s.producer_workers):
+            port = s.producer_metrics_port + i * WORKER_PORT_STRIDE
+            candidates.append(("streaming_services.producer", _python_service(
+                s, _worker_name("producer", i), "streaming_services.producer", port, "PRODUCER_METRICS_PORT",
+                _metrics_answer(s, port), ("KAFKA_", "PRODUCER_", "SOURCE", "BINANCE_", "REPLAY_PORT", "STATE_DIR"),
+                arguments=("--worker", str(i)))))
         if (REPO_ROOT / "workspace.yaml").exists() and (REPO_ROOT / "dagster.yaml").exists():
             candidates.append(("crypto_assets.definitions", _dagster_service(s)))
         if s.superset:

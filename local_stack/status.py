@@ -14,8 +14,10 @@ from crypto_platform.settings import PlatformSettings
 from local_stack.backup_plan import describe_backups
 from local_stack.backups import BackupStore, archiver_state
 from local_stack.dagster_instance import dagster_instance
+from local_stack.dagster_web import dagster_url
 from local_stack.processes import StackError, describe_processes
 from local_stack.stack import LocalStack
+from local_stack.superset import superset_url
 
 PROBE_TIMEOUT_S = 3
 
@@ -193,7 +195,7 @@ def collect(stack: LocalStack) -> PlatformStatus:
         status.last_run = last_dagster_run(s)
     status.backups = backups_line(s, "postgres" in running)
     status.urls = {name: url for name, url in (
-        ("dagster", f"http://{s.bind_host}:{s.dagster_port}"), ("superset", f"http://{s.bind_host}:{s.superset_port}"),
+        ("dagster", dagster_url(s)), ("superset", superset_url(s)),
         ("spark", f"http://{s.bind_host}:{s.spark_master_webui_port}"),
     ) if name in running or f"{name}-master" in running}
     return status

@@ -24,9 +24,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from crypto_platform.credentials import SUPERSET_META, SUPERSET_READER, role_database_url, role_password, secret_file
+from crypto_platform.credentials import (
+    SUPERSET_META,
+    SUPERSET_READER,
+    role_database_url,
+    role_password,
+    secret_file,
+    tls_files,
+)
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings
+from local_stack.certificates import client_context, platform_certificates
 from local_stack.processes import StackError
 from local_stack.redis_server import broker_url
 from local_stack.service import REPO_ROOT, ManagedService
@@ -42,7 +50,7 @@ INSTALL_TIMEOUT_S = 1800
 BOOTSTRAP_TIMEOUT_S = 600
 READY_TIMEOUT_S = 120
 # Settings whose change restarts Superset and its Celery worker and beat (SMTP_/REDIS_: the alerts' config).
-SUPERSET_WATCHED = ("SUPERSET", "PG_", "DATABASE_URL", "BIND_HOST", "LOG_LEVEL", "REDIS_", "SMTP_")
+SUPERSET_WATCHED = ("SUPERSET", "PG_", "DATABASE_URL", "BIND_HOST", "LOG_LEVEL", "REDIS_", "SMTP_", "SECURE")
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +157,11 @@ def market_data_uri(settings: PlatformSettings) -> str:
 
 
 def server_environment(settings: PlatformSettings) -> dict[str, str]:
-    """What superset_config.py reads; no admin or reader password (the web server does not need them)."""
+    """What superset_config.py reads; no admin or reader password (the web server does not need them).
+    With SECURE=1 its outgoing HTTPS (the alerts' worker fetching from the web server, webhooks, SMTP over
+    TLS) trusts the public CAs and the platform's own."""
     return {
+        **tls_environment(settings),
         "SUPERSET_CONFIG_PATH": str(CONFIG_PATH),
         "SUPERSET_SECRET_KEY": state_secret(settings, "secret_key", settings.superset_secret_key),
         "SUPERSET_METADATA_URI": _sqlalchemy_url(
@@ -160,6 +171,13 @@ def server_environment(settings: PlatformSettings) -> dict[str, str]:
         "FLASK_APP": "superset",
         **alerts_environment(settings),
     }
+
+
+def tls_environment(settings: PlatformSettings) -> dict[str, str]:
+    if not settings.secure:
+        return {}
+    trust = str(platform_certificates(settings).trust_bundle)
+    return {"SUPERSET_HTTPS": "1", "SSL_CERT_FILE": trust, "REQUESTS_CA_BUNDLE": trust}
 
 
 def alerts_environment(settings: PlatformSettings) -> dict[str, str]:
@@ -219,12 +237,14 @@ def run_bootstrap(settings: PlatformSettings, say: Callable[[str], None] = print
     say(f"superset: log in at {login_hint(settings)}")
 
 
-def _superset_ready(base_url: str) -> Callable[[], bool]:
+def _superset_ready(settings: PlatformSettings) -> Callable[[], bool]:
     """/health is not enough (it answers while /login/ fails on a missing module): both must answer 200."""
+    base_url, context = superset_url(settings), client_context(settings)
+
     def ready() -> bool:
         try:
             for path in ("/health", "/login/"):
-                with urllib.request.urlopen(base_url + path, timeout=5) as response:
+                with urllib.request.urlopen(base_url + path, timeout=5, context=context) as response:
                     if response.status != 200:
                         return False
             return True
@@ -235,13 +255,17 @@ def _superset_ready(base_url: str) -> Callable[[], bool]:
 
 
 def superset_url(settings: PlatformSettings) -> str:
-    return f"http://{settings.bind_host}:{settings.superset_port}"
+    """The web server's own address (``SUPERSET_PUBLIC_URL`` may be a proxy's): HTTPS only with SECURE=1."""
+    return f"{settings.web_scheme}://{settings.bind_host}:{settings.superset_port}"
 
 
 def server_command(settings: PlatformSettings) -> list[str]:
-    """gunicorn with one worker and threads for a dashboard's parallel chart queries, on BIND_HOST."""
+    """gunicorn with one worker and threads for a dashboard's parallel chart queries, on BIND_HOST; with
+    SECURE=1 it speaks TLS only, with the platform's server certificate (made before the first start)."""
     venv = settings.state_dir / "superset" / "venv"
-    return [str(venv / "bin" / "gunicorn"), "--bind", f"{settings.bind_host}:{settings.superset_port}",
+    tls = tls_files(settings)
+    https = ["--certfile", str(tls.server_cert), "--keyfile", str(tls.server_key)] if settings.secure else []
+    return [str(venv / "bin" / "gunicorn"), "--bind", f"{settings.bind_host}:{settings.superset_port}", *https,
             "--workers", "1", "--worker-class", "gthread", "--threads", "8", "--timeout", "120",
             "--graceful-timeout", "10", "--limit-request-line", "0", "--no-control-socket",
             "superset.app:create_app()"]
@@ -257,7 +281,7 @@ def superset_service(settings: PlatformSettings, say: Callable[[str], None] = pr
 
     return ManagedService(
         "superset", settings, server_command(settings), port=settings.superset_port, port_variable="SUPERSET_PORT",
-        env=environment, ready=_superset_ready(superset_url(settings)), before_start=prepare,
+        env=environment, ready=_superset_ready(settings), before_start=prepare,
         ready_timeout_s=READY_TIMEOUT_S, watched=SUPERSET_WATCHED,
     )
 

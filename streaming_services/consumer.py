@@ -245,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SettingsError(f"--worker {worker} is outside CONSUMER_WORKERS={settings.consumer_workers}")
         config = ConsumerConfig.from_settings(settings, worker)
         configure_logging(settings.log_level)
-        start_metrics("CONSUMER_METRICS_PORT", settings.bind_host,
-                      settings.consumer_metrics_port + worker * WORKER_PORT_STRIDE)
+        start_metrics("CONSUMER_METRICS_PORT", settings, settings.consumer_metrics_port + worker * WORKER_PORT_STRIDE)
     except (SettingsError, StartupError) as exc:
         print(f"consumer: {exc}", file=sys.stderr)
         return 2

@@ -422,8 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SettingsError(f"--worker {worker} is outside PRODUCER_WORKERS={settings.producer_workers}")
         config = ProducerConfig.from_settings(settings, worker)
         configure_logging(settings.log_level)
-        start_metrics("PRODUCER_METRICS_PORT", settings.bind_host,
-                      settings.producer_metrics_port + worker * WORKER_PORT_STRIDE)
+        start_metrics("PRODUCER_METRICS_PORT", settings, settings.producer_metrics_port + worker * WORKER_PORT_STRIDE)
         AckedIds(config.state_path, config.symbols, config.source)
     except (SettingsError, StartupError) as exc:
         print(f"producer: {exc}", file=sys.stderr)

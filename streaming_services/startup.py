@@ -14,7 +14,9 @@ from typing import TypeVar
 from kafka.errors import KafkaError
 from prometheus_client import start_http_server
 
+from crypto_platform.credentials import tls_files
 from crypto_platform.retrying import retry_while_unavailable
+from crypto_platform.settings import PlatformSettings
 
 T = TypeVar("T")
 
@@ -33,12 +35,16 @@ def port_taken(variable: str, host: str, port: int, error: OSError) -> StartupEr
                         f"set {variable} to a free port")
 
 
-def start_metrics(variable: str, host: str, port: int) -> None:
-    """The Prometheus endpoint, or a StartupError naming ``variable`` when the port is taken."""
+def start_metrics(variable: str, settings: PlatformSettings, port: int) -> None:
+    """The Prometheus endpoint on BIND_HOST, or a StartupError naming ``variable`` when the port is taken.
+    With SECURE=1 HTTPS only, and a scraper must show a client certificate signed by the platform's CA."""
+    tls = tls_files(settings)
+    options = {"certfile": str(tls.server_cert), "keyfile": str(tls.server_key), "client_cafile": str(tls.ca_cert),
+               "client_auth_required": True} if settings.secure else {}
     try:
-        start_http_server(port, addr=host)
+        start_http_server(port, addr=settings.bind_host, **options)
     except OSError as exc:
-        raise port_taken(variable, host, port, exc) from None
+        raise port_taken(variable, settings.bind_host, port, exc) from None
 
 
 def worker_argument(prog: str, argv: list[str] | None) -> int:

@@ -188,7 +188,9 @@ class RestClient:
             "username": username, "password": password, "provider": "db", "refresh": False})
         if login.status_code != 200:
             raise SystemExit(f"REST login as {username!r} failed: HTTP {login.status_code}")
-        self.headers = {"Authorization": f"Bearer {login.json['access_token']}"}
+        # Over HTTPS (SECURE=1) Flask-WTF also wants a same-origin Referer; the test client's host is localhost.
+        self.headers = {"Authorization": f"Bearer {login.json['access_token']}",
+                        "Referer": f"{app.config['PREFERRED_URL_SCHEME']}://localhost/"}
         self.headers["X-CSRFToken"] = self.call("GET", "/api/v1/security/csrf_token/")["result"]
 
     def call(self, method: str, path: str, payload: dict | None = None) -> dict:

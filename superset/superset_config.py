@@ -29,6 +29,12 @@ SQLALCHEMY_DATABASE_URI = _required("SUPERSET_METADATA_URI")
 SUPERSET_WEBSERVER_ADDRESS = os.environ.get("BIND_HOST", "127.0.0.1")
 SUPERSET_WEBSERVER_PORT = int(os.environ.get("SUPERSET_PORT", "8088"))
 SUPERSET_WEBSERVER_TIMEOUT = 120
+# With SECURE=1 gunicorn speaks TLS only: the session cookie never travels in clear, and links say https.
+HTTPS = os.environ.get("SUPERSET_HTTPS") == "1"
+SESSION_COOKIE_SECURE = HTTPS
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+PREFERRED_URL_SCHEME = "https" if HTTPS else "http"
 
 # Alerts & reports run when the local stack or docker-compose gives a Celery broker (Redis).
 CELERY_BROKER_URL = os.environ.get("SUPERSET_CELERY_BROKER_URL", "").strip()
