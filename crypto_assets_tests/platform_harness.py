@@ -50,7 +50,8 @@ class PlatformUnderTest:
 
     @property
     def database_url(self) -> str:
-        return f"postgresql://crypto:crypto-local-dev@127.0.0.1:{self.env['PG_PORT']}/crypto"
+        """The migration owner's URL (over TLS, checked against the CA, with SECURE=1)."""
+        return self.settings.database_url
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with psycopg2.connect(self.database_url, connect_timeout=5) as connection, connection.cursor() as cursor:

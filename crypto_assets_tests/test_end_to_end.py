@@ -1,5 +1,8 @@
 """The whole platform as a newcomer meets it: `make up` on the replay feed, data flowing end to end,
-`make down` + `make up` losing and doubling nothing, and `make down` leaving nothing behind."""
+`make down` + `make up` losing and doubling nothing, and `make down` leaving nothing behind.
+
+It runs with SECURE=1 (the other whole-platform tests run plaintext): every link on TLS from the
+platform's CA, every listener refusing a stranger (``listener_audit``)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from crypto_assets_tests.listener_audit import assert_no_listener_without_authentication
 from crypto_assets_tests.platform_harness import PlatformUnderTest, assert_candles_match_the_reference
 from crypto_assets_tests.test_superset import SupersetClient
 from local_stack.superset import admin_password, superset_url
@@ -49,7 +53,8 @@ def assert_latest_prices_show_the_newest_trades(platform: PlatformUnderTest) -> 
 def assert_superset_charts_return_rows(platform: PlatformUnderTest) -> None:
     """Every chart's data query succeeds; all but the dead-letter charts have rows (there are none here)."""
     settings = platform.settings
-    client = SupersetClient(superset_url(settings), settings.superset_admin_user, admin_password(settings))
+    client = SupersetClient(superset_url(settings), settings.superset_admin_user, admin_password(settings),
+                            verify=str(settings.tls_ca_cert))
     charts = client.charts()
     assert charts
     for chart in charts:
@@ -63,7 +68,7 @@ def assert_superset_charts_return_rows(platform: PlatformUnderTest) -> None:
 def platform(shared_data: Path):
     under_test = PlatformUnderTest.create(
         REPLAY_FILES=",".join(str(shared_data / name) for name in REAL_FILES), REPLAY_SPEED="1", REPLAY_RETIME="1",
-        SYMBOLS=",".join(SYMBOLS),
+        SYMBOLS=",".join(SYMBOLS), SECURE="1",
     )
     yield under_test
     under_test.destroy()
@@ -93,6 +98,9 @@ def test_make_up_runs_the_platform_end_to_end_and_survives_a_restart(platform: P
     assert_latest_prices_show_the_newest_trades(platform)
     with platform.stage("Superset's chart queries return rows"):
         assert_superset_charts_return_rows(platform)
+    with platform.stage("every listener refuses a stranger"):
+        print("listeners: " + ", ".join(f"{port} {name}" for port, name in
+                                        assert_no_listener_without_authentication(platform).items()))
 
     status = platform.make("status").stdout
     for service in ("postgres", "kafka", "replay-server", "consumer", "producer", "dagster", "superset"):

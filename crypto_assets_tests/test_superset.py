@@ -112,9 +112,10 @@ def test_seeding_works_whatever_minute_the_clock_is_in(db: psycopg2.extensions.c
 class SupersetClient:
     """Superset's REST API as the administrator (JWT from /api/v1/security/login)."""
 
-    def __init__(self, base_url: str, username: str, password: str) -> None:
+    def __init__(self, base_url: str, username: str, password: str, verify: bool | str = True) -> None:
         self.base_url = base_url
         self.session = requests.Session()
+        self.session.verify = verify  # SECURE=1: the platform CA's file
         response = self.session.post(f"{base_url}/api/v1/security/login", timeout=30, json={
             "username": username, "password": password, "provider": "db", "refresh": False})
         response.raise_for_status()
