@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,12 +45,18 @@ KAFKA_PRINCIPALS = (KAFKA_ADMIN, KAFKA_PRODUCER, KAFKA_CONSUMER)
 DAGSTER_UI_USER = "dagster"  # SECURE=1's login of the Dagster UI
 
 
+def private_folder(path: Path) -> Path:
+    """``path`` as a 0700 folder: created when missing, its mode set only when it differs (so a read-only
+    mount of one, as docker-compose's services have, is read as it is)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) != 0o700:
+        path.chmod(0o700)
+    return path
+
+
 def secrets_dir(settings: PlatformSettings) -> Path:
     """``STATE_DIR/secrets``, created 0700."""
-    path = settings.state_dir / "secrets"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
-    return path
+    return private_folder(settings.state_dir / "secrets")
 
 
 def generated_secret(settings: PlatformSettings, name: str, nbytes: int = 24) -> str:

@@ -4,9 +4,11 @@
 ``ca.key``) and one server certificate signed by it (``server.crt``, ``server.key``) whose subject
 alternative names are the loopback names, ``BIND_HOST`` and the compose service names. Later calls keep
 both as they are while the server certificate still names every wanted host and has more than
-``RENEW_BEFORE`` to live; otherwise only the server certificate is issued again, so clients keep
+``RENEW_BEFORE`` to live (a folder holding such a certificate is only read: it needs no ``ca.key``, and
+may be a read-only mount); otherwise only the server certificate is issued again, so clients keep
 trusting the same ``ca.crt``. Keys are written 0600 in a 0700 folder and never leave it (servers that
-run as another account get a copy of their own, see ``local_stack.postgres``).
+run as another account get a copy of their own, see ``local_stack.postgres``). ``publish_certificates``
+copies all but the CA's key elsewhere: docker-compose's servers and clients get that copy only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from crypto_platform.credentials import TlsFiles, tls_files
+from crypto_platform.credentials import TlsFiles, private_folder, tls_files
 from crypto_platform.settings import PlatformSettings
 from local_stack.permissions import write_private
 
@@ -108,22 +110,41 @@ def _server_cert_fits(files: TlsFiles, hosts: tuple[str, ...], now: dt.datetime)
 def ensure_certificates(folder: Path, hosts: tuple[str, ...] = DEFAULT_HOSTS) -> TlsFiles:
     """The CA and a server certificate for ``hosts`` in ``folder`` (0700), made or renewed as needed."""
     files = TlsFiles(folder)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    folder.chmod(0o700)
     now = dt.datetime.now(dt.UTC)
-    if not (files.ca_cert.exists() and files.ca_key.exists()):
-        _issue_ca(files, now)
-    if not _server_cert_fits(files, hosts, now):
+    if not (files.ca_cert.exists() and _server_cert_fits(files, hosts, now)):
+        private_folder(folder)
+        if not (files.ca_cert.exists() and files.ca_key.exists()):
+            _issue_ca(files, now)
         _issue_server(files, hosts, now)
-    bundle = Path(certifi.where()).read_bytes().rstrip() + b"\n" + files.ca_cert.read_bytes()
-    if not files.trust_bundle.exists() or files.trust_bundle.read_bytes() != bundle:
-        write_private(files.trust_bundle, bundle)
+    _write_if_changed(files.trust_bundle, Path(certifi.where()).read_bytes().rstrip() + b"\n"
+                      + files.ca_cert.read_bytes())
     return files
+
+
+def _write_if_changed(path: Path, content: bytes) -> None:
+    """A 0600 file with ``content``, left alone (a read-only mount of one too) when it already has it."""
+    if not path.exists() or path.read_bytes() != content:
+        write_private(path, content)
+
+
+def publish_certificates(source: TlsFiles, folder: Path) -> TlsFiles:
+    """``source``'s CA certificate and server certificate and key, not the CA's key, in ``folder`` (0700,
+    files 0600, rewritten only when they changed): whoever reads them can verify and serve, not sign."""
+    published = TlsFiles(private_folder(folder))
+    for original, copy in ((source.ca_cert, published.ca_cert), (source.server_cert, published.server_cert),
+                           (source.server_key, published.server_key), (source.trust_bundle, published.trust_bundle)):
+        _write_if_changed(copy, original.read_bytes())
+    return published
+
+
+def platform_hosts(settings: PlatformSettings) -> tuple[str, ...]:
+    """The names the platform's server certificate carries: ``DEFAULT_HOSTS`` and ``BIND_HOST``."""
+    return (*DEFAULT_HOSTS, settings.bind_host)
 
 
 def platform_certificates(settings: PlatformSettings) -> TlsFiles:
     """The certificates every server of the stack shows: in ``STATE_DIR/tls/``, naming ``BIND_HOST`` too."""
-    return ensure_certificates(tls_files(settings).folder, (*DEFAULT_HOSTS, settings.bind_host))
+    return ensure_certificates(tls_files(settings).folder, platform_hosts(settings))
 
 
 def client_context(settings: PlatformSettings, with_certificate: bool = False) -> ssl.SSLContext | None:
