@@ -6,6 +6,10 @@ SCRAM users (``credentials.KAFKA_PRINCIPALS``) are created when the storage is f
 argument file (0600, deleted after) so no password is on a command line. ``StandardAuthorizer`` with
 ``allow.everyone.if.no.acl.found=false``: the producer may write the trades topic, the consumer read it
 in its group (``ensure_topic`` grants both), the admin principal and the broker itself are super users.
+
+The broker advertises the first of ``KAFKA_BOOTSTRAP_SERVERS`` (``BIND_HOST:KAFKA_PORT`` by default): where
+clients find it, also when it listens on every address, as in docker-compose, whose ``kafka`` service runs
+it in the foreground (``run_in_foreground``) with the same properties and storage.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ from local_stack.run_record import RunRecord, settings_snapshot
 
 LOG4J = Path(__file__).with_name("kafka") / "log4j.properties"
 READY_TIMEOUT_S = 180  # ~10 s idle; over 90 s at load 40+ (a broker that dies is reported at once)
-WATCHED = ("BIND_HOST", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_HEAP", "KAFKA_RETENTION_HOURS", "SECURE")
+WATCHED = ("BIND_HOST", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_HEAP",
+           "KAFKA_RETENTION_HOURS", "SECURE")
 SCRAM = "SCRAM-SHA-512"
 SECURED_MARKER = "scram-users"  # in the kafka folder: the storage was formatted with the SCRAM users
 
@@ -97,15 +102,26 @@ class KafkaBroker:
             f"-Dlog4j.configuration=file:{LOG4J}", "-cp", self._classpath(), main_class, *args,
         ]
 
+    @property
+    def advertised(self) -> str:
+        """``host:port`` the broker gives clients: the first bootstrap server."""
+        return self.settings.kafka_bootstrap_servers.split(",")[0].strip()
+
+    def _controller_host(self) -> str:
+        """Where the broker reaches its own controller: ``BIND_HOST``, or the advertised host when that is a
+        wildcard (not an address to connect to)."""
+        host = self.settings.bind_host
+        return self.advertised.rsplit(":", 1)[0] if host in ("0.0.0.0", "::") else host
+
     def _write_properties(self) -> Path:
         s = self.settings
         host = s.bind_host
         properties = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "controller.quorum.voters": f"1@{host}:{s.kafka_controller_port}",
+            "controller.quorum.voters": f"1@{self._controller_host()}:{s.kafka_controller_port}",
             "listeners": f"PLAINTEXT://{host}:{s.kafka_port},CONTROLLER://{host}:{s.kafka_controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{host}:{s.kafka_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.advertised}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -132,7 +148,7 @@ class KafkaBroker:
         admin_password = kafka_password(s, KAFKA_ADMIN)
         return {
             "listeners": f"SASL_SSL://{host}:{s.kafka_port},CONTROLLER://{host}:{s.kafka_controller_port}",
-            "advertised.listeners": f"SASL_SSL://{host}:{s.kafka_port}",
+            "advertised.listeners": f"SASL_SSL://{self.advertised}",
             "inter.broker.listener.name": "SASL_SSL",
             "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SSL",
             "sasl.enabled.mechanisms": SCRAM,
@@ -205,6 +221,15 @@ class KafkaBroker:
         if not wait_until(self._answers_metadata, READY_TIMEOUT_S, interval=0.5):
             raise StackError(f"Kafka did not answer within {READY_TIMEOUT_S} s; read {self.log_path}:\n"
                              f"{tail(self.log_path)}")
+
+    def run_in_foreground(self) -> None:
+        """docker-compose's ``kafka`` service: properties and storage as ``start`` makes them, then the broker
+        replaces this process (its log on stdout, the container's)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        properties = self._write_properties()
+        self._format_once(properties)
+        command = self._java("kafka.Kafka", str(properties), heap=self.settings.kafka_heap)
+        os.execvpe(command[0], command, {**os.environ, "KAFKA_LOG4J_OPTS": ""})
 
     def stop(self) -> list:
         """Stops the broker and anything left with its marker; returns the processes that survived."""

@@ -144,6 +144,14 @@ class ManagedService:
         self.run_record.remove()
         return survivors
 
+    def run_in_foreground(self) -> None:
+        """As a docker-compose service runs it: ``before_start``, then the command replaces this process
+        (its log on stdout, the container's; the container's restart policy stands in for ``start``)."""
+        if self.before_start is not None:
+            self.before_start()
+        os.chdir(REPO_ROOT)
+        os.execve(self.command[0], list(self.command), {**os.environ, **self.env})
+
 
 
 def port_answers(host: str, port: int) -> Callable[[], bool]:

@@ -111,7 +111,7 @@ def dagster_environment(settings: PlatformSettings) -> dict[str, str]:
     }
 
 
-def _dagster_service(settings: PlatformSettings) -> ManagedService:
+def dagster_service(settings: PlatformSettings) -> ManagedService:
     """The webserver behind its Host/Origin guard and the daemon (so the sensor ticks) on BIND_HOST:DAGSTER_PORT."""
     # In-process candle runs (SPARK_REMOTE=) load the cached driver instead of fetching it.
     env = {**dagster_environment(settings), "SPARK_JDBC_DRIVER": str(postgresql_jdbc_jar()),
@@ -187,7 +187,7 @@ class LocalStack:
                 _metrics_answer(s, port), ("KAFKA_", "PRODUCER_", "SOURCE", "BINANCE_", "REPLAY_PORT", "STATE_DIR"),
                 arguments=("--worker", str(i)))))
         if (REPO_ROOT / "workspace.yaml").exists() and (REPO_ROOT / "dagster.yaml").exists():
-            candidates.append(("crypto_assets.definitions", _dagster_service(s)))
+            candidates.append(("crypto_assets.definitions", dagster_service(s)))
         if s.superset:
             alerts = s.superset_alerts
             if alerts and s.embedded_redis:
