@@ -378,6 +378,8 @@ class PlatformSettings:
         "SUPERSET_ALERTS", "1 = `make up` runs Superset's alerts & reports: Redis, a Celery worker and beat", "1",
         boolean)
     redis_port: int = setting("REDIS_PORT", "local Redis (Celery broker of the alerts)", "6379", port)
+    redis_host: str = setting("REDIS_HOST", "where the alerts' clients reach the platform's Redis",
+                              lambda s: s["bind_host"], shown="`BIND_HOST`")
     redis_url: str = setting("REDIS_URL", "a Redis of yours; then the local one is not started",
                              shown="built from `REDIS_PORT`", secret=True)
     embedded_redis: bool = derived(_unset("REDIS_URL"))
