@@ -65,8 +65,10 @@ def test_services_volumes_and_network() -> None:
     assert "kafka-data:/data" in volumes("kafka")
     assert any(v.startswith("postgres-data:") for v in volumes("postgres"))
     for name, service in SERVICES.items():
-        # Superset's Celery worker and beat share its network namespace (they fetch chart data from it).
-        assert service.get("networks") == ["stock-network"] or service.get("network_mode") == "service:superset", name
+        # Superset's Celery worker and beat share its network namespace (they fetch chart data from it), Dagster
+        # spark-connect's (the Connect token goes to localhost only).
+        assert service.get("networks") == ["stock-network"] or service.get("network_mode") in (
+            "service:superset", "service:spark-connect"), name
 
 
 def test_images_are_pinned_and_kafka_is_the_local_stacks_broker() -> None:
@@ -116,9 +118,10 @@ def test_the_one_shot_makes_certificates_and_secrets_once_without_the_ca_key_in_
     settings = settings_of(ONE_SHOT, tmp_path)
     compose.make_secrets(settings)
     tls, secrets = tmp_path / "tls", tmp_path / "secrets"
-    assert sorted(p.name for p in tls.iterdir()) == ["ca.crt", "server.crt", "server.key"]
+    assert sorted(p.name for p in tls.iterdir()) == ["ca.crt", "server.crt", "server.key", "trust.pem"]
     assert (tmp_path / compose.CA_FOLDER / "ca.key").exists()
-    expected = {*RUNTIME_ROLES, *(f"kafka-{p}" for p in KAFKA_PRINCIPALS), "redis", compose.SPARK_CONNECT_TOKEN}
+    expected = {*RUNTIME_ROLES, *(f"kafka-{p}" for p in KAFKA_PRINCIPALS), "redis", "spark-connect-token",
+                "dagster-ui"}
     assert {p.name for p in secrets.iterdir()} == expected
     made = {path: path.read_bytes() for path in (*tls.iterdir(), *secrets.iterdir())}
     for path in made:
@@ -203,7 +206,7 @@ def test_no_service_listens_for_anyone_on_the_network_without_a_login() -> None:
     assert "SPARK_MASTER" not in COMPOSE_TEXT
     for name in ("binance-producer", "kafka-consumer"):
         assert environment(name)["BIND_HOST"] == "127.0.0.1" and "ports" not in SERVICES[name], name
-    assert "ports" not in SERVICES["redis"] and "ports" not in SERVICES["spark-connect"]
+    assert "ports" not in SERVICES["redis"]
 
 
 def test_published_ports_bind_to_loopback() -> None:
@@ -248,9 +251,13 @@ def test_producer_and_consumer_workers_are_supervised_in_their_containers() -> N
         assert service["environment"][variable].startswith(f"${{{variable}:-")
 
 
-def test_dagster_attaches_to_the_spark_connect_service() -> None:
+def test_dagster_attaches_to_the_spark_connect_service_on_a_shared_loopback() -> None:
+    """PySpark sends the Connect token without TLS to localhost only: Dagster shares spark-connect's network
+    namespace, where the Connect server listens on loopback; spark-connect publishes Dagster's port."""
     assert SERVICES["spark-connect"]["command"] == ["python", "-m", "local_stack.spark_connect"]
     assert SERVICES["dagster-webserver"]["command"] == ["python", "-m", "local_stack.compose", "dagster"]
     assert "spark-connect" in SERVICES["dagster-webserver"]["depends_on"]
-    assert environment("dagster-webserver")["SPARK_REMOTE"] == "sc://spark-connect:15002"
-    assert "ports" not in SERVICES["spark-connect"]  # reachable inside stock-network only
+    assert SERVICES["dagster-webserver"]["network_mode"] == "service:spark-connect"
+    assert environment("spark-connect")["BIND_HOST"] == "127.0.0.1"
+    assert environment("dagster-webserver")["SPARK_REMOTE"] == "sc://localhost:15002"
+    assert SERVICES["spark-connect"]["ports"] == ["127.0.0.1:3000:3000"]

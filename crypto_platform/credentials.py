@@ -107,7 +107,7 @@ def spark_connect_token(settings: PlatformSettings) -> str:
 
 def spark_connect_environment(settings: PlatformSettings) -> dict[str, str]:
     """What a process that serves or uses the local Spark Connect server needs in its environment."""
-    if not (settings.secure and settings.spark_connect_server):
+    if not (settings.secure and settings.spark_remote):
         return {}
     return {"SPARK_CONNECT_AUTHENTICATE_TOKEN": spark_connect_token(settings)}
 

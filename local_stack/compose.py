@@ -3,7 +3,7 @@
 ``secrets`` is the one-shot ``certificates`` service, which every other service waits for: the platform CA
 and server certificate (``certificates``; the CA's key stays in ``STATE_DIR/ca``, a volume of this service
 only, and ``STATE_DIR/tls`` gets the rest) and every generated secret of ``STATE_DIR/secrets`` (database
-roles, Kafka's SCRAM users, Redis, Spark Connect's token), so the services can mount both read-only.
+roles, Kafka's SCRAM users, Redis, Spark Connect's token, the Dagster UI's login), so the services can mount both read-only.
 ``kafka`` is the broker with the local stack's properties (SASL_SSL, ACLs), ``dagster`` the guarded
 webserver and its daemon with the local stack's environment (storage as role ``dagster``).
 """
@@ -13,7 +13,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from crypto_platform.credentials import KAFKA_PRINCIPALS, RUNTIME_ROLES, generated_secret, kafka_password, role_password
+from crypto_platform.credentials import (
+    KAFKA_PRINCIPALS,
+    RUNTIME_ROLES,
+    dagster_ui_password,
+    kafka_password,
+    role_password,
+    spark_connect_token,
+)
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings
 from local_stack.certificates import ensure_certificates, platform_hosts, publish_certificates
@@ -22,7 +29,6 @@ from local_stack.redis_server import redis_password
 from local_stack.stack import dagster_service
 
 CA_FOLDER = "ca"  # under STATE_DIR: the CA's key, in the one-shot service's own volume
-SPARK_CONNECT_TOKEN = "spark-connect-token"  # STATE_DIR/secrets/<name>: the Connect server's pre-shared token
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,8 @@ def make_secrets(settings: PlatformSettings) -> None:
     for principal in KAFKA_PRINCIPALS:
         kafka_password(settings, principal)
     redis_password(settings)
-    generated_secret(settings, SPARK_CONNECT_TOKEN)
+    spark_connect_token(settings)
+    dagster_ui_password(settings)
     log.info("certificates and secrets ready", extra={"tls": str(settings.tls_ca_cert.parent),
                                                       "hosts": ",".join(platform_hosts(settings))})
 
