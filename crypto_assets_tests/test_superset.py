@@ -116,6 +116,7 @@ class SupersetClient:
         self.base_url = base_url
         self.session = requests.Session()
         self.session.verify = verify  # SECURE=1: the platform CA's file
+        self.session.trust_env = False  # else REQUESTS_CA_BUNDLE, set on these machines, wins over verify
         response = self.session.post(f"{base_url}/api/v1/security/login", timeout=30, json={
             "username": username, "password": password, "provider": "db", "refresh": False})
         response.raise_for_status()
