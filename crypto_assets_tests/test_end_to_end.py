@@ -12,6 +12,7 @@ import pytest
 
 from crypto_assets_tests.listener_audit import assert_no_listener_without_authentication
 from crypto_assets_tests.platform_harness import PlatformUnderTest, assert_candles_match_the_reference
+from crypto_assets_tests.test_platform_security import assert_no_secret_leaks, assert_private
 from crypto_assets_tests.test_superset import SupersetClient
 from local_stack.superset import admin_password, superset_url
 
@@ -101,6 +102,9 @@ def test_make_up_runs_the_platform_end_to_end_and_survives_a_restart(platform: P
     with platform.stage("every listener refuses a stranger"):
         print("listeners: " + ", ".join(f"{port} {name}" for port, name in
                                         assert_no_listener_without_authentication(platform).items()))
+    with platform.stage("state folder private, no secret outside its file"):
+        assert_private(platform.state_dir)
+        assert_no_secret_leaks(platform.state_dir)
 
     status = platform.make("status").stdout
     for service in ("postgres", "kafka", "replay-server", "consumer", "producer", "dagster", "superset"):

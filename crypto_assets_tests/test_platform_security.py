@@ -14,6 +14,8 @@ from crypto_platform.credentials import CANDLE_WRITER, DAGSTER, INGEST_WRITER, S
 from local_stack.stack import LocalStack
 
 SECRET_FILES = ("secrets/*", "superset/secret_key", "superset/admin_password")
+# Configuration a server must read its own login from (the broker's SASL login as platform-admin): 0600.
+SECRET_HOLDING_CONFIG = ("kafka/server.properties",)
 
 
 def generated_secrets(state_dir: Path) -> dict[str, str]:
@@ -49,7 +51,10 @@ def assert_no_secret_leaks(state_dir: Path) -> None:
     assert {f"secrets/{role}" for role in (INGEST_WRITER, CANDLE_WRITER, DAGSTER, SUPERSET_META, SUPERSET_READER)} \
         <= set(secrets), secrets.keys()
     ps = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True, check=True).stdout
-    holders = {state_dir / name for name in secrets}
+    holders = {state_dir / name for name in (*secrets, *SECRET_HOLDING_CONFIG)}
+    for config in SECRET_HOLDING_CONFIG:
+        if (state_dir / config).exists():
+            assert stat.S_IMODE((state_dir / config).stat().st_mode) == 0o600, config
     for name, value in secrets.items():
         assert value not in ps, f"{name} on a command line"
         for path in files_under(state_dir):

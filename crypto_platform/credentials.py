@@ -42,7 +42,8 @@ KAFKA_ADMIN = "platform-admin"  # the local stack's topic, ACL and status work; 
 KAFKA_PRODUCER = "binance-producer"  # writes the trades topic
 KAFKA_CONSUMER = "prices-consumer"  # reads it, in the consumer group
 KAFKA_PRINCIPALS = (KAFKA_ADMIN, KAFKA_PRODUCER, KAFKA_CONSUMER)
-DAGSTER_UI_USER = "dagster"  # SECURE=1's login of the Dagster UI
+DAGSTER_UI_USER = "dagster"  # SECURE=1's login of the Dagster UI, its password in STATE_DIR/secrets/<DAGSTER_UI_SECRET>
+DAGSTER_UI_SECRET = "dagster-ui"
 
 
 def private_folder(path: Path) -> Path:
@@ -114,7 +115,7 @@ def spark_connect_environment(settings: PlatformSettings) -> dict[str, str]:
 
 def dagster_ui_password(settings: PlatformSettings) -> str:
     """SECURE=1's login of the Dagster UI (HTTP basic, user ``dagster``), generated once."""
-    return generated_secret(settings, "dagster-ui")
+    return generated_secret(settings, DAGSTER_UI_SECRET)
 
 
 def kafka_password(settings: PlatformSettings, principal: str) -> str:

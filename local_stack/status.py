@@ -9,7 +9,7 @@ import psycopg2
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from crypto_platform.credentials import KAFKA_ADMIN, kafka_security
+from crypto_platform.credentials import DAGSTER_UI_SECRET, DAGSTER_UI_USER, KAFKA_ADMIN, kafka_security
 from crypto_platform.settings import PlatformSettings
 from local_stack.backup_plan import describe_backups
 from local_stack.backups import BackupStore, archiver_state
@@ -195,7 +195,9 @@ def collect(stack: LocalStack) -> PlatformStatus:
         status.last_run = last_dagster_run(s)
     status.backups = backups_line(s, "postgres" in running)
     status.urls = {name: url for name, url in (
-        ("dagster", dagster_url(s)), ("superset", superset_url(s)),
+        ("dagster", dagster_url(s) + (f" (user {DAGSTER_UI_USER}, password in "
+                                      f"{s.state_dir / 'secrets' / DAGSTER_UI_SECRET})" if s.secure else "")),
+        ("superset", superset_url(s)),
         ("spark", f"http://{s.bind_host}:{s.spark_master_webui_port}"),
     ) if name in running or f"{name}-master" in running}
     return status
