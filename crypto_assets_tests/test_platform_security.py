@@ -14,8 +14,9 @@ from crypto_platform.credentials import CANDLE_WRITER, DAGSTER, INGEST_WRITER, S
 from local_stack.stack import LocalStack
 
 SECRET_FILES = ("secrets/*", "superset/secret_key", "superset/admin_password")
-# Configuration a server must read its own login from (the broker's SASL login as platform-admin): 0600.
-SECRET_HOLDING_CONFIG = ("kafka/server.properties",)
+# Configuration a server must read its own login from (the broker's SASL login as platform-admin, Redis's
+# requirepass): 0600.
+SECRET_HOLDING_CONFIG = ("kafka/server.properties", "redis/redis.conf")
 
 
 def generated_secrets(state_dir: Path) -> dict[str, str]:

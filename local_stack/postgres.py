@@ -15,6 +15,7 @@ import os
 import pwd
 import secrets
 import shutil
+import stat
 import subprocess
 import tarfile
 import zipfile
@@ -63,7 +64,11 @@ def tls_server_bin_dir(root: Path, account: ServerAccount) -> Path:
             binaries.extractall(partial, filter="data")
     (partial / ".complete").touch()
     for folder, _, names in os.walk(partial):
-        account.own(Path(folder), *(Path(folder) / name for name in names))
+        paths = [Path(folder), *(Path(folder) / name for name in names)]
+        for path in paths:  # the server's account alone: nothing under STATE_DIR is for others
+            if not path.is_symlink():
+                path.chmod(stat.S_IMODE(path.stat().st_mode) & 0o700)
+        account.own(*paths)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target / "bin"
@@ -196,6 +201,7 @@ class PostgresServer:
             f"listen_addresses = '{self.settings.bind_host}'\n"
             f"port = {self.port}\n"
             f"unix_socket_directories = {conf_literal(str(self.socket_dir) if self.settings.secure else '')}\n"
+            "unix_socket_permissions = 0700\n"  # the server's account only, like the folder it is in
             "max_connections = 200\n"
             "shared_buffers = 256MB\n"
             "synchronous_commit = on\n"
