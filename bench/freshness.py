@@ -1,6 +1,6 @@
 """What a user sees: how long after a one-minute window closes its candle is final, on a whole platform.
 
-``python -m bench.freshness [--minutes 6] [--paths connect,in-process]``
+``python -m bench.freshness [--minutes 6] [--paths connect,in-process] [--modes plain,secure]``
 
 For each path, a throwaway platform (``make up`` in a private state folder on free ports, no Superset,
 the replay feed) runs for ``--minutes`` after ``make up`` returned. Meanwhile the benchmark polls
@@ -12,7 +12,8 @@ session acquisition) and the run's start after its minute closed. ``connect`` is
 (``SPARK_REMOTE`` = the local Spark Connect server); ``in-process`` sets ``SPARK_REMOTE=`` empty (a
 JVM per run). Both print in one invocation, with the machine's load average. On the ``connect`` path it
 then stops Dagster (no run attaches any more) and reads the Spark Connect server's idle cost: its resident
-memory and its CPU over ``IDLE_S`` quiet seconds.
+memory and its CPU over ``IDLE_S`` quiet seconds. ``--modes plain,secure`` measures each path with SECURE=0,
+then SECURE=1 (a platform each), and prints both side by side with secure/plain.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from unittest import mock
 import psutil
 import psycopg2
 
+from bench.modes import MODES, Figure, comparison, mode_list
 from crypto_assets_tests.platform_harness import PlatformUnderTest  # run from the repository's root
 from crypto_platform.settings import PlatformSettings
 from local_stack.stack import LocalStack, dagster_environment
@@ -84,6 +86,13 @@ class PathFigures:
                 f"{datetime.fromtimestamp(start, UTC):%H:%M:%S} {wall:.1f}"
                 + ("" if after is None else f" (+{after:.1f})") for start, wall, after in sorted(self.runs)),
         ] + ([f"{self.name}: {self.idle_cost}"] if self.idle_cost else [])
+
+    def figures(self) -> dict[str, Figure]:
+        """The latencies the secure/plain comparison reads (seconds, lower is better)."""
+        measured = {"window end -> final": self.delays_s, "candle run wall": self.run_wall_s,
+                    "session set-up": self.session_s}
+        return {f"{name} p{q}, s": Figure(value, False) for name, values in measured.items() for q in (50, 95)
+                if (value := percentile(values, q)) is not None}
 
 
 def _final_windows(connection, since: datetime) -> dict[datetime, bool]:
@@ -210,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.freshness", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=int, default=6, help="closed windows to measure per path (default 6)")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma list of: " + ", ".join(PATHS))
+    parser.add_argument("--modes", type=mode_list, default=["plain"],
+                        help="comma list of plain (SECURE=0), secure (SECURE=1): each path in each, then compared")
     args = parser.parse_args(argv)
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     unknown = [p for p in paths if p not in PATHS]
@@ -217,8 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.freshness: --minutes must be at least 1 and --paths a list of {', '.join(PATHS)}",
               file=sys.stderr)
         return 2
-    results = [measure(path, PATHS[path], args.minutes) for path in paths]
-    print("\n".join(line for figures in results for line in figures.lines()), flush=True)
+    results = {(path, mode): measure(path if len(args.modes) == 1 else f"{path} {mode}",
+                                     {**PATHS[path], "SECURE": MODES[mode]}, args.minutes)
+               for path in paths for mode in args.modes}
+    print("\n".join(line for figures in results.values() for line in figures.lines()), flush=True)
+    if {"plain", "secure"} <= set(args.modes):
+        for path in paths:
+            print(f"{path}, SECURE=1 against plaintext:", flush=True)
+            print("\n".join(comparison({mode: results[path, mode].figures() for mode in MODES})), flush=True)
     return 0
 
 

@@ -7,7 +7,8 @@
 3. latency at a steady rate: producer send → broker ack, and trade time → row in PostgreSQL.
 
 Usage: ``[LOG_LEVEL=INFO] python -m bench.ingestion [--rows N] [--workers 1,2,3] [--rate R --seconds S]
-[--part consumer|stages|chain|latency ...]``.
+[--part consumer|stages|chain|latency ...] [--modes plain,secure]``; ``--modes plain,secure`` runs the parts
+on a stack with SECURE=0, then on a new one with SECURE=1, and prints both side by side.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
+from unittest import mock
 
 import psutil
 import psycopg2
 import websocket
 from kafka import KafkaProducer
 
-from crypto_platform.credentials import INGEST_WRITER, role_password
+from bench.modes import MODES, Figure, comparison, mode_list
+from crypto_platform.credentials import KAFKA_CONSUMER, KAFKA_PRODUCER, kafka_security
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import ephemeral_stack, make_state_dir
 from local_stack.processes import free_port, stop_processes, wait_until
@@ -118,7 +121,7 @@ CONSUMER_TOPIC = "bench-consumer"
 def fill_topic(settings: PlatformSettings, stack: LocalStack, trades: list[TradeMessage]) -> None:
     stack.kafka.ensure_topic(CONSUMER_TOPIC, settings.kafka_partitions)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=20,
-                             batch_size=512 * 1024)
+                             batch_size=512 * 1024, **kafka_security(settings, KAFKA_PRODUCER))
     for trade in trades:
         producer.send(CONSUMER_TOPIC, key=trade.key, value=trade.to_json())
     producer.flush()
@@ -130,19 +133,22 @@ def service_log_level() -> str:
     return os.environ.get("LOG_LEVEL", "WARNING")
 
 
-def _stack_credentials(settings: PlatformSettings) -> dict[str, str]:
-    """The bench stack's writer password for worker processes whose STATE_DIR is a folder of their own
-    (they would generate a password of their own there, which the bench's PostgreSQL does not know)."""
-    return {"INGEST_WRITER_PASSWORD": role_password(settings, INGEST_WRITER)}
+def share_stack_secrets(settings: PlatformSettings, folder: Path) -> None:
+    """The bench stack's passwords and CA for worker processes whose STATE_DIR is ``folder`` (they would
+    generate passwords of their own there, which the bench's PostgreSQL and Kafka do not know)."""
+    for name in ("secrets", "tls"):
+        if (settings.state_dir / name).exists():
+            (folder / name).symlink_to(settings.state_dir / name)
 
 
 def consumer_rate(settings: PlatformSettings, rows: int, workers: int) -> float:
     """``workers`` consumer processes of a new group (as ``make up`` runs them) drain the filled topic."""
     folder = make_state_dir(f"crypto-bench-consumer-{workers}-")
+    share_stack_secrets(settings, folder)
     group = f"{CONSUMER_TOPIC}-{workers}"
     env = {**os.environ, "STATE_DIR": str(folder), "SYMBOLS": ",".join(SYMBOLS), "KAFKA_TOPIC": CONSUMER_TOPIC,
            "CONSUMER_GROUP": group, "CONSUMER_WORKERS": str(workers), "CONSUMER_METRICS_PORT": str(free_port()),
-           "LOG_LEVEL": service_log_level(), **_stack_credentials(settings)}
+           "LOG_LEVEL": service_log_level()}
     processes = [start_service("streaming_services.consumer", i, env, folder / f"consumer-{i}.log")
                  for i in range(workers)]
     try:
@@ -183,7 +189,7 @@ def stage_costs(settings: PlatformSettings, stack: LocalStack, rows: int) -> dic
                                        port=0, state_dir=folder / "replay"))
     ws_url, rest_url = server.start_in_thread()
     config = ProducerConfig(ws_url, rest_url, SYMBOLS, "bench-stages", settings.kafka_bootstrap_servers, "replay",
-                            folder / "acked.json")
+                            folder / "acked.json", kafka_security=kafka_security(settings, KAFKA_PRODUCER))
     stack.kafka.ensure_topic(config.topic, settings.kafka_partitions)
     expected = rows // len(SYMBOLS) * len(SYMBOLS)
     costs: dict[str, float] = {}
@@ -212,7 +218,8 @@ def stage_costs(settings: PlatformSettings, stack: LocalStack, rows: int) -> dic
     producer.kafka.close()
 
     consumer = PricesConsumer(ConsumerConfig(settings.kafka_bootstrap_servers, config.topic, "bench-stages",
-                                             settings.database_url, frozenset(SYMBOLS), settings.consumer_batch_size))
+                                             settings.database_url, frozenset(SYMBOLS), settings.consumer_batch_size,
+                                             kafka_security=kafka_security(settings, KAFKA_CONSUMER)))
     while not consumer.kafka.poll(timeout_ms=1000, max_records=1):  # joins the group; read again below
         pass
     consumer.kafka.seek_to_beginning()
@@ -282,6 +289,7 @@ def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int, workers
     Counted from the first committed row to the last, so process start and the group join are not in it."""
     folder = make_state_dir(f"crypto-bench-chain-{workers}-")
     files = write_market_files(folder, rows)
+    share_stack_secrets(settings, folder)
     expected = rows // len(SYMBOLS) * len(SYMBOLS)
     topic = f"bench-chain-{workers}"
     consumers = min(workers, settings.kafka_partitions)
@@ -293,8 +301,7 @@ def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int, workers
            "BINANCE_WS_URL": f"ws://127.0.0.1:{replay_port}", "BINANCE_REST_URL": f"http://127.0.0.1:{replay_port}",
            "KAFKA_TOPIC": topic, "CONSUMER_GROUP": topic, "PRODUCER_WORKERS": str(workers),
            "CONSUMER_WORKERS": str(consumers), "PRODUCER_METRICS_PORT": str(free_port()),
-           "CONSUMER_METRICS_PORT": str(free_port()), "LOG_LEVEL": service_log_level(),
-           **_stack_credentials(settings)}
+           "CONSUMER_METRICS_PORT": str(free_port()), "LOG_LEVEL": service_log_level()}
     processes = [start_service("streaming_services.replay_server", None, env, folder / "replay.log")]
     try:
         if not wait_until(lambda: _port_answers(replay_port), 120):
@@ -332,9 +339,11 @@ def steady_latency(settings: PlatformSettings, stack: LocalStack, rate: int, sec
     server = ReplayServer(config)
     ws_url, rest_url = server.start_in_thread()
     consumer = PricesConsumer(ConsumerConfig(settings.kafka_bootstrap_servers, topic, "bench-latency",
-                                             settings.database_url, frozenset(SYMBOLS), settings.consumer_batch_size))
+                                             settings.database_url, frozenset(SYMBOLS), settings.consumer_batch_size,
+                                             kafka_security=kafka_security(settings, KAFKA_CONSUMER)))
     producer = BinanceProducer(ProducerConfig(ws_url, rest_url, SYMBOLS, topic, settings.kafka_bootstrap_servers,
-                                              "replay", folder / "acked.json"))
+                                              "replay", folder / "acked.json",
+                                              kafka_security=kafka_security(settings, KAFKA_PRODUCER)))
     acks: list[float] = []
     original_observe = SEND_LATENCY.observe
     SEND_LATENCY.observe = lambda value: (acks.append(value), original_observe(value))  # type: ignore[method-assign]
@@ -379,6 +388,10 @@ def worker_counts(raw: str) -> list[int]:
     return [positive_int(part) for part in raw.split(",")]
 
 
+# The bench's consumer groups ("bench-…") are the stack's CONSUMER_GROUP prefix, which SECURE=1's ACLs allow.
+BENCH_GROUP_PREFIX = "bench"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ingestion", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=positive_int, default=200_000, help="rows for the throughput runs")
@@ -387,41 +400,62 @@ def main() -> None:
     parser.add_argument("--workers", type=worker_counts, default=[1, 2, 3],
                         help="producer and consumer processes of the chain runs, comma list (consumers at most the partitions)")
     parser.add_argument("--part", choices=PARTS, action="append", help="run only this part (repeatable)")
+    parser.add_argument("--modes", type=mode_list, default=["plain"],
+                        help="comma list of plain (SECURE=0), secure (SECURE=1): each on a new stack, then compared")
     args = parser.parse_args()
-    parts = args.part or PARTS
-    with ephemeral_stack("crypto-bench-") as stack:
-        settings = stack.settings
-        if "consumer" in parts:
-            trades = synthetic_trades(args.rows, int(time.time() * 1000) - args.rows)
-            copy = plain_copy_rate(settings.database_url, trades)
-            fill_topic(settings, stack, trades)
-            rates = {}
-            for workers in sorted({min(w, settings.kafka_partitions) for w in args.workers}):
-                rates[workers] = consumer_rate(settings, args.rows, workers)
-                print(f"  consumer with {workers} worker(s): {rates[workers]:,.0f} rows/s", flush=True)
-            best = max(rates, key=rates.get)
-            print(f"consumer throughput: {rates[best]:,.0f} rows/s committed; plain COPY of the same {args.rows:,} rows: "
-                  f"{copy:,.0f} rows/s; ratio {rates[best] / copy:.2f} (best of {', '.join(map(str, rates))} "
-                  f"workers: {best})", flush=True)
-        if "stages" in parts:
-            costs = stage_costs(settings, stack, args.rows)
-            print("µs per message by stage (each alone, this run): " + ", ".join(
-                f"{name} {us:.1f}" for name, us in costs.items()) + f"; sum {sum(costs.values()):.1f}", flush=True)
-        if "chain" in parts:
-            rates = {}
-            for workers in args.workers:
-                rates[workers] = chain_rate(settings, stack, args.rows, workers)
-                print(f"  chain with {workers} producer and {min(workers, settings.kafka_partitions)} consumer "
-                      f"worker(s): {rates[workers]:,.0f} trades/s, every id once", flush=True)
-            best = max(rates, key=rates.get)
-            print(f"whole chain at full replay speed: {rates[best]:,.0f} trades/s ({args.rows // len(SYMBOLS) * len(SYMBOLS):,} "
-                  f"trades of {len(SYMBOLS)} symbols, replay → producer → Kafka → consumer → PostgreSQL; best of "
-                  f"{', '.join(map(str, rates))} workers: {best})", flush=True)
-        if "latency" in parts:
-            latency = steady_latency(settings, stack, args.rate, args.seconds)
-            print(f"steady {latency['rate']:,.0f} trades/s for {args.seconds} s: producer send→ack p50 "
-                  f"{latency['ack_p50_ms']:.1f} ms, p99 {latency['ack_p99_ms']:.1f} ms; trade time→row in PostgreSQL "
-                  f"p50 {latency['e2e_p50_ms']:.1f} ms, p99 {latency['e2e_p99_ms']:.1f} ms", flush=True)
+    results = {}
+    for mode in args.modes:
+        if len(args.modes) > 1:
+            print(f"== {mode} (SECURE={MODES[mode]})", flush=True)
+        environment = {"SECURE": MODES[mode], "CONSUMER_GROUP": BENCH_GROUP_PREFIX}
+        with mock.patch.dict(os.environ, environment), ephemeral_stack(f"crypto-bench-{mode}-") as stack:
+            results[mode] = run_parts(args, args.part or PARTS, stack)
+    if {"plain", "secure"} <= results.keys():
+        print("\n".join(comparison(results)), flush=True)
+
+
+def run_parts(args: argparse.Namespace, parts: tuple[str, ...], stack: LocalStack) -> dict[str, Figure]:
+    """The parts asked for on ``stack``, each printed as it ends; their figures for the comparison."""
+    figures: dict[str, Figure] = {}
+    settings = stack.settings
+    if "consumer" in parts:
+        trades = synthetic_trades(args.rows, int(time.time() * 1000) - args.rows)
+        copy = plain_copy_rate(settings.database_url, trades)
+        fill_topic(settings, stack, trades)
+        rates = {}
+        for workers in sorted({min(w, settings.kafka_partitions) for w in args.workers}):
+            rates[workers] = consumer_rate(settings, args.rows, workers)
+            print(f"  consumer with {workers} worker(s): {rates[workers]:,.0f} rows/s", flush=True)
+        best = max(rates, key=rates.get)
+        print(f"consumer throughput: {rates[best]:,.0f} rows/s committed; plain COPY of the same {args.rows:,} rows: "
+              f"{copy:,.0f} rows/s; ratio {rates[best] / copy:.2f} (best of {', '.join(map(str, rates))} "
+              f"workers: {best})", flush=True)
+        figures |= {f"consumer, {w} worker(s), rows/s": Figure(rate, True) for w, rate in rates.items()}
+        figures["plain COPY, rows/s"] = Figure(copy, True)
+    if "stages" in parts:
+        costs = stage_costs(settings, stack, args.rows)
+        print("µs per message by stage (each alone, this run): " + ", ".join(
+            f"{name} {us:.1f}" for name, us in costs.items()) + f"; sum {sum(costs.values()):.1f}", flush=True)
+        figures |= {f"stage {name}, µs/message": Figure(us, False) for name, us in costs.items()}
+    if "chain" in parts:
+        rates = {}
+        for workers in args.workers:
+            rates[workers] = chain_rate(settings, stack, args.rows, workers)
+            print(f"  chain with {workers} producer and {min(workers, settings.kafka_partitions)} consumer "
+                  f"worker(s): {rates[workers]:,.0f} trades/s, every id once", flush=True)
+        best = max(rates, key=rates.get)
+        print(f"whole chain at full replay speed: {rates[best]:,.0f} trades/s ({args.rows // len(SYMBOLS) * len(SYMBOLS):,} "
+              f"trades of {len(SYMBOLS)} symbols, replay → producer → Kafka → consumer → PostgreSQL; best of "
+              f"{', '.join(map(str, rates))} workers: {best})", flush=True)
+        figures |= {f"chain, {w} worker(s), trades/s": Figure(rate, True) for w, rate in rates.items()}
+    if "latency" in parts:
+        latency = steady_latency(settings, stack, args.rate, args.seconds)
+        print(f"steady {latency['rate']:,.0f} trades/s for {args.seconds} s: producer send→ack p50 "
+              f"{latency['ack_p50_ms']:.1f} ms, p99 {latency['ack_p99_ms']:.1f} ms; trade time→row in PostgreSQL "
+              f"p50 {latency['e2e_p50_ms']:.1f} ms, p99 {latency['e2e_p99_ms']:.1f} ms", flush=True)
+        figures |= {f"steady: {name.replace('_', ' ')}": Figure(latency[name], False)
+                    for name in ("ack_p50_ms", "ack_p99_ms", "e2e_p50_ms", "e2e_p99_ms")}
+    return figures
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""The same benchmark with SECURE=0 and SECURE=1 in one invocation, and how far secure is from plaintext
+(issue 14's goal: throughput and latency with SECURE=1 within 25 % of plaintext)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+MODES = {"plain": "0", "secure": "1"}  # mode -> SECURE
+GOAL = 0.25  # secure may be this much slower than plain
+
+
+def mode_list(raw: str) -> list[str]:
+    """``--modes``: a comma list of plain, secure."""
+    modes = [mode.strip() for mode in raw.split(",") if mode.strip()]
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown or not modes or len(set(modes)) != len(modes):
+        raise argparse.ArgumentTypeError(f"{raw!r}: a comma list of {', '.join(MODES)}, each once")
+    return modes
+
+
+@dataclass(frozen=True)
+class Figure:
+    value: float
+    higher_is_better: bool  # a throughput; else a latency
+
+    def within_goal(self, plain: Figure) -> bool:
+        if self.higher_is_better:
+            return self.value >= plain.value * (1 - GOAL)
+        return self.value <= plain.value * (1 + GOAL)
+
+
+def comparison(results: dict[str, dict[str, Figure]]) -> list[str]:
+    """One table with each figure of both modes and secure/plain, then one verdict line against the goal."""
+    plain, secure = results["plain"], results["secure"]
+    names = [name for name in plain if name in secure]
+    ratios = {name: secure[name].value / plain[name].value if plain[name].value else float("nan") for name in names}
+    rows = [f"{name:<40} {plain[name].value:>12,.1f} {secure[name].value:>12,.1f} {ratios[name]:>8.2f}"
+            for name in names]
+    missed = [f"{name} {ratios[name]:.2f}" for name in names if not secure[name].within_goal(plain[name])]
+    verdict = (f"SECURE=1 within {GOAL:.0%} of plaintext on all {len(names)} figures" if not missed else
+               f"SECURE=1 misses the {GOAL:.0%} goal on {len(missed)} of {len(names)} figures "
+               f"(secure/plain): {'; '.join(missed)}")
+    return [f"{'figure':<40} {'plain':>12} {'secure':>12} {'ratio':>8}", *rows,
+            f"verdict (throughput ≥ {1 - GOAL:.2f} × plain, latency ≤ {1 + GOAL:.2f} × plain): {verdict}"]
