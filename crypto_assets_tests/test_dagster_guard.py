@@ -8,14 +8,14 @@ import asyncio
 import pytest
 import requests
 
-from local_stack.dagster_web import HostOriginGuard, allowed_hosts
+from local_stack.dagster_web import HostOriginGuard, allowed_hosts, basic_authorization
 from local_stack.stack import LocalStack
 
 STOP_SENSOR = {"query": "mutation StopSensor($id: String!) { stopSensor(id: $id) { __typename } }",
                "variables": {"id": "new_trades_sensor"}}
 
 
-def _status(scope: dict) -> int | None:
+def _status(scope: dict, authorization: str | None = None) -> int | None:
     """What the guard answers (None = passed to the app)."""
     sent: list[dict] = []
 
@@ -25,7 +25,7 @@ def _status(scope: dict) -> int | None:
     async def send(message: dict) -> None:
         sent.append(message)
 
-    asyncio.run(HostOriginGuard(app, allowed_hosts("127.0.0.1", 3000))(scope, None, send))
+    asyncio.run(HostOriginGuard(app, allowed_hosts("127.0.0.1", 3000), authorization)(scope, None, send))
     return sent[0].get("status") if sent[0].get("type") != "websocket.close" else 403
 
 
@@ -50,6 +50,21 @@ def _http(method: str, host: str, origin: str | None = None) -> dict:
 ])
 def test_guard_decisions(scope: dict, expected: int | None) -> None:
     assert _status(scope) == expected
+
+
+def test_with_a_login_every_request_must_show_it() -> None:
+    """SECURE=1: HTTP basic, checked after Host (a rebinding page learns nothing) and before Origin."""
+    login = basic_authorization("dagster", "the-password")
+
+    def with_authorization(scope: dict, value: str) -> dict:
+        return {**scope, "headers": [*scope["headers"], (b"authorization", value.encode())]}
+
+    own = _http("POST", "127.0.0.1:3000", "http://127.0.0.1:3000")
+    assert _status(own, login) == 401
+    assert _status(with_authorization(own, basic_authorization("dagster", "a-guess")), login) == 401
+    assert _status(with_authorization(own, login), login) is None
+    assert _status(with_authorization(_http("GET", "evil.example"), login), login) == 421
+    assert _status(with_authorization(_http("POST", "127.0.0.1:3000", "http://evil.example"), login), login) == 403
 
 
 @pytest.mark.integration
