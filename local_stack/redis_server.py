@@ -50,6 +50,8 @@ def redis_service(settings: PlatformSettings) -> ManagedService:
         lines = [f"bind {settings.bind_host}", f"port {settings.redis_port}", f"dir {data_dir}",
                  'save ""', "appendonly no", "daemonize no", "protected-mode yes", "loglevel notice",
                  "logfile \"\"", "maxmemory 64mb", "maxmemory-policy noeviction",
+                 # Its own title would overwrite its environment, and with it the stack's marker.
+                 "set-proc-title no",
                  f"requirepass {redis_password(settings)}"]
         descriptor = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:
