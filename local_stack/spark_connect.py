@@ -97,7 +97,8 @@ def _answers_a_query(settings: PlatformSettings) -> Callable[[], bool]:
                 pass
         except OSError:
             return False
-        return warm_up(settings.spark_remote, token)
+        # The port of these settings (a test replaces it), at localhost when a token must be shown.
+        return warm_up(f"sc://{'localhost' if token else host}:{port}", token)
 
     return ready
 
