@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from crypto_platform.credentials import CANDLE_WRITER, DAGSTER, INGEST_WRITER, SUPERSET_META, SUPERSET_READER
+from crypto_platform.settings import PlatformSettings
 from local_stack.stack import LocalStack
 
 SECRET_FILES = ("secrets/*", "superset/secret_key", "superset/admin_password")
@@ -77,3 +78,12 @@ def test_state_dir_is_private_and_holds_no_stray_secret(stack: LocalStack) -> No
     (state_dir / "logs" / "stray.log").write_text("written by the stack's own process\n")
     assert_private(state_dir)
     assert_no_secret_leaks(state_dir)
+
+
+@pytest.mark.integration  # the services' commands name the cached JDBC driver, fetched once from Maven
+def test_secure_services_are_described_before_any_certificate_exists(tmp_path: Path) -> None:
+    """`SECURE=1 make status` or `make down` on a state folder whose servers never started: the HTTPS
+    readiness probes load ``ca.crt`` when they probe, not when the services are listed."""
+    settings = PlatformSettings.from_env({"STATE_DIR": str(tmp_path), "SECURE": "1"})
+    assert {"dagster", "superset", "consumer", "producer"} <= {s.name for s in LocalStack(settings).services()}
+    assert not settings.tls_ca_cert.exists()

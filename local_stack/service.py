@@ -165,14 +165,15 @@ def port_answers(host: str, port: int) -> Callable[[], bool]:
     return answers
 
 
-def http_ok(url: str, context: ssl.SSLContext | None = None, headers: dict[str, str] | None = None,
-            ) -> Callable[[], bool]:
-    """Answers 200 (over HTTPS checked with ``context``, sending ``headers``, when given)."""
+def http_ok(url: str, context: Callable[[], ssl.SSLContext | None] = lambda: None,
+            headers: dict[str, str] | None = None) -> Callable[[], bool]:
+    """Answers 200 (over HTTPS checked with the SSL context ``context`` makes at each probe, since the
+    certificates may only exist once the servers start; sending ``headers``)."""
     request = urllib.request.Request(url, headers=headers or {})
 
     def answers() -> bool:
         try:
-            with urllib.request.urlopen(request, timeout=HTTP_PROBE_TIMEOUT_S, context=context) as response:
+            with urllib.request.urlopen(request, timeout=HTTP_PROBE_TIMEOUT_S, context=context()) as response:
                 return response.status == 200
         except OSError:
             return False

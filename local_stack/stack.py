@@ -127,7 +127,8 @@ def dagster_service(settings: PlatformSettings) -> ManagedService:
         [sys.executable, "-m", "local_stack.dagster_web", "-h", settings.bind_host, "-p", str(settings.dagster_port),
          "-w", str(REPO_ROOT / "workspace.yaml")],
         port=settings.dagster_port, port_variable="DAGSTER_PORT", env=env,
-        ready=http_ok(f"{dagster_url(settings)}/server_info", client_context(settings), login_headers(settings)),
+        ready=http_ok(f"{dagster_url(settings)}/server_info", lambda: client_context(settings),
+                      login_headers(settings)),
         before_start=install_instance_config, ready_timeout_s=DAGSTER_READY_TIMEOUT_S,
         ignored=NOT_DAGSTERS,
     )
@@ -144,7 +145,8 @@ def _python_service(settings: PlatformSettings, name: str, module: str, port: in
 
 def _metrics_answer(settings: PlatformSettings, port: int) -> Callable[[], bool]:
     """The Prometheus endpoint answers: with SECURE=1 over HTTPS, showing the platform's client certificate."""
-    return http_ok(f"{settings.web_scheme}://{settings.bind_host}:{port}/metrics", client_context(settings, True))
+    return http_ok(f"{settings.web_scheme}://{settings.bind_host}:{port}/metrics",
+                   lambda: client_context(settings, with_certificate=True))
 
 
 def _worker_name(service: str, worker: int) -> str:

@@ -239,9 +239,10 @@ def run_bootstrap(settings: PlatformSettings, say: Callable[[str], None] = print
 
 def _superset_ready(settings: PlatformSettings) -> Callable[[], bool]:
     """/health is not enough (it answers while /login/ fails on a missing module): both must answer 200."""
-    base_url, context = superset_url(settings), client_context(settings)
+    base_url = superset_url(settings)
 
     def ready() -> bool:
+        context = client_context(settings)  # here: the certificates exist once the servers have started
         try:
             for path in ("/health", "/login/"):
                 with urllib.request.urlopen(base_url + path, timeout=5, context=context) as response:
