@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 CLI := $(PY) -m local_stack.cli
 PYTEST_ARGS ?=
 
-.PHONY: install up down status logs test test-unit lint clean config migrate backfill import validate backup restore
+.PHONY: install up down status logs test test-unit lint clean config migrate backfill import validate backup restore rotate-kafka-password
 
 install: $(STAMP)
 
@@ -55,6 +55,12 @@ backup: install
 # Back to the latest state, or to TIME=2026-11-28T16:30:00Z; the producer and consumer then catch up.
 restore: install
 	@$(CLI) restore --time "$(TIME)"
+
+# SECURE=1: a new SCRAM password for KAFKA_USER (binance-producer, prices-consumer or platform-admin) on the
+# running broker, written into STATE_DIR/secrets/kafka-<user>; what logs in as that user is restarted.
+rotate-kafka-password: install
+	@test -n "$(KAFKA_USER)" || { echo "usage: make rotate-kafka-password KAFKA_USER=binance-producer (or prices-consumer, platform-admin)"; exit 2; }
+	@$(CLI) rotate-kafka-password "$(KAFKA_USER)"
 
 config: install
 	@$(CLI) config $(if $(MARKDOWN),--markdown,)

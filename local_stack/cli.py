@@ -16,6 +16,7 @@ from crypto_platform.settings import PlatformSettings, SettingsError
 from local_stack.backup_plan import BackupError, parse_target, render_backups
 from local_stack.backups import BackupStore
 from local_stack.jars import JarsError
+from local_stack.kafka_users import rotate_password
 from local_stack.migrations import MigrationError, apply_migrations
 from local_stack.postgres import ServerAccount
 from local_stack.processes import StackError
@@ -132,6 +133,12 @@ def cmd_restore(stack: LocalStack, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rotate_kafka_password(stack: LocalStack, args: argparse.Namespace) -> int:
+    rotate_password(stack, args.user, say=lambda step: _say(f"  {step}"))
+    _say(f"Kafka user {args.user}: password rotated")
+    return 0
+
+
 def cmd_config(stack: LocalStack, args: argparse.Namespace) -> int:
     if args.markdown:
         _say(PlatformSettings.docs_table())
@@ -158,6 +165,8 @@ COMMANDS = {
     "backup": (cmd_backup, "take a base backup of PostgreSQL into BACKUP_DIR, apply BACKUP_KEEP, list them"),
     "backups": (cmd_backups, "list the base backups and the WAL archive"),
     "restore": (cmd_restore, "restore PostgreSQL to the latest state or to --time, then carry on"),
+    "rotate-kafka-password": (cmd_rotate_kafka_password,
+                              "SECURE=1: a new SCRAM password for one Kafka user, then restart what uses it"),
 }
 
 
@@ -172,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--force", action="store_true", help="do not ask")
         if name == "restore":
             sub.add_argument("--time", default="", help="ISO instant to restore to (default: the latest state)")
+        if name == "rotate-kafka-password":
+            sub.add_argument("user", help="binance-producer, prices-consumer or platform-admin")
         if name == "logs":
             sub.add_argument("service", nargs="?", help="one service (default: all)")
             sub.add_argument("-n", "--lines", type=int, default=50, help="lines to show first")

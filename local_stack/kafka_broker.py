@@ -3,7 +3,10 @@
 With ``SECURE=1`` the client listener is SASL_SSL with SCRAM-SHA-512 and the controller's is TLS with
 client certificates (the broker shows the platform CA's server certificate, see ``certificates``); the
 SCRAM users (``credentials.KAFKA_PRINCIPALS``) are created when the storage is formatted, from an
-argument file (0600, deleted after) so no password is on a command line. ``StandardAuthorizer`` with
+argument file (0600, deleted after) so no password is on a command line; ``kafka_users`` changes them later
+(``make rotate-kafka-password``) and sets the service users' from their secret files at each ``make up``.
+The storage keeps a salted digest of ``platform-admin``'s password (``ADMIN_DIGEST``): a secret file that is
+not that password is reported in one line at start, before the broker would refuse its own admin. ``StandardAuthorizer`` with
 ``allow.everyone.if.no.acl.found=false``: the producer may write the trades topic, the consumer read it
 in its group (``ensure_topic`` grants both), the admin principal and the broker itself are super users.
 
@@ -15,6 +18,8 @@ it in the foreground (``run_in_foreground``) with the same properties and storag
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import logging
 import os
 import subprocess
@@ -63,6 +68,7 @@ WATCHED = ("BIND_HOST", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_BOOTSTRAP_
            "KAFKA_RETENTION_HOURS", "SECURE")
 SCRAM = "SCRAM-SHA-512"
 SECURED_MARKER = "scram-users"  # in the kafka folder: the storage was formatted with the SCRAM users
+ADMIN_DIGEST = "platform-admin.sha256"  # in the kafka folder: salt and SHA-256 of the admin password it knows
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +201,30 @@ class KafkaBroker:
             last_line = (result.stdout + result.stderr).strip().splitlines()[-1]
             raise StackError(f"formatting Kafka's storage failed: {last_line}")
         if self.settings.secure:
+            self.record_admin_password(kafka_password(self.settings, KAFKA_ADMIN))
             secured.touch()
+
+    def record_admin_password(self, password: str) -> None:
+        """Notes (as a salted digest, 0600) that the storage knows ``password`` as ``platform-admin``'s."""
+        salt = os.urandom(16)
+        write_private(self.root / ADMIN_DIGEST, f"{salt.hex()}:{_digest(salt, password)}\n".encode())
+
+    def check_admin_password(self) -> None:
+        """With SECURE=1: the admin's secret file is the password the storage knows (unknown on a storage
+        formatted before the digest existed: then the broker's answer tells, and ``start`` records it)."""
+        if not self.settings.secure or not (self.root / ADMIN_DIGEST).exists():
+            return
+        salt, digest = (self.root / ADMIN_DIGEST).read_text().strip().split(":")
+        if not hmac.compare_digest(_digest(bytes.fromhex(salt), kafka_password(self.settings, KAFKA_ADMIN)), digest):
+            secret = self.settings.state_dir / "secrets" / f"kafka-{KAFKA_ADMIN}"
+            raise StackError(f"{secret} is not the password Kafka's storage knows for {KAFKA_ADMIN} (the file was "
+                             "replaced or made anew): put the old file back, or run `make clean` (Kafka's messages "
+                             "are lost); change it with `make rotate-kafka-password KAFKA_USER=platform-admin` only")
 
     def start(self) -> None:
         """Starts the broker when it is not running and waits until it answers a metadata request.
         A broker running with other settings is not restarted behind the user's back: one line says how."""
+        self.check_admin_password()
         if self.is_running():
             changes = self.run_record.changes(settings_snapshot(self.settings, WATCHED))
             if changes:
@@ -221,6 +246,8 @@ class KafkaBroker:
         if not wait_until(self._answers_metadata, READY_TIMEOUT_S, interval=0.5):
             raise StackError(f"Kafka did not answer within {READY_TIMEOUT_S} s; read {self.log_path}:\n"
                              f"{tail(self.log_path)}")
+        if self.settings.secure and not (self.root / ADMIN_DIGEST).exists():
+            self.record_admin_password(kafka_password(self.settings, KAFKA_ADMIN))  # it just logged in with it
 
     def run_in_foreground(self) -> None:
         """docker-compose's ``kafka`` service: properties and storage as ``start`` makes them, then the broker
@@ -228,6 +255,7 @@ class KafkaBroker:
         self.root.mkdir(parents=True, exist_ok=True)
         properties = self._write_properties()
         self._format_once(properties)
+        self.check_admin_password()
         command = self._java("kafka.Kafka", str(properties), heap=self.settings.kafka_heap)
         os.execvpe(command[0], command, {**os.environ, "KAFKA_LOG4J_OPTS": ""})
 
@@ -314,6 +342,10 @@ def _kafka_cluster_id() -> str:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cluster_id.startswith("-"):
             return cluster_id
+
+
+def _digest(salt: bytes, password: str) -> str:
+    return hashlib.sha256(salt + password.encode()).hexdigest()
 
 
 def _one_line_pem(pem: str) -> str:

@@ -21,6 +21,7 @@ from local_stack.certificates import client_context
 from local_stack.dagster_web import dagster_url, login_headers
 from local_stack.jars import postgresql_jdbc_jar
 from local_stack.kafka_broker import KafkaBroker
+from local_stack.kafka_users import ensure_service_users
 from local_stack.migrations import apply_migrations
 from local_stack.permissions import restrict_state_dir
 from local_stack.postgres import PostgresServer, ServerAccount
@@ -217,8 +218,14 @@ class LocalStack:
             self.postgres.start()
 
     def bootstrap(self) -> None:
-        """Migrations, run-time roles and topics on servers that already run (the local ones or docker-compose's)."""
+        """Migrations, run-time roles, Kafka's service users and topics on servers that already run (the local
+        ones or docker-compose's)."""
         self.bootstrap_database()
+        self.bootstrap_kafka()
+
+    def bootstrap_kafka(self) -> None:
+        """The producer's and consumer's SCRAM credentials from their secret files, then the topic and its ACLs."""
+        ensure_service_users(self.kafka)
         self.kafka.ensure_topic(self.settings.kafka_topic, self.settings.kafka_partitions)
 
     def bootstrap_database(self) -> None:
