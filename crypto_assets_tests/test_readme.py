@@ -20,13 +20,14 @@ MAKEFILE = (REPO_ROOT / "Makefile").read_text()
 EXERCISED_ELSEWHERE = {
     "up": "test_end_to_end, test_local_stack", "down": "test_end_to_end, test_local_stack",
     "status": "test_end_to_end, test_local_stack", "test": ".ci/run", "lint": ".ci/run", "validate": ".ci/run",
-    "backup": "test_backups", "restore": "test_backups",
+    "backup": "test_backups", "restore": "test_backups", "test-unit": "make test (a subset of it)",
 }
-RUN_HERE = {"logs", "backfill", "import", "config", "migrate", "clean"}
+RUN_HERE = {"logs", "backfill", "import", "config", "migrate", "clean", "rotate-kafka-password"}
+TARGET = r"[a-z]+(?:-[a-z]+)*"
 
 
 def readme_make_targets() -> set[str]:
-    return set(re.findall(r"`make ([a-z]+)", README)) | set(re.findall(r"^make ([a-z]+)", README, re.MULTILINE))
+    return set(re.findall(rf"`make ({TARGET})", README)) | set(re.findall(rf"^make ({TARGET})", README, re.MULTILINE))
 
 
 def test_every_setting_is_in_the_readme() -> None:
@@ -86,6 +87,13 @@ def test_the_cheap_commands_work_as_the_readme_says(make_env: dict[str, str], tm
     assert logs.stdout.splitlines() == ["one", "two"]
     unknown = _make("logs", "SERVICE=nope", env=env)
     assert unknown.returncode != 0 and "no log for service 'nope'" in unknown.stdout
+
+    rotate = _make("rotate-kafka-password", env=env)
+    assert rotate.returncode == 2 and "usage: make rotate-kafka-password KAFKA_USER=" in rotate.stdout
+    nobody = _make("rotate-kafka-password", "KAFKA_USER=nobody", env=env)
+    assert nobody.returncode != 0 and nobody.stderr.splitlines()[0] == (
+        "crypto-platform: unknown Kafka user 'nobody'; KAFKA_USER is one of platform-admin, binance-producer, "
+        "prices-consumer")
 
     refused = _make("clean", env=env)
     assert refused.returncode != 0 and state.exists() and "FORCE=1" in refused.stdout
