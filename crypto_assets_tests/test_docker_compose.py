@@ -200,7 +200,7 @@ def test_a_local_stacks_older_redis_password_moves_to_the_secrets_folder(tmp_pat
 
 
 def test_no_service_listens_for_anyone_on_the_network_without_a_login() -> None:
-    """Spark's standalone master and worker (no login on their ports) are left out; the metrics endpoints
+    """Spark's standalone master and worker are left out (the Connect server runs local[N]); the metrics endpoints
     listen on their containers' loopback; the rest want a password, a SCRAM user, a token or a certificate."""
     assert not {"spark-master", "spark-worker"} & set(SERVICES)
     assert "SPARK_MASTER" not in COMPOSE_TEXT

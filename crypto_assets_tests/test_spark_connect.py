@@ -77,6 +77,9 @@ def test_the_server_command_carries_the_jdbc_driver_utc_exactness_and_the_bind_a
         assert part in command
     cluster = platform_env(SPARK_CLUSTER=1, SPARK_MASTER="")
     assert f"--master spark://{cluster.bind_host}:{cluster.spark_master_port}" in " ".join(server_command(cluster))
+    assert "--properties-file" not in server_command(cluster)
+    secure = server_command(platform_env(SECURE=1, SPARK_CLUSTER=1, SPARK_MASTER=""))
+    assert secure[secure.index("--properties-file") + 1].endswith("spark/driver.conf")  # the secret, in a file
 
 
 def _run_candles_through_connect(service: ManagedService) -> list[str]:

@@ -407,9 +407,6 @@ class PlatformSettings:
         if self.producer_workers > len(self.symbols):
             raise SettingsError(f"PRODUCER_WORKERS={self.producer_workers} exceeds the {len(self.symbols)} SYMBOLS "
                                 "(a symbol is never in two workers)")
-        if self.secure and self.spark_cluster:
-            raise SettingsError("SECURE=1 does not cover SPARK_CLUSTER=1 yet (the standalone master's UI and RPC "
-                                "have no login here): set SPARK_CLUSTER=0")
         if self.consumer_workers > self.kafka_partitions:
             raise SettingsError(f"CONSUMER_WORKERS={self.consumer_workers} exceeds KAFKA_PARTITIONS="
                                 f"{self.kafka_partitions} (a partition is read by one consumer of the group)")

@@ -16,17 +16,20 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import ssl
+import subprocess
 from pathlib import Path
 
 import certifi
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from crypto_platform.credentials import TlsFiles, private_folder, tls_files
 from crypto_platform.settings import PlatformSettings
 from local_stack.permissions import write_private
+from local_stack.processes import StackError
 
 CA_DAYS = 3650
 SERVER_DAYS = 397
@@ -157,3 +160,29 @@ def client_context(settings: PlatformSettings, with_certificate: bool = False) -
     if with_certificate:
         context.load_cert_chain(files.server_cert, files.server_key)
     return context
+
+
+def java_key_stores(settings: PlatformSettings, password_file: Path) -> tuple[Path, Path]:
+    """The platform's server key and certificate as a Java key store (``tls/server.p12``) and its CA as a
+    trust store (``tls/ca-trust.p12``), both PKCS12 under the password in ``password_file``, 0600, made again
+    when the server certificate is newer. The trust store comes from ``keytool``: Java trusts a PKCS12
+    certificate only with its own trusted-key-usage attribute, which other writers do not set."""
+    files = platform_certificates(settings)
+    key_store, trust_store = files.folder / "server.p12", files.folder / "ca-trust.p12"
+    issued = files.server_cert.stat().st_mtime
+    if all(path.exists() and path.stat().st_mtime >= issued for path in (key_store, trust_store)):
+        return key_store, trust_store
+    password = password_file.read_text().strip().encode()
+    key = serialization.load_pem_private_key(files.server_key.read_bytes(), password=None)
+    cert = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    write_private(key_store, pkcs12.serialize_key_and_certificates(
+        b"platform-server", key, cert, [ca_cert], serialization.BestAvailableEncryption(password)))
+    trust_store.unlink(missing_ok=True)
+    result = subprocess.run(["keytool", "-importcert", "-noprompt", "-alias", "platform-ca",
+                             "-file", str(files.ca_cert), "-keystore", str(trust_store), "-storetype", "PKCS12",
+                             "-storepass:file", str(password_file)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise StackError(f"keytool could not make {trust_store}: {(result.stdout + result.stderr).strip()}")
+    trust_store.chmod(0o600)
+    return key_store, trust_store

@@ -14,7 +14,6 @@ with SECURE=1 every client must also show the pre-shared token (``crypto_platfor
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import socket
@@ -25,6 +24,7 @@ from crypto_platform.credentials import spark_connect_environment
 from crypto_platform.settings import PlatformSettings
 from local_stack.jars import postgresql_jdbc_jar
 from local_stack.service import ManagedService
+from local_stack.spark_cluster import driver_properties_file, spark_home, write_driver_properties
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 LOG_CONFIG = Path(__file__).with_name("spark") / "log4j2.properties"
@@ -34,10 +34,6 @@ READY_TIMEOUT_S = 900
 SESSION_TIMEOUT = "10min"
 
 log = logging.getLogger(__name__)
-
-
-def spark_home() -> Path:
-    return Path(importlib.util.find_spec("pyspark").submodule_search_locations[0])
 
 
 def server_master(settings: PlatformSettings) -> str:
@@ -67,7 +63,7 @@ def server_confs(settings: PlatformSettings) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         **SESSION_SQL_CONFIG,
     }
-    if settings.secure:  # the driver's RPC ports refuse unauthenticated peers (local mode makes its own secret)
+    if settings.secure:  # the driver's RPC ports refuse unauthenticated peers (the secret: see server_command)
         confs["spark.authenticate"] = "true"
     if server_master(settings).startswith("spark://"):
         confs["spark.cores.max"] = str(settings.spark_connect_cores)
@@ -80,9 +76,22 @@ def server_command(settings: PlatformSettings) -> list[str]:
     command = [str(spark_home() / "bin" / "spark-submit"), "--class", SERVER_CLASS,
                "--name", "crypto-spark-connect", "--master", server_master(settings),
                "--driver-memory", settings.spark_connect_memory, "--driver-class-path", jdbc, "--jars", jdbc]
+    if _authenticates_to_a_cluster(settings):
+        command += ["--properties-file", str(driver_properties_file(settings))]
     for key, value in server_confs(settings).items():
         command += ["--conf", f"{key}={value}"]
     return command
+
+
+def _authenticates_to_a_cluster(settings: PlatformSettings) -> bool:
+    """SECURE=1 on a standalone cluster: the driver needs the cluster's secret (local mode makes its own)."""
+    return settings.secure and server_master(settings).startswith("spark://")
+
+
+def _prepare(settings: PlatformSettings) -> None:
+    (settings.state_dir / "spark-connect" / "tmp").mkdir(parents=True, exist_ok=True)
+    if _authenticates_to_a_cluster(settings):
+        write_driver_properties(settings)
 
 
 def _answers_a_query(settings: PlatformSettings) -> Callable[[], bool]:
@@ -127,7 +136,7 @@ def spark_connect_service(settings: PlatformSettings) -> ManagedService:
     return ManagedService(
         "spark-connect", settings, server_command(settings), port=settings.spark_connect_port,
         port_variable="SPARK_CONNECT_PORT", env=env, ready=_answers_a_query(settings),
-        before_start=lambda: (settings.state_dir / "spark-connect" / "tmp").mkdir(parents=True, exist_ok=True),
+        before_start=lambda: _prepare(settings),
         ready_timeout_s=READY_TIMEOUT_S, watched=("BIND_HOST", "SPARK_", "SECURE"),
     )
 
@@ -136,7 +145,7 @@ def main() -> None:
     """The server in the foreground, as docker-compose's ``spark-connect`` service runs it."""
     settings = PlatformSettings.from_env()
     command = server_command(settings)
-    (settings.state_dir / "spark-connect" / "tmp").mkdir(parents=True, exist_ok=True)
+    _prepare(settings)
     os.execvpe(command[0], command, {**os.environ, "SPARK_HOME": str(spark_home()), "SPARK_NO_DAEMONIZE": "1",
                                      **spark_connect_environment(settings)})
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import re
 import shutil
 import sys
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -39,7 +37,8 @@ from local_stack.processes import (
 )
 from local_stack.redis_server import redis_service
 from local_stack.roles import provision_roles
-from local_stack.service import HTTP_PROBE_TIMEOUT_S, REPO_ROOT, ManagedService, http_ok, port_answers
+from local_stack.service import REPO_ROOT, ManagedService, http_ok
+from local_stack.spark_cluster import spark_cluster_services
 from local_stack.spark_connect import spark_connect_service
 from local_stack.superset import celery_services, superset_service
 
@@ -57,43 +56,6 @@ def _module_exists(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
         return False
-
-
-def _spark_services(settings: PlatformSettings) -> list[ManagedService]:
-    """A standalone Spark master and one worker from the pyspark package (SPARK_CLUSTER=1)."""
-    spark_home = Path(importlib.util.find_spec("pyspark").submodule_search_locations[0])
-    spark_class = str(spark_home / "bin" / "spark-class")
-    host, work_dir = settings.bind_host, settings.state_dir / "spark"
-    env = {"SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": host, "SPARK_WORKER_DIR": str(work_dir / "work"),
-           "SPARK_LOG_DIR": str(work_dir / "logs"), "SPARK_NO_DAEMONIZE": "1"}
-    master_url = f"spark://{host}:{settings.spark_master_port}"
-    master = ManagedService(
-        "spark-master", settings,
-        [spark_class, "org.apache.spark.deploy.master.Master", "--host", host,
-         "--port", str(settings.spark_master_port), "--webui-port", str(settings.spark_master_webui_port)],
-        port=settings.spark_master_port, port_variable="SPARK_MASTER_PORT", env=env,
-        ready=port_answers(host, settings.spark_master_port), watched=("BIND_HOST", "SPARK_"),
-    )
-    worker = ManagedService(
-        "spark-worker", settings,
-        [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", host, "--webui-port", "0",
-         "--cores", str(settings.spark_worker_cores), "--memory", settings.spark_worker_memory, master_url],
-        env=env, ready=_spark_worker_registered(f"http://{host}:{settings.spark_master_webui_port}/json/"),
-        watched=("BIND_HOST", "SPARK_"),
-    )
-    return [master, worker]
-
-
-def _spark_worker_registered(master_json_url: str) -> Callable[[], bool]:
-    """The master's JSON lists an ALIVE worker."""
-    def registered() -> bool:
-        try:
-            with urllib.request.urlopen(master_json_url, timeout=HTTP_PROBE_TIMEOUT_S) as response:
-                return json.load(response).get("aliveworkers", 0) > 0
-        except (OSError, ValueError):
-            return False
-
-    return registered
 
 
 def dagster_environment(settings: PlatformSettings) -> dict[str, str]:
@@ -167,7 +129,7 @@ class LocalStack:
         s = self.settings
         candidates: list[tuple[str, ManagedService]] = []
         if s.spark_cluster:
-            candidates += [("pyspark", service) for service in _spark_services(s)]
+            candidates += [("pyspark", service) for service in spark_cluster_services(s)]
         if s.spark_connect_server:
             candidates.append(("pyspark.sql.connect.session", spark_connect_service(s)))
         if s.source == "replay":

@@ -16,6 +16,7 @@ from local_stack.backups import BackupStore, archiver_state
 from local_stack.dagster_instance import dagster_instance
 from local_stack.dagster_web import dagster_url
 from local_stack.processes import StackError, describe_processes
+from local_stack.spark_cluster import master_ui_url
 from local_stack.stack import LocalStack
 from local_stack.superset import superset_url
 
@@ -198,7 +199,7 @@ def collect(stack: LocalStack) -> PlatformStatus:
         ("dagster", dagster_url(s) + (f" (user {DAGSTER_UI_USER}, password in "
                                       f"{s.state_dir / 'secrets' / DAGSTER_UI_SECRET})" if s.secure else "")),
         ("superset", superset_url(s)),
-        ("spark", f"http://{s.bind_host}:{s.spark_master_webui_port}"),
+        ("spark", master_ui_url(s) + (" (with the platform's client certificate)" if s.secure else "")),
     ) if name in running or f"{name}-master" in running}
     return status
 
