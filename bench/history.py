@@ -30,7 +30,7 @@ import psycopg2
 from psycopg2 import sql
 
 from bench.candles import throwaway_postgres
-from crypto_assets.candle_runs import refresh_candles, refresh_rollup
+from crypto_assets.candle_runs import refresh_candles, refresh_rollups
 from crypto_assets.candle_store import MarketStore
 from crypto_assets.candles import ONE_HOUR, align_range, from_ms
 from crypto_assets.resources import spark_session
@@ -210,7 +210,7 @@ def main() -> None:
             market = MarketStore(settings.database_url)
             window = align_range(from_ms(t0), from_ms(hi), ONE_HOUR.size_ms)
             started = time.perf_counter()
-            refresh_rollup(spark, market, ONE_HOUR, backfill=window)
+            refresh_rollups(spark, market, [ONE_HOUR], {ONE_HOUR: window})
             rolled_s = time.perf_counter() - started
             started = time.perf_counter()
             refresh_candles(spark, market, dataclasses.replace(ONE_HOUR, rolled_up=False), backfill=window)

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         DEFINITIONS,
         selection=dg.AssetSelection.assets(*RUN_ASSETS),
         resources=build_resources(settings),
-        run_config=dg.RunConfig(ops={asset.key.to_user_string(): config for asset in CANDLE_ASSETS}),
+        run_config=dg.RunConfig(ops={asset.node_def.name: config for asset in CANDLE_ASSETS}),
         instance=instance,
         tags={PIPELINE_TAG: "backfill", "crypto/backfill": f"{args.start}/{args.end}"},
         raise_on_error=False,

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import reduce
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from crypto_assets.candle_store import Changes, MarketStore, SymbolState
@@ -29,6 +31,7 @@ from crypto_assets.spark_io import (
     read_minutes,
     read_trades,
     read_trades_by_id,
+    write_batches,
     write_staging,
 )
 from crypto_assets.transforms import (
@@ -168,9 +171,11 @@ def refresh_latest(spark: SparkSession, store: MarketStore) -> LatestRun:
     started = time.perf_counter()
     candles = read_candles(spark, _jdbc(store), ONE_MINUTE.table, lo, hi).cache()
     try:
-        newest_ids = [(row.symbol, int(row.agg_id)) for row in candles.where(F.col("trade_count") > 0)
-                      .groupBy("symbol").agg(F.max("last_agg_trade_id").alias("agg_id")).collect()]
-        candles_read = candles.count()
+        per_symbol = candles.groupBy("symbol").agg(
+            F.max(F.when(F.col("trade_count") > 0, F.col("last_agg_trade_id"))).alias("agg_id"),
+            F.count(F.lit(1)).alias("candles")).collect()
+        newest_ids = [(row.symbol, int(row.agg_id)) for row in per_symbol if row.agg_id is not None]
+        candles_read = sum(row.candles for row in per_symbol)
         if newest_ids:
             latest = latest_from_candles(candles, read_trades_by_id(spark, _jdbc(store), newest_ids))
             write_staging(latest, _jdbc(store), "latest_prices_staging", batch_id)
@@ -219,33 +224,50 @@ def _window_ranges(dirty: Mapping[str, set[int]], size_ms: int) -> list[tuple[st
     return ranges
 
 
-def refresh_rollup(spark: SparkSession, store: MarketStore, timeframe: Timeframe,
-                   backfill: tuple[int, int] | None = None) -> RollupRun:
-    """Recomputes, from the one-minute candles, the windows whose minutes changed since the last run (or
-    every window of ``backfill = [lo, hi)``); holds the one-minute table's lock so that no minute changes
-    meanwhile and the cursor (the newest ``updated_at`` read) misses nothing."""
-    size = timeframe.size_ms
-    with store.exclusive(timeframe.table), store.exclusive(ONE_MINUTE.table):
-        if backfill:
-            dirty, read_upto = store.minutes_in_range(timeframe, *backfill), None
-        else:
-            dirty, read_upto = store.minutes_changed(timeframe)
-        ranges = _window_ranges(dirty, size)
-        batch_id = uuid.uuid4().hex
+def refresh_rollups(spark: SparkSession, store: MarketStore, timeframes: Sequence[Timeframe],
+                    backfills: Mapping[Timeframe, tuple[int, int]] | None = None) -> dict[Timeframe, RollupRun]:
+    """Recomputes, from the one-minute candles, each rolled-up interval's windows whose minutes changed since
+    its own cursor (or every window of its ``backfills[timeframe] = [lo, hi)``), in one Spark job for them all.
+
+    Holds each interval's lock and the one-minute table's, so that no minute changes meanwhile and each cursor
+    (the newest ``updated_at`` read) misses nothing. Each interval is merged, then its cursor moved, on its own:
+    a failure leaves the intervals merged before it done and the others to the next run.
+    """
+    backfills = backfills or {}
+    with ExitStack() as locks:
+        for table in [*(timeframe.table for timeframe in timeframes), ONE_MINUTE.table]:
+            locks.enter_context(store.exclusive(table))
+        plans = []
+        for timeframe in timeframes:
+            backfill = backfills.get(timeframe)
+            dirty, read_upto = ((store.minutes_in_range(timeframe, *backfill), None) if backfill
+                                else store.minutes_changed(timeframe))
+            plans.append((timeframe, backfill, dirty, read_upto, _window_ranges(dirty, timeframe.size_ms),
+                          uuid.uuid4().hex))
         started = time.perf_counter()
+        staged = [candles_from_minutes(read_minutes(spark, _jdbc(store), ONE_MINUTE.table, ranges), timeframe.size_ms)
+                  .select(*STAGING_COLUMNS).withColumn("batch_id", F.lit(batch_id))
+                  for timeframe, _, _, _, ranges, batch_id in plans if ranges]
         try:
-            if ranges:
-                minutes = read_minutes(spark, _jdbc(store), ONE_MINUTE.table, ranges)
-                write_staging(candles_from_minutes(minutes, size).select(*STAGING_COLUMNS), _jdbc(store),
-                              "candle_staging", batch_id)
-            spark_seconds = time.perf_counter() - started
-            stats = (store.merge_candles(timeframe, batch_id, None, None, delete_range=backfill)
-                     if ranges or backfill else None)
+            if staged:
+                write_batches(reduce(DataFrame.unionByName, staged), _jdbc(store), "candle_staging")
         except Exception:
-            store.drop_batch(batch_id)
+            for *_, batch_id in plans:
+                store.drop_batch(batch_id)
             raise
-        if read_upto is not None:
-            store.advance_rollup_cursor(timeframe, read_upto)
-    windows = sum(len(starts) for starts in dirty.values())
-    return RollupRun(windows, windows * timeframe.minutes, stats.written if stats else 0, stats.span if stats else None,
-                     spark_seconds)
+        spark_seconds = time.perf_counter() - started
+        runs = {}
+        for index, (timeframe, backfill, dirty, read_upto, ranges, batch_id) in enumerate(plans):
+            try:
+                stats = (store.merge_candles(timeframe, batch_id, None, None, delete_range=backfill)
+                         if ranges or backfill else None)
+            except Exception:
+                for *_, unmerged in plans[index:]:
+                    store.drop_batch(unmerged)
+                raise
+            if read_upto is not None:
+                store.advance_rollup_cursor(timeframe, read_upto)
+            windows = sum(len(starts) for starts in dirty.values())
+            runs[timeframe] = RollupRun(windows, windows * timeframe.minutes, stats.written if stats else 0,
+                                        stats.span if stats else None, spark_seconds)
+    return runs

@@ -97,6 +97,9 @@ def read_trades_by_id(spark: SparkSession, jdbc: JdbcTarget, ids: Sequence[tuple
 
 def write_staging(frame: DataFrame, jdbc: JdbcTarget, table: str, batch_id: str) -> None:
     """Appends the frame, tagged with the run's batch id, to a staging table."""
-    (frame.withColumn("batch_id", F.lit(batch_id))
-     .write.option("batchsize", 10_000)
-     .jdbc(jdbc.url, f"stock.{table}", mode="append", properties=jdbc.properties()))
+    write_batches(frame.withColumn("batch_id", F.lit(batch_id)), jdbc, table)
+
+
+def write_batches(frame: DataFrame, jdbc: JdbcTarget, table: str) -> None:
+    """Appends the frame, whose ``batch_id`` column tags each row with its batch, to a staging table."""
+    frame.write.option("batchsize", 10_000).jdbc(jdbc.url, f"stock.{table}", mode="append", properties=jdbc.properties())

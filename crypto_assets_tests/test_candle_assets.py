@@ -24,7 +24,7 @@ from pyspark.sql import SparkSession
 
 from crypto_assets import backfill, sensors
 from crypto_assets.assets.aggregated_1min import aggregated_1min, aggregated_1min_checks
-from crypto_assets.assets.aggregated_5min import aggregated_5min, aggregated_5min_checks
+from crypto_assets.assets.aggregated_5min import aggregated_5min, consistent_with_aggregated_1min
 from crypto_assets.assets.catalog import DEFINITIONS
 from crypto_assets.assets.latest_prices import latest_prices, latest_prices_match_candles
 from crypto_assets.assets.real_time_prices import source_is_fresh
@@ -51,6 +51,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ALL_DEFS = DEFINITIONS
 CANDLE_ASSETS = dg.AssetSelection.assets(aggregated_1min, aggregated_5min, latest_prices)
+[FIVE_MINUTE_CONSISTENCY] = consistent_with_aggregated_1min.check_keys
+[SOURCE_IS_FRESH] = source_is_fresh.check_keys
 BTC_2023 = ("spot_BTCUSDT_2023-04-05", "spot_BTCUSDT_trades_2023-04-04T235959_to_2023-04-05T000654.csv")
 KLINES_2023 = ("spot_BTCUSDT_2023-04-05", "spot_BTCUSDT-1m-ohlcv_excerpt_2023-04-04T2359_to_2023-04-05T0007.csv")
 PAIR_2024 = "spot_BTCUSDT_ETHUSDT_2024-08-08"
@@ -83,7 +85,8 @@ def run_candles(settings: PlatformSettings, config: CandleRunConfig | None = Non
                           raise_on_error=raise_on_error)
 
 
-def run_check(settings: PlatformSettings, check: dg.AssetChecksDefinition) -> dg.AssetCheckEvaluation:
+def run_check(settings: PlatformSettings, check: dg.AssetCheckKey) -> dg.AssetCheckEvaluation:
+    """That one check alone (its step's other checks are not selected)."""
     result = dg.materialize(ALL_DEFS, selection=dg.AssetSelection.checks(check), resources=build_resources(settings),
                             instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
     [evaluation] = result.get_asset_check_evaluations()
@@ -303,13 +306,13 @@ def test_the_5min_check_compares_like_with_like_across_a_trade_committed_between
     refresh_candles(spark, store, ONE_MINUTE)
     insert_trades(db, between)
     refresh_candles(spark, store, FIVE_MINUTES)
-    evaluation = run_check(candles_env, aggregated_5min_checks[-1])
+    evaluation = run_check(candles_env, FIVE_MINUTE_CONSISTENCY)
     assert evaluation.passed, {k: v.value for k, v in evaluation.metadata.items()}
     assert evaluation.metadata["pending"].value == 1
 
     assert_all_checks_passed(run_candles(candles_env))
     assert_matches_reference(db, on_time + between)
-    evaluation = run_check(candles_env, aggregated_5min_checks[-1])
+    evaluation = run_check(candles_env, FIVE_MINUTE_CONSISTENCY)
     assert evaluation.passed and evaluation.metadata["pending"].value == 0
 
 
@@ -408,8 +411,9 @@ CORRUPTIONS = {
                           " first_trade_id, last_trade_id, trades, is_buyer_maker, source) VALUES ('ETHUSDT',"
                           " 999999999999, 1680652800000, '2023-04-05T00:00Z', 999999999999, 1, 1, 1, 1, false, 'test')"],
 }
-CHECKS = {**{next(iter(c.check_keys)).name: c for c in aggregated_1min_checks}, "consistent_with_aggregated_1min": aggregated_5min_checks[-1],
-          "latest_prices_match_candles": latest_prices_match_candles}
+CHECKS = {**{key.name: key for key in aggregated_1min_checks.check_keys},
+          "consistent_with_aggregated_1min": FIVE_MINUTE_CONSISTENCY,
+          "latest_prices_match_candles": next(iter(latest_prices_match_candles.check_keys))}
 
 
 @pytest.mark.parametrize("check_name", list(CORRUPTIONS))
@@ -434,11 +438,11 @@ def test_each_check_passes_on_good_data_and_fails_on_its_corruption(good_data, c
 
 def test_source_freshness_warns_on_old_trades_and_passes_on_fresh_ones(db, candles_env) -> None:
     insert_trades(db, [Trade("BTCUSDT", 1, Decimal("1"), Decimal("1"), ms(T0))])
-    stale = run_check(candles_env, source_is_fresh)
+    stale = run_check(candles_env, SOURCE_IS_FRESH)
     assert not stale.passed and stale.severity == dg.AssetCheckSeverity.WARN
     now = datetime.now(UTC)
     insert_trades(db, [Trade("ETHUSDT", 1, Decimal("1"), Decimal("1"), ms(now))])
-    assert run_check(candles_env, source_is_fresh).passed
+    assert run_check(candles_env, SOURCE_IS_FRESH).passed
 
 
 def test_the_minute_close_sensor_asks_once_per_closed_minute_as_soon_as_the_watermark_passed_it(

@@ -9,7 +9,7 @@ from crypto_assets.assets.attributes import CANDLE_FRESHNESS, GROUP, KINDS
 from crypto_assets.assets.materialize import materialize_candles
 from crypto_assets.assets.real_time_prices import real_time_prices
 from crypto_assets.assets.run_config import CandleRunConfig
-from crypto_assets.assets.sql_checks import candle_checks, sql_check
+from crypto_assets.assets.sql_checks import SqlCheck, integrity_checks, sql_checks
 from crypto_assets.candles import ONE_MINUTE
 from crypto_assets.resources import MarketDatabase
 
@@ -31,10 +31,8 @@ def aggregated_1min(context: dg.AssetExecutionContext, config: CandleRunConfig, 
 
 # Names (symbol, agg id) each trade the candles left out; not blocking: the other trades' candles and latest
 # prices stay right and keep flowing while someone decides about it.
-trades_aggregable = sql_check(
-    aggregated_1min, "trades_aggregable",
-    "No trade was left out of the candles for a price x volume too large to aggregate",
+trades_aggregable = SqlCheck(
+    "trades_aggregable", "No trade was left out of the candles for a price x volume too large to aggregate",
     lambda cursor: check_queries.trades_aggregable(cursor, ONE_MINUTE), blocking=False)
 
-
-aggregated_1min_checks = [*candle_checks(ONE_MINUTE, aggregated_1min), trades_aggregable]
+aggregated_1min_checks = sql_checks(aggregated_1min, [*integrity_checks(ONE_MINUTE), trades_aggregable])

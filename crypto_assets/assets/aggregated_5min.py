@@ -9,7 +9,7 @@ from crypto_assets.assets.attributes import CANDLE_FRESHNESS, GROUP, KINDS
 from crypto_assets.assets.materialize import materialize_candles
 from crypto_assets.assets.real_time_prices import real_time_prices
 from crypto_assets.assets.run_config import CandleRunConfig
-from crypto_assets.assets.sql_checks import candle_checks, consistent_with_one_minute_check
+from crypto_assets.assets.sql_checks import consistent_with_one_minute, integrity_checks, sql_check, sql_checks
 from crypto_assets.candles import FIVE_MINUTES
 from crypto_assets.resources import MarketDatabase
 
@@ -28,9 +28,9 @@ def aggregated_5min(context: dg.AssetExecutionContext, config: CandleRunConfig, 
     return materialize_candles(context, config, pyspark, market_db, FIVE_MINUTES)
 
 
-# Open, close, high, low, volume and count of a final window agree with the one-minute table.
-consistent_with_aggregated_1min = consistent_with_one_minute_check(
-    FIVE_MINUTES, aggregated_5min, aggregated_1min, "Each final 5-minute candle equals its 1-minute candles rolled up")
+aggregated_5min_checks = sql_checks(aggregated_5min, integrity_checks(FIVE_MINUTES))
 
-
-aggregated_5min_checks = [*candle_checks(FIVE_MINUTES, aggregated_5min), consistent_with_aggregated_1min]
+# Open, close, high, low, volume and count of a final window agree with the one-minute table. A step of its own:
+# it waits for aggregated_1min, which the five-minute candles do not, so a failed one-minute run leaves the
+# integrity checks above still running.
+consistent_with_aggregated_1min = sql_check(aggregated_5min, consistent_with_one_minute(FIVE_MINUTES, aggregated_1min))

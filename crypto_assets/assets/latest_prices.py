@@ -7,7 +7,7 @@ from crypto_assets import check_queries
 from crypto_assets.assets.aggregated_1min import aggregated_1min
 from crypto_assets.assets.attributes import CANDLE_FRESHNESS, GROUP, KINDS
 from crypto_assets.assets.real_time_prices import real_time_prices
-from crypto_assets.assets.sql_checks import sql_check
+from crypto_assets.assets.sql_checks import SqlCheck, sql_check
 from crypto_assets.candle_runs import refresh_latest
 from crypto_assets.resources import MarketDatabase
 
@@ -29,7 +29,6 @@ def latest_prices(context: dg.AssetExecutionContext, pyspark: PySparkResource,
 
 
 # Catches a half-published set or a latest price that no candle explains.
-latest_prices_match_candles = sql_check(
-    latest_prices, "latest_prices_match_candles",
-    "Latest price = close of the newest 1-minute candle with trades, within the 24 h range",
-    check_queries.latest_prices_consistent)
+latest_prices_match_candles = sql_check(latest_prices, SqlCheck(
+    "latest_prices_match_candles", "Latest price = close of the newest 1-minute candle with trades, within the 24 h "
+    "range", check_queries.latest_prices_consistent))

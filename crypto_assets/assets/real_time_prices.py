@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from crypto_assets.assets.sql_checks import sql_check
+from crypto_assets.assets.sql_checks import SqlCheck, sql_check
 from crypto_assets.candle_runs import now_ms
 from crypto_assets.candle_store import MarketStore
 from crypto_assets.candles import from_ms
@@ -45,7 +45,7 @@ def observe(store: MarketStore) -> tuple[dg.DataVersion, dict[str, object]]:
 
 
 # Warns (does not block) when ingestion stalls: the candles would still be exact, only late.
-source_is_fresh = sql_check(
-    real_time_prices, "source_is_fresh", f"The newest trade is at most {SOURCE_FRESHNESS_LIMIT_S:.0f} s old",
+source_is_fresh = sql_check(real_time_prices, SqlCheck(
+    "source_is_fresh", f"The newest trade is at most {SOURCE_FRESHNESS_LIMIT_S:.0f} s old",
     lambda cursor: source_freshness(cursor, now_ms(), SOURCE_FRESHNESS_LIMIT_S),
-    blocking=False, severity=dg.AssetCheckSeverity.WARN)
+    blocking=False, severity=dg.AssetCheckSeverity.WARN))
