@@ -19,6 +19,7 @@ from local_stack.backup_plan import (
     conf_literal,
     describe_backups,
     parse_target,
+    recovery_fatal,
     recovery_settings,
     restore_command,
     rewound_acked,
@@ -90,6 +91,20 @@ def test_recovery_settings_name_the_target_in_utc() -> None:
     assert "recovery_target_action = 'promote'" in text
     assert "recovery_target_time =" not in recovery_settings(None)
     assert conf_literal("it's") == "'it''s'"
+
+
+def test_a_failed_recovery_is_explained_by_the_startup_process_not_by_refused_clients() -> None:
+    """CI saw "recovery failed: ... the database system is in recovery mode": the last FATAL line of the log
+    was a client refused while recovery ended, not the reason recovery ended."""
+    log = "\n".join([
+        "2026-12-07 09:29:56.101 UTC [4242] LOG:  starting point-in-time recovery to 2026-12-07 09:29:55.287+00",
+        "2026-12-07 09:29:56.480 UTC [4242] FATAL:  recovery ended before configured recovery target was reached",
+        "2026-12-07 09:29:56.481 UTC [4250] crypto@postgres FATAL:  the database system is in recovery mode",
+        "2026-12-07 09:29:56.482 UTC [4251] [unknown]@[unknown] FATAL:  the database system is shutting down",
+        "2026-12-07 09:29:56.490 UTC [4240] LOG:  startup process (PID 4242) exited with exit code 1",
+    ])
+    assert recovery_fatal(log) == "recovery ended before configured recovery target was reached"
+    assert recovery_fatal(log.splitlines()[2]) is None
 
 
 def test_the_archive_keeps_a_segment_once_and_refuses_a_different_one(tmp_path: Path) -> None:

@@ -22,6 +22,9 @@ ARCHIVE_TIMEOUT_S = 60
 # A segment, a backup's history file or a timeline's last partial segment, as archived (gzip'ed or not).
 ARCHIVED_WAL = re.compile(r"^([0-9A-F]{24})(\.[0-9A-F]{8}\.backup|\.partial)?(\.gz)?$")
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")
+# A server log line (log_line_prefix '%m [%p] %q%u@%d ') from a process without a session: the startup
+# process that replays WAL, not a client whose connection was refused meanwhile ("user@db FATAL: ...").
+SERVER_PROCESS_FATAL = re.compile(r"^\S+ \S+ \S+ \[\d+\] FATAL:\s*(.+)$")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
@@ -136,6 +139,15 @@ def recovery_settings(target: datetime | None) -> str:
         lines += [f"recovery_target_time = '{target.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}+00'",
                   "recovery_target_inclusive = on"]
     return "\n".join(lines) + "\n"
+
+
+def recovery_fatal(log_text: str) -> str | None:
+    """Why recovery stopped: the last FATAL line of a server process in ``log_text``. Clients refused while
+    the server recovers log FATAL lines too ("the database system is in recovery mode"); those say
+    nothing about the recovery and are skipped."""
+    reasons = [match.group(1).strip() for line in log_text.splitlines()
+               if (match := SERVER_PROCESS_FATAL.match(line))]
+    return reasons[-1] if reasons else None
 
 
 def backup_stamp(at: datetime) -> str:

@@ -25,6 +25,7 @@ from local_stack.backup_plan import (
     BaseBackup,
     backup_stamp,
     backups_to_delete,
+    recovery_fatal,
     recovery_settings,
     start_segment,
     wal_to_delete,
@@ -33,6 +34,8 @@ from local_stack.postgres import PostgresServer, ServerAccount, pg_bin_dir, prep
 from local_stack.processes import StackError, tail, wait_until
 
 RECOVERY_TIMEOUT_S = 3600
+# A recovery that stopped early: the postmaster shuts down right after its startup process's FATAL line.
+FAILED_RECOVERY_EXIT_S = 30
 RECOVERY_CONF = "recovery_target.conf"
 log = logging.getLogger(__name__)
 
@@ -198,7 +201,9 @@ def restore_cluster(server: PostgresServer, store: BackupStore, backup: BaseBack
         server.start()
         _wait_until_promoted(server)
     except (StackError, psycopg2.OperationalError) as exc:
-        # A recovery that ends early can pass the start's readiness and exit before its first connection.
+        # A recovery that ends early can pass the start's readiness and exit before its first connection;
+        # its reason is in the log once the server has stopped.
+        wait_until(lambda: not server.is_running(), FAILED_RECOVERY_EXIT_S, interval=0.5)
         reason = _server_fatal(server) or str(exc).splitlines()[0]
         raise StackError(f"recovery failed: {reason}; the data from before the restore "
                          f"is kept in {aside}; run make restore again with an earlier TIME or none") from None
@@ -239,8 +244,8 @@ def _wait_until_promoted(server: PostgresServer) -> None:
 
 
 def _server_fatal(server: PostgresServer) -> str:
-    """The server's last FATAL line (why recovery stopped), without its prefix."""
+    """Why recovery stopped, from the newest server log: its startup process's last FATAL line."""
     logs = sorted(server.log_dir.glob("postgresql-*.log"), key=lambda p: p.stat().st_mtime)
-    lines = [line for line in tail(logs[-1], 30).splitlines() if "FATAL:" in line] if logs else []
-    return "PostgreSQL: " + lines[-1].split("FATAL:", 1)[1].strip() if lines else ""
+    reason = recovery_fatal(tail(logs[-1], 200)) if logs else None
+    return f"PostgreSQL: {reason}" if reason else ""
 
