@@ -1,4 +1,4 @@
-"""Resources of the assets, configured from the environment through ``PlatformSettings``.
+"""Resources of the assets, configured once from the environment through ``PlatformSettings``.
 
 ``PySparkResource`` (dagster-pyspark) gives the assets their SparkSession, on both paths (its subclass
 here only hides an empty ``SPARK_REMOTE`` from PySpark's builder while the in-process session is made):
@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
@@ -29,18 +30,30 @@ from pyspark.sql import SparkSession
 
 from crypto_assets.candle_store import MarketStore
 from crypto_assets.transforms import SPARK_EXACTNESS_CONFIG
-from crypto_platform.credentials import CANDLE_WRITER, role_database_url
-from crypto_platform.settings import PlatformSettings
+from crypto_platform.credentials import CANDLE_WRITER, private_secret, secret_path
+from crypto_platform.settings import PlatformSettings, url_as
 
 
 class MarketDatabase(dg.ConfigurableResource):
-    """The market-data PostgreSQL. ``database_url`` empty = DATABASE_URL's server as role ``candle_writer``
-    at run time, so no password ever sits in Dagster's resource config."""
+    """The market-data PostgreSQL as role ``candle_writer``, its values fixed once by ``from_settings``.
 
-    database_url: str = ""
+    ``server_url`` is DATABASE_URL's server, database and TLS options without any login. The password is
+    ``password`` when CANDLE_WRITER_PASSWORD is set (a ``dg.EnvVar``: the resource config, and so the UI,
+    holds the variable's name, never its value), else the one generated into ``password_file``."""
+
+    server_url: str
+    password: str = ""
+    password_file: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: PlatformSettings) -> MarketDatabase:
+        password = dg.EnvVar("CANDLE_WRITER_PASSWORD") if settings.candle_writer_password else ""
+        return cls(server_url=url_as(settings.database_url), password=password,
+                   password_file=str(secret_path(settings, CANDLE_WRITER)))
 
     def store(self) -> MarketStore:
-        return MarketStore(self.database_url or role_database_url(PlatformSettings.from_env(), CANDLE_WRITER))
+        password = self.password.strip() or private_secret(Path(self.password_file))
+        return MarketStore(url_as(self.server_url, CANDLE_WRITER, password))
 
 
 # Settings a session may carry itself (also the Connect server's defaults): exact decimals, UTC, small shuffles.
@@ -115,5 +128,7 @@ def spark_session(settings: PlatformSettings) -> SparkSession:
 
 
 def build_resources(settings: PlatformSettings | None = None) -> dict[str, dg.ConfigurableResource]:
+    """The assets' resources, their values taken once from ``settings`` (default: the environment's)."""
     settings = settings or PlatformSettings.from_env()
-    return {"pyspark": PlatformPySparkResource(spark_config=spark_config(settings)), "market_db": MarketDatabase()}
+    return {"pyspark": PlatformPySparkResource(spark_config=spark_config(settings)),
+            "market_db": MarketDatabase.from_settings(settings)}

@@ -453,7 +453,7 @@ def test_the_minute_close_sensor_asks_once_per_closed_minute_as_soon_as_the_wate
     def tick(at_ms: int) -> dg.SkipReason | dg.RunRequest:
         monkeypatch.setattr(sensors, "now_ms", lambda: at_ms)
         context = dg.build_sensor_context(instance=instance, cursor=state["cursor"],
-                                          resources={"market_db": MarketDatabase()})
+                                          resources={"market_db": MarketDatabase.from_settings(candles_env)})
         result = minute_close_sensor(context)
         if isinstance(result, dg.SkipReason):
             return result

@@ -204,8 +204,9 @@ def test_every_client_factory_logs_in_as_its_own_role(stack: LocalStack) -> None
 
     settings = stack.settings
     assert urlsplit(ConsumerConfig.from_settings(settings).database_url).username == INGEST_WRITER
-    assert urlsplit(MarketDatabase().store().database_url).username == CANDLE_WRITER
-    assert JdbcTarget.from_database_url(MarketDatabase().store().database_url).user == CANDLE_WRITER
+    market_url = MarketDatabase.from_settings(settings).store().database_url
+    assert urlsplit(market_url).username == CANDLE_WRITER
+    assert JdbcTarget.from_database_url(market_url).user == CANDLE_WRITER
     assert dagster_environment(settings)["DAGSTER_PG_USER"] == DAGSTER
     assert urlsplit(server_environment(settings)["SUPERSET_METADATA_URI"]).username == SUPERSET_META
     assert settings.pg_user not in {INGEST_WRITER, CANDLE_WRITER, DAGSTER, SUPERSET_META, SUPERSET_READER}

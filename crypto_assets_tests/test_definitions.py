@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import dagster as dg
+import pytest
 import yaml
 
 from crypto_assets.assets.catalog import CHECKS
 from crypto_assets.definitions import defs
+from crypto_assets.resources import build_resources
+from crypto_platform.settings import PlatformSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,3 +81,31 @@ def test_the_candle_job_runs_each_assets_checks_as_one_step() -> None:
     assert steps["aggregated_5min_consistent_with_aggregated_1min"] == {("aggregated_5min",
                                                                           "consistent_with_aggregated_1min")}
     assert len(defs.resolve_job_def("candles_job").graph.nodes) == 4 + 8
+
+
+def test_market_db_config_names_the_candle_writer_password_variable_and_never_holds_its_value(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("CANDLE_WRITER_PASSWORD", "from the environment")
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    market_db = build_resources()["market_db"]
+    shown = json.loads(market_db.get_resource_definition().config_schema.default_value_as_json_str)
+    assert shown["password"] == {"env": "CANDLE_WRITER_PASSWORD"}
+    assert "from the environment" not in json.dumps(shown)
+    assert urlsplit(shown["server_url"]).username is None
+    monkeypatch.setattr(PlatformSettings, "from_env", None)  # a store is made without reading the settings again
+    url = urlsplit(market_db.process_config_and_initialize().store().database_url)
+    assert (url.username, unquote(url.password)) == ("candle_writer", "from the environment")
+    assert not (tmp_path / "secrets").exists()
+
+
+def test_market_db_without_a_configured_password_logs_in_with_the_generated_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("CANDLE_WRITER_PASSWORD", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    market_db = build_resources()["market_db"]
+    assert not (tmp_path / "secrets").exists()  # made at the first store, at run time
+    url = urlsplit(market_db.process_config_and_initialize().store().database_url)
+    assert url.username == "candle_writer"
+    assert unquote(url.password) == (tmp_path / "secrets" / "candle_writer").read_text().strip()

@@ -26,6 +26,7 @@ DAGSTER = "dagster"
 SUPERSET_META = "superset_meta"
 SUPERSET_READER = "superset_reader"
 SCRAM_ITERATIONS = 4096
+SECRETS_FOLDER = "secrets"  # in STATE_DIR
 
 # role -> the setting that may give its password (else generated)
 _CONFIGURED = {
@@ -57,12 +58,22 @@ def private_folder(path: Path) -> Path:
 
 def secrets_dir(settings: PlatformSettings) -> Path:
     """``STATE_DIR/secrets``, created 0700."""
-    return private_folder(settings.state_dir / "secrets")
+    return private_folder(settings.state_dir / SECRETS_FOLDER)
+
+
+def secret_path(settings: PlatformSettings, name: str) -> Path:
+    """``STATE_DIR/secrets/<name>``, where the secret ``name`` is generated (nothing is created here)."""
+    return settings.state_dir / SECRETS_FOLDER / name
 
 
 def generated_secret(settings: PlatformSettings, name: str, nbytes: int = 24) -> str:
     """``STATE_DIR/secrets/<name>``, generated once."""
-    return secret_file(secrets_dir(settings) / name, nbytes)
+    return private_secret(secret_path(settings, name), nbytes)
+
+
+def private_secret(path: Path, nbytes: int = 24) -> str:
+    """The secret in ``path``, in a 0700 folder, generated once."""
+    return secret_file(private_folder(path.parent) / path.name, nbytes)
 
 
 def secret_file(path: Path, nbytes: int = 24) -> str:

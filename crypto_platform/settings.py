@@ -463,7 +463,14 @@ class PlatformSettings:
 
     def database_url_as(self, role: str, password: str, database: str | None = None) -> str:
         """The same server (and TLS options) as DATABASE_URL, logged in as ``role``; its database or another."""
-        parts = urlsplit(self.database_url)
-        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else (parts.hostname or "")
-        netloc = f"{quote(role, safe='')}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc, path=f"/{database}" if database else parts.path).geturl()
+        return url_as(self.database_url, role, password, database)
+
+
+def url_as(database_url: str, role: str = "", password: str = "", database: str | None = None) -> str:
+    """``database_url``'s server and options, logged in as ``role`` (no login at all when empty), to its
+    database or ``database``."""
+    parts = urlsplit(database_url)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else (parts.hostname or "")
+    login = f"{quote(role, safe='')}:{quote(password, safe='')}@" if role else ""
+    netloc = login + host + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc, path=f"/{database}" if database else parts.path).geturl()
