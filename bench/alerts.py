@@ -28,7 +28,6 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from unittest import mock
 
 import psutil
 import psycopg2
@@ -37,7 +36,7 @@ from bench.freshness import percentile
 from crypto_assets_tests.alert_inbox import Inbox, Received, running_inbox
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings
-from local_stack.ephemeral import ephemeral_stack
+from local_stack.ephemeral import ephemeral_stack, process_environment
 from local_stack.processes import StackError
 from local_stack.redis_server import redis_service
 from local_stack.service import ManagedService
@@ -214,7 +213,7 @@ def _start(service: ManagedService) -> None:
 
 
 def run(samples: int, idle_s: int) -> list[str]:
-    with running_inbox() as inbox, mock.patch.dict(os.environ, {
+    with running_inbox() as inbox, process_environment({
         "SUPERSET_ALERT_WEBHOOK_URL": inbox.webhook_url, "SUPERSET_ALERT_GRACE_S": "1", "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(inbox.smtp_port), "SMTP_STARTTLS": "0", "SMTP_MAIL_TO": "bench@example.com",
     }):

@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from unittest import mock
 
 import psycopg2
 
@@ -30,7 +29,7 @@ from crypto_assets.candle_store import MarketStore
 from crypto_assets.candles import FIVE_MINUTES, ONE_MINUTE, window_start
 from crypto_assets.resources import spark_session
 from crypto_platform.settings import PlatformSettings
-from local_stack.ephemeral import make_state_dir
+from local_stack.ephemeral import make_state_dir, process_environment
 from local_stack.processes import free_port
 from local_stack.stack import LocalStack
 
@@ -51,9 +50,8 @@ GENERATE = (
 def throwaway_postgres() -> Iterator[PlatformSettings]:
     state_dir = make_state_dir("crypto-bench-candles-")
     # In-process Spark (SPARK_REMOTE empty): these benches start no Spark Connect server.
-    with mock.patch.dict("os.environ", {"STATE_DIR": str(state_dir), "PG_PORT": str(free_port()),
-                                        "DATABASE_URL": "", "SPARK_REMOTE": "",
-                                        "SPARK_MASTER": os.environ.get("SPARK_MASTER", "local[*]")}):
+    with process_environment({"STATE_DIR": str(state_dir), "PG_PORT": str(free_port()), "DATABASE_URL": "",
+                              "SPARK_REMOTE": "", "SPARK_MASTER": os.environ.get("SPARK_MASTER", "local[*]")}):
         settings = PlatformSettings.from_env()
         stack = LocalStack(settings)
         stack.start_database()  # the schema and the run-time roles the candle job connects as

@@ -24,7 +24,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from unittest import mock
 
 import psutil
 import psycopg2
@@ -32,7 +31,8 @@ import psycopg2
 from bench.modes import MODES, Figure, comparison, mode_list
 from crypto_assets_tests.platform_harness import PlatformUnderTest  # run from the repository's root
 from crypto_platform.settings import PlatformSettings
-from local_stack.stack import LocalStack, dagster_environment
+from local_stack.dagster_instance import dagster_instance
+from local_stack.stack import LocalStack
 
 FINAL_WAIT_S = 120
 IDLE_S = 60
@@ -128,9 +128,9 @@ def watch_windows(database_url: str, started: float, minutes: int) -> tuple[list
 
 def run_figures(settings: PlatformSettings, figures: PathFigures, since: float) -> None:
     """Candle runs the sensor launched after ``since``: wall time, Spark seconds, resource set-up, start delay."""
-    from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
 
-    with mock.patch.dict(os.environ, dagster_environment(settings)), DagsterInstance.get() as instance:
+    with dagster_instance(settings) as instance:
         records = instance.get_run_records(RunsFilter(job_name="candles_job", statuses=[DagsterRunStatus.SUCCESS]))
         for record in records:
             if record.start_time is None or record.end_time is None or record.start_time < since:

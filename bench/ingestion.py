@@ -26,7 +26,6 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
-from unittest import mock
 
 import psutil
 import psycopg2
@@ -36,7 +35,7 @@ from kafka import KafkaProducer
 from bench.modes import MODES, Figure, comparison, mode_list
 from crypto_platform.credentials import KAFKA_CONSUMER, KAFKA_PRODUCER, kafka_security
 from crypto_platform.settings import PlatformSettings
-from local_stack.ephemeral import ephemeral_stack, make_state_dir
+from local_stack.ephemeral import ephemeral_stack, make_state_dir, process_environment
 from local_stack.processes import free_port, stop_processes, wait_until
 from local_stack.stack import REPO_ROOT, LocalStack
 from streaming_services.consumer import ConsumerConfig, PricesConsumer, classify
@@ -408,7 +407,7 @@ def main() -> None:
         if len(args.modes) > 1:
             print(f"== {mode} (SECURE={MODES[mode]})", flush=True)
         environment = {"SECURE": MODES[mode], "CONSUMER_GROUP": BENCH_GROUP_PREFIX}
-        with mock.patch.dict(os.environ, environment), ephemeral_stack(f"crypto-bench-{mode}-") as stack:
+        with process_environment(environment), ephemeral_stack(f"crypto-bench-{mode}-") as stack:
             results[mode] = run_parts(args, args.part or PARTS, stack)
     if {"plain", "secure"} <= results.keys():
         print("\n".join(comparison(results)), flush=True)

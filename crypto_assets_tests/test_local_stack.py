@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from local_stack.ephemeral import make_state_dir, stack_environment
+from local_stack.ephemeral import make_state_dir, process_environment, stack_environment
 from local_stack.migrations import apply_migrations
 from local_stack.stack import LocalStack
 
@@ -244,3 +244,14 @@ def test_a_dead_server_shows_down_and_up_restarts_only_it(cli_env: dict[str, str
     after = _status_table(cli_env)
     assert after["kafka"][0] == "up" and after["kafka"][1] != before["kafka"][1]
     assert after["postgres"] == before["postgres"], "up touched a server that was running"
+
+
+def test_process_environment_sets_values_for_the_block_then_restores_the_environment_exactly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRYPTO_TEST_KEPT", "before")
+    monkeypatch.delenv("CRYPTO_TEST_ADDED", raising=False)
+    before = dict(os.environ)
+    with process_environment({"CRYPTO_TEST_KEPT": "inside", "CRYPTO_TEST_ADDED": "inside"}):
+        assert (os.environ["CRYPTO_TEST_KEPT"], os.environ["CRYPTO_TEST_ADDED"]) == ("inside", "inside")
+        os.environ["CRYPTO_TEST_SET_IN_THE_BLOCK"] = "1"
+    assert dict(os.environ) == before

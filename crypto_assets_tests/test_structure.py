@@ -73,3 +73,15 @@ def test_the_dagster_code_needs_nothing_of_the_local_stack() -> None:
     reaching = {module: sorted(t for t in targets if t.startswith("local_stack"))
                 for module, targets in graph.items() if module.startswith("crypto_assets")}
     assert not {module: targets for module, targets in reaching.items() if targets}
+
+
+def test_run_time_code_patches_nothing_with_unittest_mock() -> None:
+    users = []
+    for package in PACKAGES:
+        for path in (REPO_ROOT / package).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+            imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+            if any(name == "unittest" or name.startswith("unittest.") for name in imported):
+                users.append(str(path.relative_to(REPO_ROOT)))
+    assert not users

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 from crypto_platform.settings import PlatformSettings
 from local_stack.jars import postgresql_jdbc_jar
@@ -34,10 +34,23 @@ def make_state_dir(prefix: str) -> Path:
 
 
 @contextmanager
+def process_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` while the block runs (for the settings read and the processes started
+    in it), then exactly as it was before, whatever the block set meanwhile."""
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextmanager
 def ephemeral_stack(prefix: str = "crypto-stack-") -> Iterator[LocalStack]:
     """Kafka + PostgreSQL with the schema and topic; os.environ points at them while the block runs."""
     state_dir = make_state_dir(prefix)
-    with mock.patch.dict("os.environ", stack_environment(state_dir)):
+    with process_environment(stack_environment(state_dir)):
         stack = LocalStack(PlatformSettings.from_env())
         try:
             stack.start_servers()
