@@ -152,7 +152,8 @@ def run_figures(settings: PlatformSettings, figures: PathFigures, since: float) 
                     if not step_started:
                         figures.parts_s.setdefault("process start", []).append(event.timestamp - record.start_time)
                     step_started[dagster_event.step_key] = event.timestamp
-                elif dagster_event.event_type == DagsterEventType.STEP_SUCCESS and dagster_event.step_key in step_started:
+                elif (dagster_event.event_type == DagsterEventType.STEP_SUCCESS
+                      and dagster_event.step_key in step_started):
                     took = event.timestamp - step_started[dagster_event.step_key]
                     figures.parts_s.setdefault(dagster_event.step_key, []).append(took)
                     in_steps += took
@@ -192,7 +193,8 @@ def connect_idle_cost(settings: PlatformSettings) -> str:
     time.sleep(IDLE_S)
     share = (cpu_s() - before) / (time.monotonic() - started)
     rss_mb = sum(p.memory_info().rss for p in processes) / 2**20
-    return f"Spark Connect server idle (Dagster stopped): RSS {rss_mb:.0f} MB, CPU {share:.2%} of one core over {IDLE_S} s"
+    return (f"Spark Connect server idle (Dagster stopped): RSS {rss_mb:.0f} MB, CPU {share:.2%} of one core over "
+            f"{IDLE_S} s")
 
 
 def measure(name: str, overrides: dict[str, str], minutes: int) -> PathFigures:

@@ -69,9 +69,10 @@ def generate(path: Path, table_csv: Path, rows: int, days: int) -> int:
         for i in range(rows):
             price, qty = f"{60000 + (i * 7919) % 100000 / 100:.2f}", f"{((i * 104729) % 100000 + 1) / 100000:.5f}"
             micros, maker = t0 * 1000 + i * step_us, i % 2 == 1
-            source.write(f"{1_000_000 + i},{price},{qty},{3_000_000 + 2 * i},{3_000_001 + 2 * i},{micros},{maker},True\n")
+            agg_id, first_id, last_id = 1_000_000 + i, 3_000_000 + 2 * i, 3_000_001 + 2 * i
+            source.write(f"{agg_id},{price},{qty},{first_id},{last_id},{micros},{maker},True\n")
             ms = micros // 1000
-            table.write(f"{SYMBOL},{price},{ms},{event_time(ms)},{qty},{1_000_000 + i},{3_000_000 + 2 * i},{3_000_001 + 2 * i},"
+            table.write(f"{SYMBOL},{price},{ms},{event_time(ms)},{qty},{agg_id},{first_id},{last_id},"
                         f"2,{maker},replay,0\n")
     return t0
 
@@ -103,7 +104,8 @@ def server_profile(database_url: str, table_csv: Path) -> dict[str, float]:
     merge = [PLAIN_COPY.replace("stock.real_time_prices", "staged"),
              "INSERT INTO stock.real_time_prices SELECT * FROM staged ON CONFLICT (symbol, agg_trade_id) DO NOTHING"]
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE indexname = ANY(%s)", (list(SECONDARY_INDEXES),))
+        cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE indexname = ANY(%s)",
+                       (list(SECONDARY_INDEXES),))
         definitions = cursor.fetchall()
     connection.close()
     for name, setup, statements in (
@@ -186,7 +188,8 @@ def main() -> None:
               "importer_rows_per_s": round(args.rows / import_s), "plain_copy_s": round(copy_s, 1),
               "plain_copy_rows_per_s": round(args.rows / copy_s), "ratio": round(copy_s / import_s, 2)})
         if args.server_profile:
-            emit({"figure": "import_server_side", "rows": args.rows, **server_profile(settings.database_url, converted)})
+            emit({"figure": "import_server_side", "rows": args.rows,
+                  **server_profile(settings.database_url, converted)})
         converted.unlink()
         if args.import_only or args.server_profile:
             emit({"load_average_after": os.getloadavg()})

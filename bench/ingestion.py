@@ -360,7 +360,8 @@ def steady_latency(settings: PlatformSettings, stack: LocalStack, rate: int, sec
     with psycopg2.connect(settings.database_url) as connection, connection.cursor() as cursor:
         # Skip the first seconds: connection set-up and the consumer group's first join are not steady state.
         cursor.execute("SELECT extract(epoch FROM created_at - event_time) FROM stock.real_time_prices"
-                       " WHERE event_time > (SELECT min(event_time) + interval '5 seconds' FROM stock.real_time_prices)")
+                       " WHERE event_time > (SELECT min(event_time) + interval '5 seconds'"
+                       " FROM stock.real_time_prices)")
         e2e = [float(row[0]) for row in cursor.fetchall()]
         cursor.execute("SELECT count(*) FROM stock.real_time_prices")
         total = cursor.fetchone()[0]
@@ -397,7 +398,8 @@ def main() -> None:
     parser.add_argument("--rate", type=positive_int, default=1000, help="trades per second for the latency run")
     parser.add_argument("--seconds", type=positive_int, default=30, help="length of the latency run")
     parser.add_argument("--workers", type=worker_counts, default=[1, 2, 3],
-                        help="producer and consumer processes of the chain runs, comma list (consumers at most the partitions)")
+                        help="producer and consumer processes of the chain runs, comma list (consumers at most the "
+                        "partitions)")
     parser.add_argument("--part", choices=PARTS, action="append", help="run only this part (repeatable)")
     parser.add_argument("--modes", type=mode_list, default=["plain"],
                         help="comma list of plain (SECURE=0), secure (SECURE=1): each on a new stack, then compared")
@@ -443,9 +445,10 @@ def run_parts(args: argparse.Namespace, parts: tuple[str, ...], stack: LocalStac
             print(f"  chain with {workers} producer and {min(workers, settings.kafka_partitions)} consumer "
                   f"worker(s): {rates[workers]:,.0f} trades/s, every id once", flush=True)
         best = max(rates, key=rates.get)
-        print(f"whole chain at full replay speed: {rates[best]:,.0f} trades/s ({args.rows // len(SYMBOLS) * len(SYMBOLS):,} "
-              f"trades of {len(SYMBOLS)} symbols, replay → producer → Kafka → consumer → PostgreSQL; best of "
-              f"{', '.join(map(str, rates))} workers: {best})", flush=True)
+        print(f"whole chain at full replay speed: {rates[best]:,.0f} trades/s "
+              f"({args.rows // len(SYMBOLS) * len(SYMBOLS):,} trades of {len(SYMBOLS)} symbols, "
+              f"replay → producer → Kafka → consumer → PostgreSQL; best of {', '.join(map(str, rates))} workers: "
+              f"{best})", flush=True)
         figures["chain, best of the worker counts, trades/s"] = Figure(rates[best], True)
     if "latency" in parts:
         latency = steady_latency(settings, stack, args.rate, args.seconds)

@@ -4,10 +4,10 @@
 
 Runs the candle assets of every interval in backfill mode (the range widened to whole windows of each: its
 candles deleted and recomputed, from the trades or the one-minute candles, in one transaction per table),
-then latest_prices and
-every check, as one Dagster run: in the instance of ``DAGSTER_HOME`` when set (it shows in the UI),
-else in a temporary one. The tables' advisory locks keep it from overlapping a sensor-driven run.
-Spark's JVM ends with this process. Exit 0 on success, 1 when the run or a check failed, 2 on bad input (one line on stderr).
+then latest_prices and every check, as one Dagster run: in the instance of ``DAGSTER_HOME`` when set (it
+shows in the UI), else in a temporary one. The tables' advisory locks keep it from overlapping a
+sensor-driven run. Spark's JVM ends with this process. Exit 0 on success, 1 when the run or a check
+failed, 2 on bad input (one line on stderr).
 """
 
 import argparse
@@ -46,7 +46,8 @@ def _answers(spark_remote: str, timeout_s: float = 5.0) -> bool:
 
     url = urlsplit(spark_remote)
     try:
-        socket.create_connection((url.hostname, url.port or DefaultChannelBuilder.default_port()), timeout=timeout_s).close()
+        address = (url.hostname, url.port or DefaultChannelBuilder.default_port())
+        socket.create_connection(address, timeout=timeout_s).close()
     except OSError:
         return False
     return True

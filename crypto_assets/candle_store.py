@@ -102,7 +102,8 @@ class MarketStore:
             "WITH RECURSIVE symbols(symbol) AS ("
             "  (SELECT symbol FROM stock.real_time_prices ORDER BY symbol LIMIT 1)"
             "  UNION ALL"
-            "  SELECT (SELECT r.symbol FROM stock.real_time_prices r WHERE r.symbol > s.symbol ORDER BY r.symbol LIMIT 1)"
+            "  SELECT (SELECT r.symbol FROM stock.real_time_prices r WHERE r.symbol > s.symbol"
+            "          ORDER BY r.symbol LIMIT 1)"
             "  FROM symbols s WHERE s.symbol IS NOT NULL)"
             " SELECT symbol, (SELECT r.timestamp FROM stock.real_time_prices r WHERE r.symbol = symbols.symbol"
             "  ORDER BY r.event_time DESC LIMIT 1) FROM symbols WHERE symbol IS NOT NULL"
@@ -154,7 +155,8 @@ class MarketStore:
                 cursor.execute(_LEFT_OUT.format(where=sql.SQL(
                     "event_time >= timestamptz 'epoch' + %(lo)s * interval '1 millisecond'"
                     " AND event_time < timestamptz 'epoch' + %(hi)s * interval '1 millisecond'"
-                    " AND timestamp >= %(lo)s AND timestamp < %(hi)s")), {"lo": lo_ms, "hi": hi_ms, "limit": MAX_TRADE_QUOTE})
+                    " AND timestamp >= %(lo)s AND timestamp < %(hi)s")),
+                    {"lo": lo_ms, "hi": hi_ms, "limit": MAX_TRADE_QUOTE})
                 left_out = [(symbol, int(agg_id)) for symbol, agg_id in cursor.fetchall()]
         return Changes(dirty, rows, closed_until, left_out=left_out)
 
@@ -164,8 +166,8 @@ class MarketStore:
             cursor.execute("SELECT ingest_xid::text FROM stock.candle_cursors WHERE name = %s", (timeframe.asset_name,))
             row = cursor.fetchone()
             position = row[0] if row else START_CURSOR
-            cursor.execute("SELECT count(*), max(ingest_xid)::text FROM stock.real_time_prices WHERE ingest_xid >= %s::xid8",
-                           (position,))
+            cursor.execute("SELECT count(*), max(ingest_xid)::text FROM stock.real_time_prices"
+                           " WHERE ingest_xid >= %s::xid8", (position,))
             count, newest = cursor.fetchone()
         return position, int(count), newest
 
@@ -208,7 +210,8 @@ class MarketStore:
             return []
         query = sql.SQL(
             "SELECT d.symbol, d.start_ms, a.close_price FROM unnest(%s::text[], %s::bigint[]) AS d(symbol, start_ms)"
-            " JOIN {t} a ON a.symbol = d.symbol AND a.window_start = timestamptz 'epoch' + d.start_ms * interval '1 millisecond'"
+            " JOIN {t} a ON a.symbol = d.symbol"
+            " AND a.window_start = timestamptz 'epoch' + d.start_ms * interval '1 millisecond'"
         ).format(t=sql.Identifier(STOCK, timeframe.table))
         with self.transaction() as cursor:
             cursor.execute(query, ([w[0] for w in wanted], [w[1] for w in wanted]))
@@ -256,7 +259,8 @@ class MarketStore:
         seen, and a later one stamps a later ``updated_at`` (its transaction starts after the lock is freed).
         """
         with self.transaction(snapshot=True) as cursor:
-            cursor.execute("SELECT minutes_read_upto FROM stock.rollup_cursors WHERE name = %s", (timeframe.asset_name,))
+            cursor.execute("SELECT minutes_read_upto FROM stock.rollup_cursors WHERE name = %s",
+                           (timeframe.asset_name,))
             row = cursor.fetchone()
             cursor.execute(
                 "SELECT symbol, (extract(epoch FROM window_start) * 1000)::bigint / %s * %s, max(updated_at)"
@@ -272,7 +276,8 @@ class MarketStore:
         with self.transaction() as cursor:
             cursor.execute(
                 "SELECT DISTINCT symbol, (extract(epoch FROM window_start) * 1000)::bigint / %s * %s"
-                " FROM stock.aggregated_prices_1min WHERE window_start >= timestamptz 'epoch' + %s * interval '1 millisecond'"
+                " FROM stock.aggregated_prices_1min"
+                " WHERE window_start >= timestamptz 'epoch' + %s * interval '1 millisecond'"
                 " AND window_start < timestamptz 'epoch' + %s * interval '1 millisecond'",
                 (timeframe.size_ms, timeframe.size_ms, lo_ms, hi_ms),
             )
@@ -282,14 +287,16 @@ class MarketStore:
         with self.transaction() as cursor:
             cursor.execute(
                 "INSERT INTO stock.rollup_cursors (name, minutes_read_upto) VALUES (%s, %s) ON CONFLICT (name)"
-                " DO UPDATE SET minutes_read_upto = greatest(rollup_cursors.minutes_read_upto, EXCLUDED.minutes_read_upto),"
+                " DO UPDATE SET"
+                " minutes_read_upto = greatest(rollup_cursors.minutes_read_upto, EXCLUDED.minutes_read_upto),"
                 " updated_at = now()",
                 (timeframe.asset_name, read_upto),
             )
 
     def newest_window_start_ms(self, timeframe: Timeframe) -> int | None:
         with self.transaction() as cursor:
-            cursor.execute(sql.SQL("SELECT max(window_start) FROM {t}").format(t=sql.Identifier(STOCK, timeframe.table)))
+            table = sql.Identifier(STOCK, timeframe.table)
+            cursor.execute(sql.SQL("SELECT max(window_start) FROM {t}").format(t=table))
             return _ms(cursor.fetchone()[0])
 
     def newest_published_trade_ms(self) -> int | None:

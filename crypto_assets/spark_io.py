@@ -74,7 +74,8 @@ def read_trades(spark: SparkSession, jdbc: JdbcTarget, segments: Sequence[Segmen
 def read_candles(spark: SparkSession, jdbc: JdbcTarget, table: str, lo_ms: int, hi_ms: int) -> DataFrame:
     """Candles with ``window_start`` in ``[lo, hi)`` (pushed down), start as epoch ms."""
     frame = spark.read.jdbc(jdbc.url, f"stock.{table}", properties=jdbc.properties())
-    return (frame.where((F.col("window_start") >= F.lit(from_ms(lo_ms))) & (F.col("window_start") < F.lit(from_ms(hi_ms))))
+    in_range = (F.col("window_start") >= F.lit(from_ms(lo_ms))) & (F.col("window_start") < F.lit(from_ms(hi_ms)))
+    return (frame.where(in_range)
             .withColumn("window_start_ms", F.unix_millis(F.col("window_start"))))
 
 
@@ -82,7 +83,8 @@ def read_minutes(spark: SparkSession, jdbc: JdbcTarget, table: str, ranges: Sequ
                  ) -> DataFrame:
     """One-minute candles of each ``(symbol, lo, hi)`` window range (one pushed-down disjunct each)."""
     frame = spark.read.jdbc(jdbc.url, f"stock.{table}", properties=jdbc.properties())
-    wanted = reduce(lambda a, b: a | b, [(F.col("symbol") == F.lit(symbol)) & (F.col("window_start") >= F.lit(from_ms(lo)))
+    wanted = reduce(lambda a, b: a | b, [(F.col("symbol") == F.lit(symbol))
+                                        & (F.col("window_start") >= F.lit(from_ms(lo)))
                                         & (F.col("window_start") < F.lit(from_ms(hi))) for symbol, lo, hi in ranges])
     return frame.where(wanted).withColumn("window_start_ms", F.unix_millis(F.col("window_start")))
 
@@ -102,4 +104,5 @@ def write_staging(frame: DataFrame, jdbc: JdbcTarget, table: str, batch_id: str)
 
 def write_batches(frame: DataFrame, jdbc: JdbcTarget, table: str) -> None:
     """Appends the frame, whose ``batch_id`` column tags each row with its batch, to a staging table."""
-    frame.write.option("batchsize", 10_000).jdbc(jdbc.url, f"stock.{table}", mode="append", properties=jdbc.properties())
+    frame.write.option("batchsize", 10_000).jdbc(jdbc.url, f"stock.{table}", mode="append",
+                                                 properties=jdbc.properties())

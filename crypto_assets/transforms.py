@@ -116,8 +116,8 @@ def latest_from_candles(candles: DataFrame, latest_trades: DataFrame) -> DataFra
 
     ``candles``: the 1,440 newest one-minute windows (the forming one included); ``price_24h_ago`` is the
     open of the oldest of them (the last price before the 24 hours); high and low are over windows with
-    trades only, so a carried close from before the 24 hours does not count. ``latest_trades``: symbol, price, timestamp, agg_trade_id of each symbol's
-    newest trade (highest agg id).
+    trades only, so a carried close from before the 24 hours does not count. ``latest_trades``: symbol, price,
+    timestamp, agg_trade_id of each symbol's newest trade (highest agg id).
     """
     traded = F.col("trade_count") > 0
     stats = candles.groupBy("symbol").agg(
@@ -152,7 +152,8 @@ def candles_from_minutes(minutes: DataFrame, size_ms: int) -> DataFrame:
     rollup_start = F.col("window_start_ms") - F.pmod(F.col("window_start_ms"), F.lit(size_ms))
     last_minute = F.col("rollup_start") + F.lit(size_ms - MINUTE_MS)
     return (minutes.withColumn("rollup_start", rollup_start).groupBy("symbol", "rollup_start").agg(
-        F.coalesce(first_traded("open_price"), F.min_by("open_price", "window_start_ms")).cast(PRICE).alias("open_price"),
+        F.coalesce(first_traded("open_price"), F.min_by("open_price", "window_start_ms"))
+        .cast(PRICE).alias("open_price"),
         F.max_by("close_price", "window_start_ms").cast(PRICE).alias("close_price"),
         F.coalesce(F.max(F.when(traded, F.col("high_price"))), F.max("high_price")).cast(PRICE).alias("high_price"),
         F.coalesce(F.min(F.when(traded, F.col("low_price"))), F.min("low_price")).cast(PRICE).alias("low_price"),

@@ -77,7 +77,8 @@ class _MailHandler:
 
 @contextmanager
 def running_inbox() -> Iterator[Inbox]:
-    """The receiver at ``inbox.webhook_url`` and the SMTP server at 127.0.0.1:``inbox.smtp_port`` while the block runs."""
+    """The receiver at ``inbox.webhook_url`` and the SMTP server at 127.0.0.1:``inbox.smtp_port`` while the
+    block runs."""
     from aiosmtpd.controller import Controller
 
     inbox = Inbox()

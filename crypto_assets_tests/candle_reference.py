@@ -114,7 +114,8 @@ def reference_candles(trades: Sequence[Trade], minutes: int, market_clock: Mappi
     return result
 
 
-def fetch_candles(connection: psycopg2.extensions.connection, table: str) -> dict[tuple[str, datetime], dict[str, object]]:
+def fetch_candles(connection: psycopg2.extensions.connection, table: str
+                  ) -> dict[tuple[str, datetime], dict[str, object]]:
     """The table's candles in the reference's shape (Decimal compares by value: 1.50 == 1.5)."""
     query = sql.SQL("SELECT symbol, window_start, window_end, {fields} FROM {table} ORDER BY 1, 2").format(
         fields=sql.SQL(", ").join(map(sql.Identifier, CANDLE_FIELDS)), table=sql.Identifier("stock", table))

@@ -34,7 +34,8 @@ def expected_trades(paths: list[Path]) -> dict[tuple[str, int], tuple[str, str, 
 
 def stored_trades(database_url: str) -> dict[tuple[str, int], tuple[str, str, bool]]:
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
-        cursor.execute("SELECT symbol, agg_trade_id, price::text, volume::text, is_buyer_maker FROM stock.real_time_prices")
+        cursor.execute("SELECT symbol, agg_trade_id, price::text, volume::text, is_buyer_maker"
+                       " FROM stock.real_time_prices")
         return {(s, a): (p, q, m) for s, a, p, q, m in cursor.fetchall()}
 
 

@@ -170,7 +170,8 @@ def edge_case_trades() -> list[Trade]:
         Trade("BTCUSDT", 105, p("59990.00000000"), p("0.10000000"), t + 90_000, True),         # equal timestamps:
         Trade("BTCUSDT", 103, p("60020.00000000"), p("0.10000000"), t + 90_000, False),        # open = agg 103,
         Trade("BTCUSDT", 104, p("59980.00000000"), p("0.10000000"), t + 90_000, True),         # close = agg 105
-        Trade("BTCUSDT", 106, p("60001.00000000"), p("0.00100000"), t + 5 * 60_000 + 1, False),  # 3 empty minutes before
+        # 3 empty minutes before:
+        Trade("BTCUSDT", 106, p("60001.00000000"), p("0.00100000"), t + 5 * 60_000 + 1, False),
         Trade("ETHUSDT", 7, p("0.00000001"), p("1.00000000"), t + 2 * 60_000 + 5, False),       # avg tie 0.000000015
         Trade("ETHUSDT", 8, p("0.00000002"), p("1.00000000"), t + 2 * 60_000 + 6, False),       # -> 0.00000002
         Trade("ETHUSDT", 9, p("0.00000001"), p("3.00000000"), t + 3 * 60_000, True),
@@ -220,7 +221,8 @@ def test_late_trades_recompute_their_windows_and_the_empty_minutes_after_them(db
     assert meta["rows_read"] < len(on_time + late)  # only the affected windows' trades were read
     candles = fetch_candles(db, "aggregated_prices_1min")
     assert candles[("BTCUSDT", T0 + timedelta(minutes=2))]["close_price"] == Decimal("61000")
-    assert candles[("BTCUSDT", T0 + timedelta(minutes=5))]["close_price"] == Decimal("59000")  # carried from the late one
+    # carried from the late one:
+    assert candles[("BTCUSDT", T0 + timedelta(minutes=5))]["close_price"] == Decimal("59000")
     assert candles[("BTCUSDT", T0 + timedelta(minutes=20))]["is_final"] is True
 
 
@@ -266,7 +268,8 @@ def test_a_quiet_symbol_s_minute_becomes_final_when_the_market_clock_says_it_clo
                        next(iter(clock.items())))
     assert run_candles(candles_env).success
     assert_matches_reference(db, trades, clock)
-    eth = {start: c for (symbol, start), c in fetch_candles(db, "aggregated_prices_1min").items() if symbol == "ETHUSDT"}
+    minutes = fetch_candles(db, "aggregated_prices_1min")
+    eth = {start: c for (symbol, start), c in minutes.items() if symbol == "ETHUSDT"}
     assert sorted(eth) == [T0 + timedelta(minutes=m) for m in range(2, 6)]
     assert all(c["is_final"] for c in eth.values())
 
@@ -297,7 +300,8 @@ def test_the_5min_check_compares_like_with_like_across_a_trade_committed_between
     different moments; a trade committed between the two runs (here a late one into a closed minute and
     one that closes the 5-minute window) made the check fail a healthy run."""
     t = ms(T0)
-    on_time = [Trade("BTCUSDT", agg, Decimal(60000 + agg), Decimal("0.1"), t + agg * 60_000 + 7) for agg in (0, 1, 3, 4)]
+    on_time = [Trade("BTCUSDT", agg, Decimal(60000 + agg), Decimal("0.1"), t + agg * 60_000 + 7)
+               for agg in (0, 1, 3, 4)]
     between = [Trade("BTCUSDT", 2, Decimal("61000"), Decimal("1"), t + 2 * 60_000 + 9),
                Trade("BTCUSDT", 5, Decimal("59000"), Decimal("1"), t + 4 * 60_000 + 50_000),
                Trade("BTCUSDT", 6, Decimal("60100"), Decimal("1"), t + 5 * 60_000 + 10_000)]
@@ -334,7 +338,8 @@ def test_the_cursor_never_skips_rows_that_commit_out_of_order(db, candles_env, s
         early.close()
     result = run_candles(candles_env)
     assert metadata(result, "aggregated_1min")["changed_rows"] >= 1
-    trades = [Trade("BTCUSDT", 1, Decimal("100"), Decimal("1"), t + 1), Trade("BTCUSDT", 2, Decimal("90"), Decimal("1"), t + 2),
+    trades = [Trade("BTCUSDT", 1, Decimal("100"), Decimal("1"), t + 1),
+              Trade("BTCUSDT", 2, Decimal("90"), Decimal("1"), t + 2),
               Trade("BTCUSDT", 3, Decimal("95"), Decimal("1"), t + 70_000)]
     assert_matches_reference(db, trades)
 
@@ -358,9 +363,11 @@ def test_backfill_recomputes_every_window_of_the_range_from_scratch(db, candles_
     insert_trades(db, trades)
     assert run_candles(candles_env).success
     with db.cursor() as cursor:
-        cursor.execute("UPDATE stock.aggregated_prices_1min SET close_price = 1 WHERE window_start = '2023-04-05T00:02Z'")
+        cursor.execute("UPDATE stock.aggregated_prices_1min SET close_price = 1"
+                       " WHERE window_start = '2023-04-05T00:02Z'")
         cursor.execute("DELETE FROM stock.aggregated_prices_1min WHERE window_start = '2023-04-05T00:03Z'")
-        cursor.execute("UPDATE stock.aggregated_prices_5min SET trade_count = 0 WHERE window_start < '2023-04-05T00:05Z'")
+        cursor.execute("UPDATE stock.aggregated_prices_5min SET trade_count = 0"
+                       " WHERE window_start < '2023-04-05T00:05Z'")
         cursor.execute("INSERT INTO stock.aggregated_prices_1min (symbol, window_start, window_end, open_price,"
                        " close_price, high_price, low_price, avg_price, total_volume, quote_volume, taker_buy_volume,"
                        " trade_count, is_final) VALUES ('BTCUSDT', '2023-04-04T23:50Z', '2023-04-04T23:51Z',"
@@ -394,8 +401,8 @@ CORRUPTIONS = {
     "one_row_per_window": ["ALTER TABLE stock.aggregated_prices_1min"
                            " DROP CONSTRAINT aggregated_prices_1min_symbol_window_start_key",
                            "INSERT INTO stock.aggregated_prices_1min (symbol, window_start, window_end, open_price,"
-                           " close_price, high_price, low_price, avg_price, total_volume, quote_volume, taker_buy_volume,"
-                           " trade_count, first_agg_trade_id, last_agg_trade_id, is_final)"
+                           " close_price, high_price, low_price, avg_price, total_volume, quote_volume,"
+                           " taker_buy_volume, trade_count, first_agg_trade_id, last_agg_trade_id, is_final)"
                            " SELECT symbol, window_start, window_end, open_price, close_price, high_price, low_price,"
                            " avg_price, total_volume, quote_volume, taker_buy_volume, trade_count, first_agg_trade_id,"
                            " last_agg_trade_id, is_final FROM stock.aggregated_prices_1min"
@@ -407,9 +414,10 @@ CORRUPTIONS = {
     "consistent_with_aggregated_1min": ["UPDATE stock.aggregated_prices_5min SET total_volume = total_volume + 1"
                                         " WHERE window_start = '2023-04-05T00:00Z'"],
     "latest_prices_match_candles": ["UPDATE stock.latest_prices SET price = price + 1"],
-    "trades_aggregable": ["INSERT INTO stock.real_time_prices (symbol, price, timestamp, event_time, volume, agg_trade_id,"
-                          " first_trade_id, last_trade_id, trades, is_buyer_maker, source) VALUES ('ETHUSDT',"
-                          " 999999999999, 1680652800000, '2023-04-05T00:00Z', 999999999999, 1, 1, 1, 1, false, 'test')"],
+    "trades_aggregable": ["INSERT INTO stock.real_time_prices (symbol, price, timestamp, event_time, volume,"
+                          " agg_trade_id, first_trade_id, last_trade_id, trades, is_buyer_maker, source)"
+                          " VALUES ('ETHUSDT', 999999999999, 1680652800000, '2023-04-05T00:00Z', 999999999999,"
+                          " 1, 1, 1, 1, false, 'test')"],
 }
 CHECKS = {**{key.name: key for key in aggregated_1min_checks.check_keys},
           "consistent_with_aggregated_1min": FIVE_MINUTE_CONSISTENCY,

@@ -52,7 +52,8 @@ def test_without_a_later_window_the_drag_stops_at_the_last_closed_window_and_for
 
 
 def test_forced_ranges_merge_with_dirty_windows_and_need_a_seed_when_they_start_without_trades() -> None:
-    plan = plan_segments(M, {"BTC": T0 + 20 * M, "ETH": T0 + 20 * M}, {"BTC": {T0 + 8 * M}}, {("BTC", T0 + 8 * M): T0 + 9 * M},
+    plan = plan_segments(M, {"BTC": T0 + 20 * M, "ETH": T0 + 20 * M}, {"BTC": {T0 + 8 * M}},
+                         {("BTC", T0 + 8 * M): T0 + 9 * M},
                          forced={"BTC": [(T0 + 3 * M, T0 + 7 * M)], "ETH": [(T0, T0 + 50 * M)]})
     assert plan == [Segment("BTC", T0 + 3 * M, T0 + 8 * M, needs_seed=True),
                     Segment("ETH", T0, T0 + 19 * M, needs_seed=True)]

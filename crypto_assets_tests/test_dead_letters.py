@@ -122,7 +122,8 @@ def test_every_bad_message_is_dead_lettered_and_every_good_one_written(platform_
         assert thread.is_alive(), "the consumer stopped on bad input"
         assert rows <= expected_rows
         for position, (raw, reason) in expected_dead.items():
-            assert dead[position] == (raw[:config.dead_letter_max_bytes], len(raw), hashlib.sha256(raw).digest(), reason)
+            assert dead[position] == (raw[:config.dead_letter_max_bytes], len(raw), hashlib.sha256(raw).digest(),
+                                      reason)
         # Valid messages that contradict what is stored (another source, an id far away, a late time, a
         # conflicting duplicate of a mutated message) are dead letters of the writer's judgement.
         judged = {position: dead[position] for position in dead.keys() - expected_dead.keys()}
@@ -183,7 +184,8 @@ def test_trades_that_contradict_the_stored_market_are_dead_lettered_with_their_r
     now_ms = time.time_ns() // 1_000_000
 
     def trade(agg_id: int, **change: object) -> bytes:
-        payload = {**AGG_TRADE, "a": agg_id, "f": agg_id * 3, "l": agg_id * 3, "T": now_ms - 60_000 + agg_id % 1000, **change}
+        payload = {**AGG_TRADE, "a": agg_id, "f": agg_id * 3, "l": agg_id * 3, "T": now_ms - 60_000 + agg_id % 1000,
+                   **change}
         return TradeMessage.from_agg_trade(payload, "test").to_json()
 
     good = [trade(agg_id) for agg_id in range(1000, 1010)]

@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:
     """As CI runs it: a temporary instance (outside the repo, whose dagster.yaml wants PostgreSQL)."""
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    result = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", str(REPO / "workspace.yaml")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False)
+    command = [sys.executable, "-m", "dagster", "definitions", "validate", "-w", str(REPO / "workspace.yaml")]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "All code locations passed validation" in result.stdout + result.stderr
 

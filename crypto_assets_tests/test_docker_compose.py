@@ -92,7 +92,8 @@ def test_the_one_shot_service_makes_the_certificates_and_every_other_service_wai
     one_shot = SERVICES[ONE_SHOT]
     assert one_shot["command"] == ["python", "-m", "local_stack.compose", "secrets"]
     assert one_shot["restart"] == "no"
-    assert set(volumes(ONE_SHOT)) == {"platform-ca:/data/ca", "platform-tls:/data/tls", "platform-secrets:/data/secrets"}
+    assert set(volumes(ONE_SHOT)) == {"platform-ca:/data/ca", "platform-tls:/data/tls",
+                                      "platform-secrets:/data/secrets"}
     for name, service in SERVICES.items():
         if name != ONE_SHOT:
             assert service["depends_on"][ONE_SHOT] == {"condition": "service_completed_successfully"}, name

@@ -12,7 +12,8 @@ import pytest
 
 from streaming_services.feeds import FeedError, load_files, read_binance_file, retime, synthetic_market
 
-AGG_ROWS = "26129,0.01633102,4.70443515,27781,27781,1498793709153,True,True\n26128,0.01633103,1.0,27779,27780,1498793709000,False,True\n"
+AGG_ROWS = ("26129,0.01633102,4.70443515,27781,27781,1498793709153,True,True\n"
+            "26128,0.01633103,1.0,27779,27780,1498793709000,False,True\n")
 AGG_ROWS_US = "26129,0.01633102,4.70443515,27781,27781,1735689600123456,True,True\n"
 
 
@@ -22,8 +23,8 @@ def test_aggtrades_csv_without_header_sorted_by_id(tmp_path: Path) -> None:
     trades = read_binance_file(path)
     assert [t.agg_id for t in trades] == [26128, 26129]
     first = trades[0]
-    assert (first.symbol, first.price, first.qty, first.first_id, first.last_id, first.time_ms, first.is_buyer_maker) == (
-        "BNBBTC", "0.01633103", "1.0", 27779, 27780, 1498793709000, False)
+    fields = (first.symbol, first.price, first.qty, first.first_id, first.last_id, first.time_ms, first.is_buyer_maker)
+    assert fields == ("BNBBTC", "0.01633103", "1.0", 27779, 27780, 1498793709000, False)
 
 
 def test_microsecond_times_become_milliseconds(tmp_path: Path) -> None:

@@ -185,7 +185,8 @@ def big_agg_trades_file(path: Path, rows: int) -> Path:
     t0 = 1_723_161_600_000
     with path.open("w") as handle:
         for i in range(rows):
-            handle.write(f"{1_000_000 + i},{60000 + (i * 7919) % 100000 / 100:.2f},{((i * 104729) % 100000 + 1) / 100000:.5f},"
+            price, qty = f"{60000 + (i * 7919) % 100000 / 100:.2f}", f"{((i * 104729) % 100000 + 1) / 100000:.5f}"
+            handle.write(f"{1_000_000 + i},{price},{qty},"
                          f"{5_000_000 + 2 * i},{5_000_001 + 2 * i},{t0 + i * 3},{'true' if i % 2 else 'false'},true\n")
     return path
 

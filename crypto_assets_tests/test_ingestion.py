@@ -146,7 +146,8 @@ def test_stream_faults_are_healed_from_rest(chain_factory, shared_data: Path, fa
 
 
 @pytest.mark.slow
-def test_malformed_frames_from_the_exchange_are_dead_lettered_and_trades_kept(chain_factory, shared_data: Path, db) -> None:
+def test_malformed_frames_from_the_exchange_are_dead_lettered_and_trades_kept(chain_factory, shared_data: Path,
+                                                                             db) -> None:
     files = [shared_data / BTC_2023]
     expected = as_decimal_strings(expected_trades(files))
     chain = chain_factory(files, ("BTCUSDT",), faults=FaultPlan(malformed_every=100))
@@ -163,7 +164,8 @@ def test_malformed_frames_from_the_exchange_are_dead_lettered_and_trades_kept(ch
 
 
 @pytest.mark.slow
-def test_two_consumers_in_one_group_share_partitions_and_write_each_trade_once(chain_factory, shared_data: Path) -> None:
+def test_two_consumers_in_one_group_share_partitions_and_write_each_trade_once(chain_factory,
+                                                                              shared_data: Path) -> None:
     files = [shared_data / BTC_2024, shared_data / ETH_2024]
     expected = as_decimal_strings(expected_trades(files))
     chain = chain_factory(files, ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT"), speed=30)
@@ -273,7 +275,8 @@ def test_a_quiet_symbol_gets_its_market_clock_after_its_trades(chain_factory, sh
     last_trade_ms = max(trade.time_ms for trade in read_binance_file(files[0]))
     with db.cursor() as cursor:
         def clock() -> int:
-            cursor.execute("SELECT closed_until_ms FROM stock.market_clock WHERE source = 'replay' AND symbol = 'BTCUSDT'")
+            cursor.execute("SELECT closed_until_ms FROM stock.market_clock"
+                           " WHERE source = 'replay' AND symbol = 'BTCUSDT'")
             row = cursor.fetchone()
             return row[0] if row else 0
 

@@ -1,5 +1,6 @@
 """After a restore, Dagster runs the restored storage shows in flight are marked canceled (their process is
-gone; left STARTED they would stop the minute-close sensor for good); finished ones are left (queued ones too: the run queue launches them)."""
+gone; left STARTED they would stop the minute-close sensor for good); finished ones are left (queued ones
+too: the run queue launches them)."""
 
 from __future__ import annotations
 

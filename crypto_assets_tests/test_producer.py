@@ -126,7 +126,8 @@ def every_id() -> list[int]:
     return list(range(FIRST_ID, LAST_ID + 1))
 
 
-def run_until_last_id(urls: tuple[str, str], state_path: Path, timeout: float = 60, **overrides: float) -> RecordingKafka:
+def run_until_last_id(urls: tuple[str, str], state_path: Path, timeout: float = 60,
+                      **overrides: float) -> RecordingKafka:
     kafka = RecordingKafka()
     running = RunningProducer(urls, state_path, kafka, **overrides)
     try:

@@ -23,6 +23,7 @@ def test_hand_written_payloads_equal_the_json_of_the_payload(shared_data: Path) 
 @pytest.mark.parametrize("price", ['1"', "1e5", "NaN", "-3.5", " 1.0", "1,5", ""])
 def test_a_price_that_is_not_a_plain_decimal_is_refused_with_its_line(tmp_path: Path, price: str) -> None:
     path = tmp_path / "BTCUSDT-aggTrades-2025-01-01.csv"
-    path.write_text('1,2.5,0.1,1,1,1735689600000000,true,true\n2,"' + price.replace('"', '""') + '",0.1,2,2,1735689600001000,true,true\n')
+    quoted = '"' + price.replace('"', '""') + '"'
+    path.write_text(f"1,2.5,0.1,1,1,1735689600000000,true,true\n2,{quoted},0.1,2,2,1735689600001000,true,true\n")
     with pytest.raises(FeedError, match=r":2: price .* is not a plain decimal number"):
         read_binance_file(path)

@@ -63,7 +63,8 @@ def test_combined_stream_frames_and_rest_backfill_have_binances_shape(server) ->
     [("symbol=NOPE", -1121), ("symbol=BTCUSDT&limit=1001", -1130), ("symbol=BTCUSDT&fromId=x", -1100),
      ("symbol=BTCUSDT&startTime=0&endTime=3600001", -1127),
      # Failed on the old code, which answered these with trades (int() takes them):
-     ("symbol=BTCUSDT&limit=0", -1130), ("symbol=BTCUSDT&limit=1_0", -1100), ("symbol=BTCUSDT&limit=%D9%A1%D9%A0", -1100),
+     ("symbol=BTCUSDT&limit=0", -1130), ("symbol=BTCUSDT&limit=1_0", -1100),
+     ("symbol=BTCUSDT&limit=%D9%A1%D9%A0", -1100),
      ("symbol=BTCUSDT&fromId=-1", -1100), ("symbol=BTCUSDT&fromId=%2B5", -1100), ("symbol=BTCUSDT&fromId=%205", -1100),
      ("symbol=BTCUSDT&fromId=3071245_454", -1100)],
 )

@@ -104,7 +104,8 @@ def test_candle_assets_through_spark_connect_equal_the_reference_and_binance(
 
 def test_the_server_is_loopback_bound_restarts_after_a_crash_and_stops(connect_service) -> None:
     host, port = connect_service.settings.bind_host, connect_service.port
-    listening = [c.laddr for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    listening = [c.laddr for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
     assert listening and all(address.ip in (host, f"::ffff:{host}") for address in listening)
 
     service = psutil.Process(connect_service.pid())  # spark-submit execs java: the service's pid is the JVM's

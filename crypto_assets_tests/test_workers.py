@@ -65,7 +65,8 @@ def topic_ids_by_symbol(settings: PlatformSettings) -> dict[str, tuple[set[int],
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
                              consumer_timeout_ms=5000)
     try:
-        partitions = [TopicPartition(settings.kafka_topic, p) for p in consumer.partitions_for_topic(settings.kafka_topic)]
+        topic = settings.kafka_topic
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
         consumer.assign(partitions)
         consumer.seek_to_beginning()
         found: dict[str, tuple[set[int], list[int]]] = {}
@@ -188,7 +189,8 @@ def test_make_up_runs_and_shows_each_worker_with_its_own_port(monkeypatch, tmp_p
                         "PRODUCER_METRICS_PORT": 9101, "CONSUMER_METRICS_PORT": 9102}.items():
         monkeypatch.setenv(name, str(value))
     services = {s.name: s for s in LocalStack(PlatformSettings.from_env()).services()}
-    workers = {name: (s.port, s.command[-1]) for name, s in services.items() if name.startswith(("producer", "consumer"))}
+    workers = {name: (s.port, s.command[-1]) for name, s in services.items()
+               if name.startswith(("producer", "consumer"))}
     assert workers == {"consumer": (9102, "0"), "consumer-1": (9202, "1"), "consumer-2": (9302, "2"),
                        "producer": (9101, "0"), "producer-1": (9201, "1")}
     assert ConsumerConfig.from_settings(PlatformSettings.from_env(), 2).instance_id is None

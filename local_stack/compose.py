@@ -3,9 +3,10 @@
 ``secrets`` is the one-shot ``certificates`` service, which every other service waits for: the platform CA
 and server certificate (``certificates``; the CA's key stays in ``STATE_DIR/ca``, a volume of this service
 only, and ``STATE_DIR/tls`` gets the rest) and every generated secret of ``STATE_DIR/secrets`` (database
-roles, Kafka's SCRAM users, Redis, Spark Connect's token, the Dagster UI's login), so the services can mount both read-only.
-``kafka`` is the broker with the local stack's properties (SASL_SSL, ACLs), ``dagster`` the guarded
-webserver and its daemon with the local stack's environment (storage as role ``dagster``).
+roles, Kafka's SCRAM users, Redis, Spark Connect's token, the Dagster UI's login), so the services can
+mount both read-only. ``kafka`` is the broker with the local stack's properties (SASL_SSL, ACLs),
+``dagster`` the guarded webserver and its daemon with the local stack's environment (storage as role
+``dagster``).
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ SCRAM users (``credentials.KAFKA_PRINCIPALS``) are created when the storage is f
 argument file (0600, deleted after) so no password is on a command line; ``kafka_users`` changes them later
 (``make rotate-kafka-password``) and sets the service users' from their secret files at each ``make up``.
 The storage keeps a salted digest of ``platform-admin``'s password (``ADMIN_DIGEST``): a secret file that is
-not that password is reported in one line at start, before the broker would refuse its own admin. ``StandardAuthorizer`` with
-``allow.everyone.if.no.acl.found=false``: the producer may write the trades topic, the consumer read it
-in its group (``ensure_topic`` grants both), the admin principal and the broker itself are super users.
+not that password is reported in one line at start, before the broker would refuse its own admin.
+``StandardAuthorizer`` with ``allow.everyone.if.no.acl.found=false``: the producer may write the trades
+topic, the consumer read it in its group (``ensure_topic`` grants both), the admin principal and the
+broker itself are super users.
 
 The broker advertises the first of ``KAFKA_BOOTSTRAP_SERVERS`` (``BIND_HOST:KAFKA_PORT`` by default): where
 clients find it, also when it listens on every address, as in docker-compose, whose ``kafka`` service runs

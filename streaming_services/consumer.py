@@ -48,7 +48,8 @@ TOPIC_RETRY_S = 1.0
 log = logging.getLogger(__name__)
 
 RESULTS = Counter("consumer_messages_total", "Messages handled", ["result"])
-BATCH_SIZE = Histogram("consumer_batch_size", "Messages per transaction", buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000))
+BATCH_SIZE = Histogram("consumer_batch_size", "Messages per transaction",
+                       buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000))
 DB_RETRIES = Counter("consumer_db_retries_total", "Transactions retried because PostgreSQL was unavailable")
 LAG = Gauge("consumer_lag", "Messages behind the partition's end", ["partition"])
 END_TO_END = BatchHistogram("consumer_end_to_end_latency_seconds", "Trade time to PostgreSQL commit",
@@ -89,8 +90,8 @@ class ConsumerConfig:
         if instance_id and worker:
             instance_id = f"{instance_id}-{worker}"
         return cls(settings.kafka_bootstrap_servers, settings.kafka_topic, settings.consumer_group,
-                   role_database_url(settings, INGEST_WRITER), frozenset(settings.symbols), settings.consumer_batch_size,
-                   settings.consumer_check_crcs, instance_id=instance_id or None,
+                   role_database_url(settings, INGEST_WRITER), frozenset(settings.symbols),
+                   settings.consumer_batch_size, settings.consumer_check_crcs, instance_id=instance_id or None,
                    dead_letter_max_bytes=settings.dead_letter_max_bytes,
                    limits=Limits(settings.consumer_max_id_distance, settings.consumer_max_lateness_s * 1000),
                    kafka_security=kafka_security(settings, KAFKA_CONSUMER))

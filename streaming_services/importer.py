@@ -76,11 +76,8 @@ COPY_DIRECT = f"COPY stock.real_time_prices ({COLUMNS}) FROM STDIN WITH (FORMAT 
 STAGING = ("CREATE TEMP TABLE IF NOT EXISTS imported_rows (LIKE stock.real_time_prices INCLUDING DEFAULTS)"
            " ON COMMIT DELETE ROWS")
 COPY_STAGING = f"COPY imported_rows ({COLUMNS}) FROM STDIN WITH (FORMAT csv)"
-MERGE = """
-INSERT INTO stock.real_time_prices (symbol, price, timestamp, event_time, volume, agg_trade_id, first_trade_id, last_trade_id, trades, is_buyer_maker, source, ingest_xid)
-SELECT symbol, price, timestamp, event_time, volume, agg_trade_id, first_trade_id, last_trade_id, trades, is_buyer_maker, source, ingest_xid FROM imported_rows
-ON CONFLICT (symbol, agg_trade_id) DO NOTHING
-"""
+MERGE = (f"INSERT INTO stock.real_time_prices ({COLUMNS}) SELECT {COLUMNS} FROM imported_rows"  # noqa: S608
+         " ON CONFLICT (symbol, agg_trade_id) DO NOTHING")
 
 
 class ImportStopped(Exception):

@@ -70,7 +70,8 @@ DEAD_LETTERS = ('INSERT INTO stock.rejected_messages (topic, partition, "offset"
                 " VALUES %s ON CONFLICT (topic, partition, \"offset\") DO NOTHING")
 # Where the batch's writes reached, in its transaction: a point-in-time restore rewinds the group to it.
 CONSUMER_OFFSETS = ("INSERT INTO stock.consumer_offsets (topic, partition, next_offset) VALUES %s"
-                    " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()")
+                    " ON CONFLICT (topic, partition)"
+                    " DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()")
 
 
 class Accepted(msgspec.Struct, frozen=True):

@@ -356,7 +356,8 @@ class ReplayServer:
                 payload = trade.payload_json(now_ms())
             else:
                 payload = json.dumps(trade.payload(now_ms()), separators=(",", ":"))
-            await ws.send_str(f'{{"stream":"{_stream_name(trade)}","data":{payload}}}' if subscriber.combined else payload)
+            frame = f'{{"stream":"{_stream_name(trade)}","data":{payload}}}' if subscriber.combined else payload
+            await ws.send_str(frame)
             subscriber.frames_sent += 1
             if await faults.after_frame(subscriber, trade):
                 return

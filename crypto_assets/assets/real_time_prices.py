@@ -33,7 +33,8 @@ def observe(store: MarketStore) -> tuple[dg.DataVersion, dict[str, object]]:
         newest = cursor.fetchone()
         cursor.execute("SELECT coalesce(max(id), 0) FROM stock.real_time_prices")
         max_id = cursor.fetchone()[0]
-        cursor.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'stock.real_time_prices'::regclass")
+        cursor.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class"
+                       " WHERE oid = 'stock.real_time_prices'::regclass")
         estimate = cursor.fetchone()[0]
     newest_ms = None if newest is None else int(newest[0])
     return dg.DataVersion(str(newest_ms or 0)), {
