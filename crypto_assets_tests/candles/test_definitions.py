@@ -18,7 +18,7 @@ from crypto_assets.definitions import defs
 from crypto_assets.resources import build_resources
 from crypto_platform.settings import PlatformSettings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from local_stack.superset import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 DASHBOARDS = {"crypto-market-live": "Crypto market — live", "pipeline-health": "Pipeline health"}
 CHARTS_PER_DASHBOARD = {"crypto-market-live": 6, "pipeline-health": 8}
 TRADE_FILES = ("spot_BTCUSDT_ETHUSDT_2024-08-08/spot_BTCUSDT_trades_2024-08-08T235415_to_2024-08-09T000505.csv",

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from crypto_assets_tests.candle_reference import insert_trades, trades_from_csv
-from crypto_assets_tests.test_candle_assets import (
+from crypto_assets_tests.candles.test_candle_assets import (
     BTC_2023,
     assert_equals_binance_klines,
     assert_matches_reference,
@@ -27,14 +27,14 @@ from local_stack.stack import LocalStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # One incremental run of the candle job in a process of its own: PySpark puts a whole process in Connect
 # mode once it holds a Connect session, so the suite's in-process Spark tests cannot share this one.
 CONNECT_RUN = """
 import dagster as dg
 from pyspark.sql.utils import is_remote
 from crypto_assets.resources import build_resources
-from crypto_assets_tests.test_candle_assets import ALL_DEFS, CANDLE_ASSETS
+from crypto_assets_tests.candles.test_candle_assets import ALL_DEFS, CANDLE_ASSETS
 result = dg.materialize(ALL_DEFS, selection=CANDLE_ASSETS, resources=build_resources(),
                         instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
 checks = result.get_asset_check_evaluations()

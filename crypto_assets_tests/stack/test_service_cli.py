@@ -105,7 +105,7 @@ def test_a_service_waits_for_kafka_and_stops_cleanly_on_sigterm(module: str, tmp
 
 
 def test_docker_compose_runs_the_producer_and_the_consumer() -> None:
-    compose = yaml.safe_load((Path(__file__).resolve().parent.parent / "docker-compose.yml").read_text())
+    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
     for service, module in (("binance-producer", "producer"), ("kafka-consumer", "consumer")):
         definition = compose["services"][service]
         assert definition["command"] == ["python", "-m", "streaming_services.workers", module]  # *_WORKERS of them

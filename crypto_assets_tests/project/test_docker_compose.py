@@ -20,7 +20,7 @@ from local_stack.certificates import platform_certificates
 from local_stack.kafka_broker import KafkaBroker
 from local_stack.redis_server import LEGACY_PASSWORD_FILE, broker_url
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (REPO_ROOT / "docker-compose.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]

@@ -26,7 +26,7 @@ from local_stack.service import ManagedService
 from local_stack.stack import LocalStack
 from streaming_services.producer_state import acked_path, read_state_file
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 STREAMING = ("replay-server", "consumer", "producer")
 CATCH_UP_TIMEOUT_S = 300

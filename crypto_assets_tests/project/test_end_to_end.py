@@ -12,8 +12,8 @@ import pytest
 
 from crypto_assets_tests.listener_audit import assert_no_listener_without_authentication
 from crypto_assets_tests.platform_harness import PlatformUnderTest, assert_candles_match_the_reference
-from crypto_assets_tests.test_platform_security import assert_no_secret_leaks, assert_private
-from crypto_assets_tests.test_superset import SupersetClient
+from crypto_assets_tests.security.test_platform_security import assert_no_secret_leaks, assert_private
+from crypto_assets_tests.superset.test_superset import SupersetClient
 from local_stack.superset import admin_password, superset_url
 
 REAL_FILES = (

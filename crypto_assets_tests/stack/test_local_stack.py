@@ -20,7 +20,7 @@ from local_stack.ephemeral import make_state_dir, process_environment, stack_env
 from local_stack.migrations import apply_migrations
 from local_stack.stack import LocalStack
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_trades_topic_has_three_partitions(stack: LocalStack) -> None:

@@ -13,7 +13,7 @@ import pytest
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import make_state_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 README = (REPO_ROOT / "README.md").read_text()
 MAKEFILE = (REPO_ROOT / "Makefile").read_text()
 # Where each target the README gives is exercised; the cheap ones are run below.
