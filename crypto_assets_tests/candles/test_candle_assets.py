@@ -455,11 +455,24 @@ def test_source_freshness_warns_on_old_trades_and_passes_on_fresh_ones(db, candl
 
 def test_the_minute_close_sensor_asks_once_per_closed_minute_as_soon_as_the_watermark_passed_it(
         db, candles_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a virtual clock: the sensor's waits (for a close, for the watermark) advance it, and trades "arrive"
+    when it passes their arrival time, as they would reach PostgreSQL while an evaluation waits."""
     instance = dg.DagsterInstance.ephemeral()
     state: dict[str, object] = {"cursor": None}
+    clock = {"now": 0}
+    arrivals: list[tuple[int, int, int]] = []  # (arrives at, agg id, trade time offset), in order
+
+    def sleep(duration_ms: int) -> None:
+        clock["now"] += duration_ms
+        while arrivals and arrivals[0][0] <= clock["now"]:
+            _, agg_id, offset_ms = arrivals.pop(0)
+            trade(agg_id, offset_ms)
+
+    monkeypatch.setattr(sensors, "now_ms", lambda: clock["now"])
+    monkeypatch.setattr(sensors, "sleep_ms", sleep)
 
     def tick(at_ms: int) -> dg.SkipReason | dg.RunRequest:
-        monkeypatch.setattr(sensors, "now_ms", lambda: at_ms)
+        clock["now"] = at_ms
         context = dg.build_sensor_context(instance=instance, cursor=state["cursor"],
                                           resources={"market_db": MarketDatabase.from_settings(candles_env)})
         result = minute_close_sensor(context)
@@ -480,28 +493,36 @@ def test_the_minute_close_sensor_asks_once_per_closed_minute_as_soon_as_the_wate
     def trade(agg_id: int, offset_ms: int) -> None:
         insert_trades(db, [Trade("BTCUSDT", agg_id, Decimal("1"), Decimal("1"), ms(T0, offset_ms))])
 
-    closes, grace = ms(T0), sensors.CLOSE_GRACE_S * 1000
+    closes, grace, loop = ms(T0), sensors.CLOSE_GRACE_S * 1000, sensors.DAEMON_LOOP_S * 1000
     assert "no new trades" in tick(closes + 1_000).skip_message
     trade(1, -30_000)
-    # Closed 2 s ago, but no trade at or after its end yet: a run now would publish it as not final.
+    # Closed 2 s ago, and no trade at or after its end for a whole daemon loop: a run now would publish it
+    # as not final.
     assert "waiting for the watermark" in tick(closes + 2_000).skip_message
+    assert clock["now"] >= closes + 2_000 + loop
     trade(2, 500)
-    request = tick(closes + 3_000)
+    request = tick(closes + 8_000)
     assert isinstance(request, dg.RunRequest) and request.run_key == f"minute-{closes}"
-    assert "was requested" in tick(closes + 8_000).skip_message  # once per minute, no query
+    assert "was requested" in tick(closes + 9_000).skip_message  # once per minute, no query
 
     instance.add_run(dg.DagsterRun(job_name="candles_job", run_id="in-flight", status=dg.DagsterRunStatus.STARTED,
                                    tags={"crypto/pipeline": "candles"}))
     assert "in flight" in tick(closes + 61_000).skip_message
     instance.delete_run("in-flight")
+    # An evaluation 3 s before the next close waits for it, then for the watermark: the trade after the close
+    # reaches PostgreSQL 1.2 s after it, and the run is asked for then, not at the daemon's next look.
+    arrivals.append((closes + 61_200, 3, 60_100))
+    request = tick(closes + 57_000)
+    assert request.run_key == f"minute-{closes + 60_000}"
+    assert closes + 61_200 <= clock["now"] < closes + 61_200 + 1_000 * sensors.WATERMARK_POLL_S + 1
     # A quiet stream: the next minute's run comes at the end of the grace period.
-    assert "waiting for the watermark" in tick(closes + 61_000).skip_message
-    assert tick(closes + 60_000 + grace).run_key == f"minute-{closes + 60_000}"
+    assert "waiting for the watermark" in tick(closes + 121_000).skip_message
+    assert tick(closes + 120_000 + grace).run_key == f"minute-{closes + 120_000}"
 
     assert run_candles(candles_env, instance=instance).success
-    assert "no new trades" in tick(closes + 121_000).skip_message
-    trade(3, -90_000)  # only a late trade, into a minute published final long ago
-    assert tick(closes + 120_000 + grace).run_key == f"minute-{closes + 120_000}"
+    assert "no new trades" in tick(closes + 181_000).skip_message
+    trade(4, -150_000)  # only a late trade, into a minute published final long ago
+    assert tick(closes + 180_000 + grace).run_key == f"minute-{closes + 180_000}"
 
 
 def test_the_same_assets_run_on_a_standalone_spark_cluster(db, platform_env, shared_data: Path,
