@@ -7,11 +7,10 @@ data has them, with Binance's own klines.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -61,20 +60,6 @@ T0 = datetime(2024, 8, 9, tzinfo=UTC)
 
 def ms(moment: datetime, plus_ms: int = 0) -> int:
     return int((moment - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(milliseconds=1)) + plus_ms
-
-
-@pytest.fixture(scope="module")
-def spark(stack) -> SparkSession:
-    """The one in-process SparkSession (SPARK_REMOTE empty) the assets' PySparkResource finds (getOrCreate) in
-    every test here; test_spark_connect.py runs the assets through a Spark Connect server."""
-    return spark_session(dataclasses.replace(stack.settings, spark_master="local[2]", spark_remote=""))
-
-
-@pytest.fixture
-def candles_env(platform_env: Callable[..., PlatformSettings], spark: SparkSession,
-                monkeypatch: pytest.MonkeyPatch) -> PlatformSettings:
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    return platform_env(SPARK_MASTER="local[2]", SPARK_REMOTE="")
 
 
 def run_candles(settings: PlatformSettings, config: CandleRunConfig | None = None,

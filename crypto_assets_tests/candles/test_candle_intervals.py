@@ -5,9 +5,8 @@ Decimal reference computed straight from the trades (``candle_reference``), incr
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,12 +15,11 @@ from unittest import mock
 import dagster as dg
 import psycopg2.extensions
 import pytest
-from pyspark.sql import SparkSession
 
 from crypto_assets import backfill
 from crypto_assets.assets.catalog import CANDLE_ASSETS, CANDLE_CHECKS, DEFINITIONS, RUN_ASSETS
 from crypto_assets.candles import TIMEFRAMES
-from crypto_assets.resources import build_resources, spark_session
+from crypto_assets.resources import build_resources
 from crypto_assets_tests.candle_reference import (
     Trade,
     differences,
@@ -60,19 +58,6 @@ def stack() -> Iterator[LocalStack]:
         finally:
             database.postgres.stop()
             shutil.rmtree(state_dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def spark(stack) -> SparkSession:
-    """The in-process SparkSession (SPARK_REMOTE empty), as in test_candle_assets: no Connect server here."""
-    return spark_session(dataclasses.replace(stack.settings, spark_master="local[2]", spark_remote=""))
-
-
-@pytest.fixture
-def candles_env(platform_env: Callable[..., PlatformSettings], spark: SparkSession,
-                monkeypatch: pytest.MonkeyPatch) -> PlatformSettings:
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    return platform_env(SPARK_MASTER="local[2]", SPARK_REMOTE="")
 
 
 def run_all(settings: PlatformSettings) -> dg.ExecuteInProcessResult:
