@@ -80,8 +80,14 @@ def _kafka_controller(settings: PlatformSettings, port: int) -> None:
 def _spark_connect(settings: PlatformSettings, port: int) -> None:
     from pyspark.sql.connect.session import SparkSession
 
-    with pytest.raises(Exception, match="UNAUTHENTICATED|Invalid authentication"):  # noqa: PT011 - gRPC's own
-        SparkSession.builder.remote(f"sc://localhost:{port}").create().range(1).collect()
+    # Stopped here, while the server still answers: a client left open cleans up at interpreter exit, against
+    # a server long gone, and PySpark's retries then held pytest's exit for about ten minutes.
+    session = SparkSession.builder.remote(f"sc://localhost:{port}").create()
+    try:
+        with pytest.raises(Exception, match="UNAUTHENTICATED|Invalid authentication"):  # noqa: PT011 - gRPC's own
+            session.range(1).collect()
+    finally:
+        session.stop()
 
 
 def _web(path: str, refusal: int) -> Callable[[PlatformSettings, int], None]:
