@@ -69,12 +69,12 @@ def minute_close_sensor(context: dg.SensorEvaluationContext, market_db: MarketDa
     the request it records an observation of ``real_time_prices`` (newest trade time as data version).
     """
     started = now_ms()
-    requested_until = int(context.cursor) if context.cursor else 0
     next_close = window_start(started, MINUTE_MS) + MINUTE_MS
-    if next_close - started <= DAEMON_LOOP_S * 1000 and requested_until < next_close:
+    if next_close - started <= DAEMON_LOOP_S * 1000:
         sleep_ms(next_close - started)  # the close comes before the daemon's next look
     now = now_ms()
     closed_until = window_start(now, MINUTE_MS)
+    requested_until = int(context.cursor) if context.cursor else 0
     if closed_until <= requested_until:
         return dg.SkipReason(f"the run for the minute that closed at {_minute(requested_until)} was requested")
     in_flight = context.instance.get_run_records(
