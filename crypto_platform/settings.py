@@ -107,6 +107,13 @@ def one_of(*choices: str) -> Parser:
     return parse
 
 
+def kafka_node_count(name: str, raw: str) -> int:
+    value = integer()(name, raw)
+    if value not in (1, 3):
+        raise SettingsError(f"{name}={value} must be 1 or 3 (a KRaft quorum of 2 survives no loss)")
+    return value
+
+
 def symbol_list(_: str, raw: str) -> tuple[str, ...]:
     parsed = tuple(dict.fromkeys(s.strip().upper() for s in raw.split(",") if s.strip()))
     if not parsed:
@@ -248,11 +255,25 @@ class PlatformSettings:
     tls_ca_cert: Path = derived(lambda _, s: s["state_dir"] / "tls" / "ca.crt")
     # The platform's own web servers (Superset, the Dagster UI) speak HTTPS only with SECURE=1.
     web_scheme: str = derived(lambda _, s: "https" if s["secure"] else "http")
-    kafka_port: int = setting("KAFKA_PORT", "Kafka listener", "9092", port)
-    kafka_controller_port: int = setting("KAFKA_CONTROLLER_PORT", "KRaft controller listener", "9093", port)
-    kafka_bootstrap_servers: str = setting("KAFKA_BOOTSTRAP_SERVERS", "where clients find Kafka",
-                                           lambda s: f"{s['bind_host']}:{s['kafka_port']}",
-                                           shown="`BIND_HOST:KAFKA_PORT`")
+    kafka_brokers: int = setting(
+        "KAFKA_BROKERS", "KRaft nodes (broker and controller each) the local stack runs: 1, or 3 to survive losing "
+        "one; node I listens on `KAFKA_PORT + I - 1` and `KAFKA_CONTROLLER_PORT + I - 1`", "1", kafka_node_count)
+    kafka_port: int = setting("KAFKA_PORT", "Kafka listener (of the first node)", "9092", port)
+    kafka_controller_port: int = setting("KAFKA_CONTROLLER_PORT", "KRaft controller listener (of the first node)",
+                                         lambda s: str(s["kafka_port"] + s["kafka_brokers"]), port,
+                                         shown="`KAFKA_PORT + KAFKA_BROKERS` (9093)")
+    kafka_bootstrap_servers: str = setting(
+        "KAFKA_BOOTSTRAP_SERVERS", "where clients find Kafka; with `KAFKA_BROKERS=3`, one address per node, "
+        "in node order (each node advertises its own)",
+        lambda s: ",".join(f"{s['bind_host']}:{s['kafka_port'] + node}" for node in range(s["kafka_brokers"])),
+        shown="`BIND_HOST:KAFKA_PORT`, one per node")
+    kafka_replication_factor: int = setting(
+        "KAFKA_REPLICATION_FACTOR", "copies of every partition of the trades topic (and Kafka's own topics)",
+        lambda s: str(s["kafka_brokers"]), integer(minimum=1), shown="`KAFKA_BROKERS`")
+    kafka_min_insync_replicas: int = setting(
+        "KAFKA_MIN_INSYNC_REPLICAS", "copies a write must reach before the broker acknowledges it (the producer "
+        "sends with `acks=all`)", lambda s: str(max(1, s["kafka_replication_factor"] - 1)), integer(minimum=1),
+        shown="`KAFKA_REPLICATION_FACTOR - 1`, at least 1")
     kafka_topic: str = setting("KAFKA_TOPIC", "the trades topic", "binance-prices")
     kafka_partitions: int = setting("KAFKA_PARTITIONS", "its partitions", "3", integer(minimum=1))
     kafka_retention_hours: int = setting("KAFKA_RETENTION_HOURS", "how long Kafka keeps messages", "168",
@@ -404,12 +425,32 @@ class PlatformSettings:
     log_level: str = setting("LOG_LEVEL", "log level of the services", "INFO", upper)
 
     def __post_init__(self) -> None:
+        self._check_kafka_cluster()
         if self.producer_workers > len(self.symbols):
             raise SettingsError(f"PRODUCER_WORKERS={self.producer_workers} exceeds the {len(self.symbols)} SYMBOLS "
                                 "(a symbol is never in two workers)")
         if self.consumer_workers > self.kafka_partitions:
             raise SettingsError(f"CONSUMER_WORKERS={self.consumer_workers} exceeds KAFKA_PARTITIONS="
                                 f"{self.kafka_partitions} (a partition is read by one consumer of the group)")
+
+    def _check_kafka_cluster(self) -> None:
+        nodes = self.kafka_brokers
+        if self.kafka_replication_factor > nodes:
+            raise SettingsError(f"KAFKA_REPLICATION_FACTOR={self.kafka_replication_factor} exceeds KAFKA_BROKERS="
+                                f"{nodes} (a broker holds one copy of a partition)")
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise SettingsError(f"KAFKA_MIN_INSYNC_REPLICAS={self.kafka_min_insync_replicas} exceeds KAFKA_"
+                                f"REPLICATION_FACTOR={self.kafka_replication_factor} (no write would be acknowledged)")
+        clients = range(self.kafka_port, self.kafka_port + nodes)
+        controllers = range(self.kafka_controller_port, self.kafka_controller_port + nodes)
+        if set(clients) & set(controllers):
+            raise SettingsError(f"KAFKA_CONTROLLER_PORT={self.kafka_controller_port} overlaps the {nodes} client "
+                                f"ports from KAFKA_PORT={self.kafka_port} (node I uses each port + I - 1)")
+        if max(clients[-1], controllers[-1]) > 65535:
+            raise SettingsError("KAFKA_PORT or KAFKA_CONTROLLER_PORT + KAFKA_BROKERS - 1 is past 65535")
+        if nodes > 1 and len(self.kafka_bootstrap_servers.split(",")) != nodes:
+            raise SettingsError(f"KAFKA_BOOTSTRAP_SERVERS={self.kafka_bootstrap_servers!r} must name one address per "
+                                f"node with KAFKA_BROKERS={nodes}, in node order")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PlatformSettings:

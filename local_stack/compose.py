@@ -4,9 +4,9 @@
 and server certificate (``certificates``; the CA's key stays in ``STATE_DIR/ca``, a volume of this service
 only, and ``STATE_DIR/tls`` gets the rest) and every generated secret of ``STATE_DIR/secrets`` (database
 roles, Kafka's SCRAM users, Redis, Spark Connect's token, the Dagster UI's login), so the services can
-mount both read-only. ``kafka`` is the broker with the local stack's properties (SASL_SSL, ACLs),
-``dagster`` the guarded webserver and its daemon with the local stack's environment (storage as role
-``dagster``).
+mount both read-only. ``kafka`` (``--node I`` for ``kafka-I`` with ``KAFKA_BROKERS=3``) is a Kafka node with
+the local stack's properties (SASL_SSL, ACLs), ``dagster`` the guarded webserver and its daemon with the
+local stack's environment (storage as role ``dagster``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from crypto_platform.credentials import (
 from crypto_platform.logs import configure_logging
 from crypto_platform.settings import PlatformSettings
 from local_stack.certificates import ensure_certificates, platform_hosts, publish_certificates
-from local_stack.kafka_broker import KafkaBroker
+from local_stack.kafka_cluster import KafkaCluster
 from local_stack.redis_server import redis_password
 from local_stack.stack import dagster_service
 
@@ -53,13 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m local_stack.compose",
                                      description="A docker-compose service of the platform, in the foreground.")
     parser.add_argument("service", choices=("secrets", "kafka", "dagster"))
+    parser.add_argument("--node", type=int, default=1, help="the Kafka node to run (1 to KAFKA_BROKERS)")
     args = parser.parse_args(argv)
     settings = PlatformSettings.from_env()
     configure_logging(settings.log_level)
     if args.service == "secrets":
         make_secrets(settings)
     elif args.service == "kafka":
-        KafkaBroker(settings).run_in_foreground()
+        KafkaCluster(settings).run_node_in_foreground(args.node)
     else:
         dagster_service(settings).run_in_foreground()
 

@@ -14,14 +14,17 @@ from local_stack.jars import postgresql_jdbc_jar
 from local_stack.processes import free_port
 from local_stack.stack import LocalStack
 
-PORT_VARIABLES = ("PG_PORT", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "REPLAY_PORT", "PRODUCER_METRICS_PORT",
-                  "CONSUMER_METRICS_PORT", "DAGSTER_PORT", "SUPERSET_PORT", "SPARK_MASTER_PORT",
-                  "SPARK_MASTER_WEBUI_PORT", "REDIS_PORT", "SPARK_CONNECT_PORT")
+PORT_VARIABLES = ("PG_PORT", "REPLAY_PORT", "PRODUCER_METRICS_PORT", "CONSUMER_METRICS_PORT", "DAGSTER_PORT",
+                  "SUPERSET_PORT", "SPARK_MASTER_PORT", "SPARK_MASTER_WEBUI_PORT", "REDIS_PORT", "SPARK_CONNECT_PORT")
+# The first of the ports of every Kafka node (KAFKA_BROKERS may be up to 3: node I uses port + I - 1).
+KAFKA_PORT_VARIABLES = ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT")
+MOST_KAFKA_NODES = 3
 
 
 def stack_environment(state_dir: Path) -> dict[str, str]:
     """Environment of a stack of its own: a state folder and free ports, nothing shared with `make up`."""
     return {"STATE_DIR": str(state_dir), **{name: str(free_port()) for name in PORT_VARIABLES},
+            **{name: str(free_port(count=MOST_KAFKA_NODES)) for name in KAFKA_PORT_VARIABLES},
             "KAFKA_BOOTSTRAP_SERVERS": "", "DATABASE_URL": "", "REDIS_URL": "", "SUPERSET_PUBLIC_URL": "",
             "SPARK_MASTER": "", "LOG_LEVEL": "INFO", "SPARK_JDBC_DRIVER": str(postgresql_jdbc_jar())}
 

@@ -8,7 +8,7 @@ listener logs in as the admin, from ``server.properties``, which every start wri
 
 ``ensure_service_users`` (each ``make up`` and compose's ``bootstrap``): the producer's and the consumer's
 credentials are set from their secret files, so a file made anew works as every other secret does. The
-admin cannot be set that way (it is who sets them): ``KafkaBroker.check_admin_password`` reports a
+admin cannot be set that way (it is who sets them): ``KafkaCluster.check_admin_password`` reports a
 replaced file in one line instead.
 """
 
@@ -32,7 +32,7 @@ from crypto_platform.credentials import (
     secrets_dir,
 )
 from crypto_platform.settings import PlatformSettings
-from local_stack.kafka_broker import SCRAM, KafkaBroker
+from local_stack.kafka_cluster import SCRAM, KafkaCluster
 from local_stack.permissions import write_private
 from local_stack.processes import StackError, wait_until
 
@@ -52,7 +52,7 @@ def _upsert(admin: KafkaAdminClient, user: str, password: str) -> None:
         raise StackError(f"Kafka refused the SCRAM credential of {user}: {result[user]}")
 
 
-def _admin(broker: KafkaBroker) -> KafkaAdminClient:
+def _admin(broker: KafkaCluster) -> KafkaAdminClient:
     try:
         return broker.admin()
     except KafkaError as exc:
@@ -72,7 +72,7 @@ def logs_in(settings: PlatformSettings, user: str, password: str) -> bool:
     return True
 
 
-def ensure_service_users(broker: KafkaBroker) -> None:
+def ensure_service_users(broker: KafkaCluster) -> None:
     """The producer's and the consumer's SCRAM credentials from their secret files (SECURE=1)."""
     if not broker.settings.secure:
         return

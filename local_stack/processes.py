@@ -221,24 +221,29 @@ def _ephemeral_port_range() -> tuple[int, int]:
         return 32_768, 60_999
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free now (for tests and ephemeral stacks), below the kernel's ephemeral range: a port the OS
-    hands out for port 0 may be taken a moment later as the local end of any outgoing connection (a Kafka
-    client's), and the server meant to listen on it then fails to start. Never the same port twice in a
-    process."""
-    low, high = FREE_PORT_LOW, _ephemeral_port_range()[0]
+def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
+    """The first of ``count`` consecutive ports free now (for tests and ephemeral stacks), below the kernel's
+    ephemeral range: a port the OS hands out for port 0 may be taken a moment later as the local end of any
+    outgoing connection (a Kafka client's), and the server meant to listen on it then fails to start. Never the
+    same port twice in a process."""
+    low, high = FREE_PORT_LOW, _ephemeral_port_range()[0] - count
     if high - low < 1_000:  # an ephemeral range reaching down here: any port may collide, take any
-        low, high = FREE_PORT_LOW, 65_535
-    candidates = [port for port in random.sample(range(low, high), min(200, high - low)) if port not in _handed_out]
-    for port in candidates:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise StackError(f"no free port between {low} and {high} on {host}")
+        low, high = FREE_PORT_LOW, 65_536 - count
+    for first in random.sample(range(low, high), min(200, high - low)):
+        block = range(first, first + count)
+        if not _handed_out.intersection(block) and all(_binds(host, port) for port in block):
+            _handed_out.update(block)
+            return first
+    raise StackError(f"no {count} free port(s) in a row between {low} and {high} on {host}")
+
+
+def _binds(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+            return True
+        except OSError:
+            return False
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -18,7 +18,7 @@ from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings
 from local_stack.certificates import client_context
 from local_stack.dagster_web import dagster_url, login_headers
 from local_stack.jars import postgresql_jdbc_jar
-from local_stack.kafka_broker import KafkaBroker
+from local_stack.kafka_cluster import KafkaCluster
 from local_stack.kafka_users import ensure_service_users
 from local_stack.migrations import apply_migrations
 from local_stack.permissions import restrict_state_dir
@@ -123,7 +123,7 @@ class LocalStack:
     def __init__(self, settings: PlatformSettings) -> None:
         self.settings = settings
         self.postgres = PostgresServer(settings)
-        self.kafka = KafkaBroker(settings)
+        self.kafka = KafkaCluster(settings)
 
     def services(self) -> list[ManagedService]:
         s = self.settings
@@ -215,7 +215,8 @@ class LocalStack:
         services = self.services()
         known = {service.name for service in services}
         run_dir = self.settings.state_dir / "run"
-        others = sorted({path.name.split(".")[0] for path in run_dir.glob("*.pid")} - known - {"kafka"}) \
+        kafka_nodes = {node.name for node in self.kafka.nodes} | {"kafka-2", "kafka-3"}
+        others = sorted({path.name.split(".")[0] for path in run_dir.glob("*.pid")} - known - kafka_nodes) \
             if run_dir.is_dir() else []
         return [ManagedService(name, self.settings, [], ready=lambda: True) for name in others] + services
 
@@ -228,8 +229,8 @@ class LocalStack:
             if port is not None:
                 ports[port] = service.port_variable or service.name
             survivors += service.stop()
-        ports.update({self.settings.kafka_port: "KAFKA_PORT",
-                      self.settings.kafka_controller_port: "KAFKA_CONTROLLER_PORT"})
+        for node in self.kafka.nodes:
+            ports.update({node.port: "KAFKA_PORT", node.controller_port: "KAFKA_CONTROLLER_PORT"})
         survivors += self.kafka.stop()
         if self.settings.embedded_postgres:
             ports[self.settings.pg_port] = "PG_PORT"

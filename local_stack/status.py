@@ -46,8 +46,8 @@ def service_lines(stack: LocalStack) -> list[ServiceLine]:
     s = stack.settings
     lines = [ServiceLine("postgres", "up" if not s.embedded_postgres or stack.postgres.is_running() else "down",
                          str(s.pg_port) if s.embedded_postgres else "external", str(stack.postgres.pid() or "-")),
-             ServiceLine("kafka", "up" if stack.kafka.is_running() else "down", str(s.kafka_port),
-                         str(stack.kafka.pid() or "-"))]
+             *(ServiceLine(node.name, "up" if node.is_running() else "down", str(node.port), str(node.pid() or "-"))
+               for node in stack.kafka.nodes)]
     for service in stack.services():
         pid = service.pid()
         lines.append(ServiceLine(service.name, "up" if pid else "down", str(service.port or "-"), str(pid or "-")))

@@ -17,7 +17,7 @@ from crypto_platform.credentials import KAFKA_PRINCIPALS, RUNTIME_ROLES
 from crypto_platform.settings import PlatformSettings
 from local_stack import compose
 from local_stack.certificates import platform_certificates
-from local_stack.kafka_broker import KafkaBroker
+from local_stack.kafka_cluster import KafkaCluster
 from local_stack.redis_server import LEGACY_PASSWORD_FILE, broker_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def test_services_volumes_and_network() -> None:
 
 def test_images_are_pinned_and_kafka_is_the_local_stacks_broker() -> None:
     assert SERVICES["kafka"]["image"] == PLATFORM_IMAGE
-    assert SERVICES["kafka"]["command"] == ["python", "-m", "local_stack.compose", "kafka"]
+    assert SERVICES["kafka"]["command"] == ["python", "-m", "local_stack.compose", "kafka", "--node", "1"]
     assert SERVICES["postgres"]["image"] == "postgres:16"
     for name, service in SERVICES.items():
         image = service.get("image", "")
@@ -137,9 +137,9 @@ def test_the_one_shot_makes_certificates_and_secrets_once_without_the_ca_key_in_
 
 def test_kafka_listens_with_sasl_ssl_and_tls_only_and_advertises_its_service_name(tmp_path) -> None:
     compose.make_secrets(settings_of(ONE_SHOT, tmp_path))
-    broker = KafkaBroker(settings_of("kafka", tmp_path))
-    broker.root.mkdir(parents=True)
-    lines = broker._write_properties().read_text().splitlines()
+    node = KafkaCluster(settings_of("kafka", tmp_path)).nodes[0]
+    node.root.mkdir(parents=True)
+    lines = node._write_properties().read_text().splitlines()
     properties = dict(line.split("=", 1) for line in lines)
     assert properties["listeners"] == "SASL_SSL://0.0.0.0:9092,CONTROLLER://0.0.0.0:9093"
     assert properties["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:SSL"
@@ -148,6 +148,29 @@ def test_kafka_listens_with_sasl_ssl_and_tls_only_and_advertises_its_service_nam
     assert properties["listener.name.controller.ssl.client.auth"] == "required"
     assert properties["allow.everyone.if.no.acl.found"] == "false"
     assert "PLAINTEXT" not in COMPOSE_TEXT
+
+
+def test_three_kafka_nodes_share_one_volume_and_each_advertises_its_service_name(tmp_path, monkeypatch) -> None:
+    """With .env.example's three-node lines: kafka-2 and kafka-3 in their profile, each node its own ports,
+    the quorum of all three by service name, every partition on three nodes, a write acknowledged on two."""
+    for line in (REPO_ROOT / ".env.example").read_text().splitlines():
+        if line.startswith("# KAFKA_") or line.startswith("# COMPOSE_"):
+            variable, value = line[2:].split("=", 1)
+            monkeypatch.setitem(EXAMPLE_ENV, variable, value)
+    compose.make_secrets(settings_of(ONE_SHOT, tmp_path))
+    nodes = KafkaCluster(settings_of("kafka", tmp_path)).nodes
+    assert [node.name for node in nodes] == ["kafka", "kafka-2", "kafka-3"]
+    assert EXAMPLE_ENV["COMPOSE_PROFILES"] in SERVICES["kafka-2"]["profiles"] == SERVICES["kafka-3"]["profiles"]
+    for node in nodes:
+        service = SERVICES[node.name]
+        assert service["command"][-2:] == ["--node", str(node.node_id)]
+        assert "kafka-data:/data" in volumes(node.name)
+        assert service["ports"] == [f"127.0.0.1:{node.port}:{node.port}"]
+        node.root.mkdir(parents=True, exist_ok=True)
+        properties = dict(line.split("=", 1) for line in node._write_properties().read_text().splitlines())
+        assert properties["advertised.listeners"] == f"SASL_SSL://{node.name}:{node.port}"
+        assert properties["controller.quorum.voters"] == "1@kafka:9095,2@kafka-2:9096,3@kafka-3:9097"
+        assert (properties["default.replication.factor"], properties["min.insync.replicas"]) == ("3", "2")
 
 
 def test_postgres_takes_tls_connections_only_and_clients_verify_it() -> None:

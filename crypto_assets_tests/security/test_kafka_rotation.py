@@ -1,5 +1,5 @@
 """SECURE=1's Kafka SCRAM passwords after the storage was formatted: ``make rotate-kafka-password`` and a
-secret file made anew at ``make up`` (the broker's part of it: ``KafkaBroker.start``, ``bootstrap_kafka``)."""
+secret file made anew at ``make up`` (the broker's part of it: ``KafkaCluster.start``, ``bootstrap_kafka``)."""
 
 from __future__ import annotations
 
@@ -92,11 +92,11 @@ def test_after_rotating_the_admin_the_stack_still_creates_topics_and_acls(stack,
     caplog.set_level(logging.INFO, logger="local_stack")
     settings = stack.settings
     old = kafka_password(settings, KAFKA_ADMIN)
-    pid = stack.kafka.pid()
+    pids = stack.kafka.pids()
     rotate_password(stack, KAFKA_ADMIN)
     new = kafka_password(settings, KAFKA_ADMIN)
     seen_passwords.update((old, new))
-    assert new != old and stack.kafka.pid() != pid  # restarted with the new password in its properties
+    assert new != old and stack.kafka.pids() != pids  # restarted with the new password in its properties
     assert new in (settings.state_dir / "kafka" / "server.properties").read_text()
     assert not logs_in(settings, KAFKA_ADMIN, old)
     stack.kafka.ensure_topic("rotation-check", 1)

@@ -17,17 +17,17 @@ from kafka.errors import KafkaError
 from crypto_platform.credentials import KAFKA_CONSUMER, KAFKA_PRINCIPALS, KAFKA_PRODUCER, kafka_password, kafka_security
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import make_state_dir, stack_environment
-from local_stack.kafka_broker import KafkaBroker
+from local_stack.kafka_cluster import KafkaCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TOPIC = "binance-prices"
 
 
 @pytest.fixture(scope="module")
-def secure_kafka() -> Iterator[KafkaBroker]:
+def secure_kafka() -> Iterator[KafkaCluster]:
     state_dir = make_state_dir("crypto-test-kafka-sasl-")
     settings = PlatformSettings.from_env({**os.environ, **stack_environment(state_dir), "SECURE": "1"})
-    broker = KafkaBroker(settings)
+    broker = KafkaCluster(settings)
     try:
         broker.start()
         broker.ensure_topic(TOPIC, 3)
