@@ -7,8 +7,9 @@
 3. latency at a steady rate: producer send → broker ack, and trade time → row in PostgreSQL.
 
 Usage: ``[LOG_LEVEL=INFO] python -m bench.ingestion [--rows N] [--workers 1,2,3] [--rate R --seconds S]
-[--part consumer|stages|chain|latency ...] [--modes plain,secure]``; ``--modes plain,secure`` runs the parts
-on a stack with SECURE=0, then on a new one with SECURE=1, and prints both side by side.
+[--part consumer|stages|chain|latency ...] [--modes plain,secure] [--brokers 1,3]``; ``--modes plain,secure``
+runs the parts on a stack with SECURE=0, then on a new one with SECURE=1, and prints both side by side;
+``--brokers 1,3`` does the same with one Kafka node and with three (every partition on three, acks from two).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import psycopg2
 import websocket
 from kafka import KafkaProducer
 
-from bench.modes import MODES, Figure, comparison, mode_list
+from bench.modes import MODES, Figure, comparison, mode_list, side_by_side
 from crypto_platform.credentials import KAFKA_CONSUMER, KAFKA_PRODUCER, kafka_security
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import ephemeral_stack, make_state_dir, process_environment
@@ -388,6 +389,13 @@ def worker_counts(raw: str) -> list[int]:
     return [positive_int(part) for part in raw.split(",")]
 
 
+def broker_counts(raw: str) -> list[int]:
+    counts = [positive_int(part) for part in raw.split(",")]
+    if any(count not in (1, 3) for count in counts) or len(set(counts)) != len(counts) or len(counts) > 2:
+        raise argparse.ArgumentTypeError(f"{raw!r}: 1, 3 or 1,3")
+    return counts
+
+
 # The bench's consumer groups ("bench-…") are the stack's CONSUMER_GROUP prefix, which SECURE=1's ACLs allow.
 BENCH_GROUP_PREFIX = "bench"
 
@@ -403,16 +411,25 @@ def main() -> None:
     parser.add_argument("--part", choices=PARTS, action="append", help="run only this part (repeatable)")
     parser.add_argument("--modes", type=mode_list, default=["plain"],
                         help="comma list of plain (SECURE=0), secure (SECURE=1): each on a new stack, then compared")
+    parser.add_argument("--brokers", type=broker_counts, default=[1],
+                        help="comma list of KAFKA_BROKERS (1, 3): each on a new stack, then side by side")
     args = parser.parse_args()
-    results = {}
-    for mode in args.modes:
+    results: dict[tuple[str, int], dict[str, Figure]] = {}
+    for brokers in args.brokers:
+        for mode in args.modes:
+            if len(args.modes) > 1 or len(args.brokers) > 1:
+                print(f"== {mode} (SECURE={MODES[mode]}), KAFKA_BROKERS={brokers}", flush=True)
+            environment = {"SECURE": MODES[mode], "CONSUMER_GROUP": BENCH_GROUP_PREFIX, "KAFKA_BROKERS": str(brokers)}
+            with process_environment(environment), ephemeral_stack(f"crypto-bench-{mode}-") as stack:
+                results[mode, brokers] = run_parts(args, args.part or PARTS, stack)
+    for brokers in args.brokers:
         if len(args.modes) > 1:
-            print(f"== {mode} (SECURE={MODES[mode]})", flush=True)
-        environment = {"SECURE": MODES[mode], "CONSUMER_GROUP": BENCH_GROUP_PREFIX}
-        with process_environment(environment), ephemeral_stack(f"crypto-bench-{mode}-") as stack:
-            results[mode] = run_parts(args, args.part or PARTS, stack)
-    if {"plain", "secure"} <= results.keys():
-        print("\n".join(comparison(results)), flush=True)
+            print("\n".join(comparison({mode: results[mode, brokers] for mode in args.modes})), flush=True)
+    if len(args.brokers) == 2:
+        one, more = args.brokers
+        for mode in args.modes:
+            print("\n".join(side_by_side(f"{one} node(s)", results[mode, one], f"{more} nodes", results[mode, more])),
+                  flush=True)
 
 
 def run_parts(args: argparse.Namespace, parts: tuple[str, ...], stack: LocalStack) -> dict[str, Figure]:

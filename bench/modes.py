@@ -31,17 +31,26 @@ class Figure:
         return self.value <= plain.value * (1 + GOAL)
 
 
+def side_by_side(left_name: str, left: dict[str, Figure], right_name: str, right: dict[str, Figure]) -> list[str]:
+    """One table with each figure of both runs and right/left."""
+    names = [name for name in left if name in right]
+    rows = [f"{name + ('' if left[name].judged else ' (not judged)'):<52} {left[name].value:>12,.1f} "
+            f"{right[name].value:>12,.1f} {_ratio(right[name], left[name]):>8.2f}" for name in names]
+    return [f"{'figure':<52} {left_name:>12} {right_name:>12} {'ratio':>8}", *rows]
+
+
+def _ratio(figure: Figure, base: Figure) -> float:
+    return figure.value / base.value if base.value else float("nan")
+
+
 def comparison(results: dict[str, dict[str, Figure]]) -> list[str]:
-    """One table with each figure of both modes and secure/plain, then one verdict line against the goal."""
+    """The table of both modes (secure/plain), then one verdict line against the goal."""
     plain, secure = results["plain"], results["secure"]
-    names = [name for name in plain if name in secure]
-    ratios = {name: secure[name].value / plain[name].value if plain[name].value else float("nan") for name in names}
-    rows = [f"{name + ('' if plain[name].judged else ' (not judged)'):<52} {plain[name].value:>12,.1f} "
-            f"{secure[name].value:>12,.1f} {ratios[name]:>8.2f}" for name in names]
-    judged = [name for name in names if plain[name].judged]
-    missed = [f"{name} {ratios[name]:.2f}" for name in judged if not secure[name].within_goal(plain[name])]
+    judged = [name for name in plain if name in secure and plain[name].judged]
+    missed = [f"{name} {_ratio(secure[name], plain[name]):.2f}" for name in judged
+              if not secure[name].within_goal(plain[name])]
     verdict = (f"SECURE=1 within {GOAL:.0%} of plaintext on all {len(judged)} judged figures" if not missed else
                f"SECURE=1 misses the {GOAL:.0%} goal on {len(missed)} of {len(judged)} judged figures "
                f"(secure/plain): {'; '.join(missed)}")
-    return [f"{'figure':<52} {'plain':>12} {'secure':>12} {'ratio':>8}", *rows,
+    return [*side_by_side("plain", plain, "secure", secure),
             f"verdict (throughput ≥ {1 - GOAL:.2f} × plain, latency ≤ {1 + GOAL:.2f} × plain): {verdict}"]
