@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -60,6 +61,12 @@ def service_marker(state_dir: Path, name: str) -> str:
     return f"{state_dir}:{name}"
 
 
+def as_account(uid: int, gid: int) -> dict[str, object]:
+    """``subprocess`` options that run a command as ``uid``:``gid`` without supplementary groups; none when
+    that is this process's own user."""
+    return {} if uid == os.getuid() else {"user": uid, "group": gid, "extra_groups": []}
+
+
 def start_detached(
     command: Sequence[str],
     log_path: Path,
@@ -67,17 +74,20 @@ def start_detached(
     marker: str,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    account: tuple[int, int] | None = None,
 ) -> int:
     """Starts ``command`` in its own session under the log wrapper; returns the service's own pid.
 
     The wrapper writes the pid of the command it runs (not its own) into ``pid_file``: the pid that
     ``make status`` shows is the one that serves, and killing it stops the service. Every file the
-    service creates is private to its user (umask 077).
+    service creates is private to its user (umask 077). With ``account`` (uid, gid) the command runs as
+    that user while the wrapper, which writes the log and the pid file, stays this process's.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     pid_file.remove()
-    wrapped = [sys.executable, "-m", "local_stack.rotating_log", "--pid-file", str(pid_file.path), str(log_path),
-               "--", *command]
+    user = ["--user", f"{account[0]}:{account[1]}"] if account is not None else []
+    wrapped = [sys.executable, "-m", "local_stack.rotating_log", "--pid-file", str(pid_file.path), *user,
+               str(log_path), "--", *command]
     wrapper = subprocess.Popen(
         wrapped, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**(env if env is not None else os.environ), SERVICE_MARKER: marker}, cwd=cwd, start_new_session=True,
@@ -121,11 +131,12 @@ def describe_processes(processes: Sequence[psutil.Process], most: int = 3) -> st
     return ", ".join(described) + more
 
 
-def stop_processes(processes: Sequence[psutil.Process], timeout: float = 20.0) -> list[psutil.Process]:
-    """SIGTERM to each, SIGKILL to whatever is left after ``timeout`` seconds; returns what survived both."""
+def stop_processes(processes: Sequence[psutil.Process], timeout: float = 20.0,
+                   stop_signal: signal.Signals = signal.SIGTERM) -> list[psutil.Process]:
+    """``stop_signal`` to each, SIGKILL to whatever is left after ``timeout`` seconds; returns what survived both."""
     for process in processes:
         try:
-            process.terminate()
+            process.send_signal(stop_signal)
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(processes, timeout=timeout)
@@ -138,12 +149,17 @@ def stop_processes(processes: Sequence[psutil.Process], timeout: float = 20.0) -
     return alive
 
 
-def stop_service_processes(pid: int | None, marker: str, timeout: float = 20.0) -> list[psutil.Process]:
-    """The service first (its children stop with it), then every process left with its marker."""
+def stop_service_processes(pid: int | None, marker: str, timeout: float = 20.0,
+                           stop_signal: signal.Signals = signal.SIGTERM,
+                           signal_children: bool = True) -> list[psutil.Process]:
+    """The service first, with its children unless it stops them itself (``signal_children`` false: a
+    postmaster, whose children must not be signalled behind its back), then every process left with its
+    marker."""
     if pid is not None:
         try:
             service = psutil.Process(pid)
-            stop_processes([service, *service.children(recursive=True)], timeout)
+            children = service.children(recursive=True) if signal_children else []
+            stop_processes([service, *children], timeout, stop_signal)
         except psutil.NoSuchProcess:
             pass
     return stop_processes(marked_processes(marker), timeout=5)
@@ -180,12 +196,9 @@ def port_holder(host: str, port: int) -> str:
 
 
 def belongs_to(process: psutil.Process, state_dir: Path) -> bool:
-    """Started for this state folder: our marker in its environment, or the folder on its command line
-    (PostgreSQL, started by pg_ctl, carries no marker)."""
+    """Started for this state folder: our marker in its environment."""
     try:
-        if (process.environ().get(SERVICE_MARKER) or "").startswith(service_marker(state_dir, "")):
-            return True
-        return str(state_dir) in " ".join(process.cmdline())
+        return (process.environ().get(SERVICE_MARKER) or "").startswith(service_marker(state_dir, ""))
     except (psutil.AccessDenied, psutil.NoSuchProcess):
         return False
 

@@ -1,20 +1,22 @@
 """Runs a command and writes its output to a size-rotated log, so a week of running can't fill the disk.
 
-Usage: ``python -m local_stack.rotating_log [--pid-file PATH] LOG_PATH -- COMMAND ...``. The wrapper
-writes the command's pid (not its own) to the pid file, ignores SIGTERM and SIGINT, reaps the service as soon
-as it exits, keeps copying until its output is closed (so its last lines are kept, and its orphans'), then
-exits with the service's exit code.
+Usage: ``python -m local_stack.rotating_log [--pid-file PATH] [--user UID:GID] LOG_PATH -- COMMAND ...``. The
+wrapper writes the command's pid (not its own) to the pid file, runs the command as ``--user`` when given
+(PostgreSQL's server account), ignores SIGTERM and SIGINT, reaps the service as soon as it exits, keeps
+copying until its output is closed (so its last lines are kept, and its orphans'), then exits with the
+service's exit code.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from local_stack.processes import PidFile
+from local_stack.processes import PidFile, as_account
 
 MAX_BYTES = 20 * 1024 * 1024
 BACKUPS = 5
@@ -47,7 +49,8 @@ class RotatingWriter:
         self.file.close()
 
 
-def run(log_path: Path, command: list[str], pid_file: Path | None = None) -> int:
+def run(log_path: Path, command: list[str], pid_file: Path | None = None,
+        account: tuple[int, int] | None = None) -> int:
     # The service receives the group's signals itself; the wrapper outlives it to keep its last words.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -56,6 +59,7 @@ def run(log_path: Path, command: list[str], pid_file: Path | None = None) -> int
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         restore_signals=True, preexec_fn=lambda: (signal.signal(signal.SIGTERM, signal.SIG_DFL),
                                                  signal.signal(signal.SIGINT, signal.SIG_DFL)),
+        **(as_account(*account) if account is not None else {}),
     )
     assert child.stdout is not None
     if pid_file is not None:
@@ -71,14 +75,20 @@ def run(log_path: Path, command: list[str], pid_file: Path | None = None) -> int
     return child.returncode
 
 
+USAGE = "usage: python -m local_stack.rotating_log [--pid-file PATH] [--user UID:GID] LOG_PATH -- COMMAND ..."
+
+
 def main(argv: list[str]) -> int:
-    pid_file = None
-    if argv[:1] == ["--pid-file"] and len(argv) > 1:
-        pid_file, argv = Path(argv[1]), argv[2:]
-    if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m local_stack.rotating_log [--pid-file PATH] LOG_PATH -- COMMAND ...", file=sys.stderr)
+    options: dict[str, str] = {}
+    while argv[:1] in (["--pid-file"], ["--user"]) and len(argv) > 1:
+        options[argv[0]], argv = argv[1], argv[2:]
+    user = re.fullmatch(r"(\d+):(\d+)", options.get("--user", ""))
+    if len(argv) < 3 or argv[1] != "--" or ("--user" in options and user is None):
+        print(USAGE, file=sys.stderr)
         return 2
-    return run(Path(argv[0]), argv[2:], pid_file)
+    pid_file = Path(options["--pid-file"]) if "--pid-file" in options else None
+    account = (int(user[1]), int(user[2])) if user else None
+    return run(Path(argv[0]), argv[2:], pid_file, account)
 
 
 if __name__ == "__main__":
