@@ -1,7 +1,8 @@
 """One platform process run detached by pid (``ManagedService``) and the readiness probes services use.
 
 The local stack (``stack.py``) assembles its services from this; so do the modules that describe one
-service each (``spark_connect.py``, ``redis_server.py``, ``superset.py``), without importing the stack.
+service or server each (``spark_connect.py``, ``redis_server.py``, ``superset.py``, ``postgres.py``),
+without importing the stack.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import socket
 import ssl
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import psutil
 
@@ -36,6 +39,7 @@ from local_stack.run_record import EVERY_SETTING, RunRecord, settings_snapshot
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_READY_TIMEOUT_S = 30
+SERVICE_STOP_TIMEOUT_S = 20
 HTTP_PROBE_TIMEOUT_S = 10  # a readiness probe that gives up sooner fails forever on a loaded machine
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -44,11 +48,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ManagedService:
-    """A platform process (replay server, producer, consumer, Dagster, Superset) run detached by pid.
+    """A platform process (PostgreSQL, replay server, producer, consumer, Dagster, Superset) run detached by pid.
 
     Every service has a readiness check: ``make up`` returns only once each one answers, and fails with
     the service's own last line when one exits or does not answer in time. ``watched`` are the prefixes
-    of the settings it reads: started again with other values, it is restarted.
+    of the settings it reads: started again with other values, it is restarted, or with
+    ``on_changed_settings="refuse"`` (a server holding data) ``make up`` fails with one line saying how to
+    apply them. ``run_as`` gives the (uid, gid) its command runs as, looked up at each start. ``stop``
+    sends ``stop_signal`` to the service, and to its children unless ``signal_children`` is false (the
+    service stops them itself), and kills what is left after ``stop_timeout_s``.
     """
 
     name: str
@@ -62,6 +70,11 @@ class ManagedService:
     ready_timeout_s: float = SERVICE_READY_TIMEOUT_S
     watched: tuple[str, ...] = EVERY_SETTING
     ignored: tuple[str, ...] = ()
+    on_changed_settings: Literal["restart", "refuse"] = "restart"
+    run_as: Callable[[], tuple[int, int]] | None = None
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout_s: float = SERVICE_STOP_TIMEOUT_S
+    signal_children: bool = True
 
     @property
     def log_path(self) -> Path:
@@ -102,6 +115,9 @@ class ManagedService:
             changes = self.run_record.changes(self.settings_snapshot())
             if not changes:
                 return
+            if self.on_changed_settings == "refuse":
+                raise StackError(f"{self.name} runs with other settings ({'; '.join(changes)}); "
+                                 "to apply them run `make down` then `make up`")
             say(f"{self.name} runs with other settings ({'; '.join(changes)}): restarting it")
             self.stop()
         leftovers = marked_processes(self.marker)
@@ -115,7 +131,8 @@ class ManagedService:
         if self.before_start is not None:
             self.before_start()
         start_detached(self.command, self.log_path, self.pid_file, self.marker,
-                       env={**os.environ, **self.env}, cwd=REPO_ROOT)
+                       env={**os.environ, **self.env}, cwd=REPO_ROOT,
+                       account=self.run_as() if self.run_as is not None else None)
         self.run_record.write(self.settings_snapshot())
         if not wait_until(self._ready_or_dead, self.ready_timeout_s, interval=0.5):
             last = self._last_log_line()
@@ -139,7 +156,8 @@ class ManagedService:
 
     def stop(self) -> list[psutil.Process]:
         """Stops the service, its children and any process left with its marker; returns survivors."""
-        survivors = stop_service_processes(self.pid(), self.marker)
+        survivors = stop_service_processes(self.pid(), self.marker, self.stop_timeout_s, self.stop_signal,
+                                           self.signal_children)
         self.pid_file.remove()
         self.run_record.remove()
         return survivors
@@ -151,7 +169,6 @@ class ManagedService:
             self.before_start()
         os.chdir(REPO_ROOT)
         os.execve(self.command[0], list(self.command), {**os.environ, **self.env})
-
 
 
 def port_answers(host: str, port: int) -> Callable[[], bool]:
