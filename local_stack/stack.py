@@ -215,8 +215,8 @@ class LocalStack:
         services = self.services()
         known = {service.name for service in services}
         run_dir = self.settings.state_dir / "run"
-        kafka_nodes = {node.name for node in self.kafka.nodes} | {"kafka-2", "kafka-3"}
-        others = sorted({path.name.split(".")[0] for path in run_dir.glob("*.pid")} - known - kafka_nodes) \
+        servers = {self.postgres.name, "kafka", "kafka-2", "kafka-3"}  # stopped by down() whatever KAFKA_BROKERS
+        others = sorted({path.name.split(".")[0] for path in run_dir.glob("*.pid")} - known - servers) \
             if run_dir.is_dir() else []
         return [ManagedService(name, self.settings, [], ready=lambda: True) for name in others] + services
 
@@ -234,7 +234,7 @@ class LocalStack:
         survivors += self.kafka.stop()
         if self.settings.embedded_postgres:
             ports[self.settings.pg_port] = "PG_PORT"
-            self.postgres.stop()
+            survivors += self.postgres.stop()
         survivors += stop_processes(marked_processes(service_marker(self.settings.state_dir, ""), prefix=True))
         problems = [f"could not stop {describe_processes(survivors)}"] if survivors else []
         host, state_dir = self.settings.bind_host, self.settings.state_dir
