@@ -65,6 +65,7 @@ from local_stack.service import ManagedService
 
 LOG4J = Path(__file__).with_name("kafka") / "log4j.properties"
 READY_TIMEOUT_S = 180  # ~10 s idle; over 90 s at load 40+ (a node that dies is reported at once)
+STOP_TIMEOUT_S = 30  # a node hands its partitions' leadership over before it exits
 WATCHED = ("BIND_HOST", "KAFKA_BROKERS", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_BOOTSTRAP_SERVERS",
            "KAFKA_HEAP", "KAFKA_RETENTION_HOURS", "KAFKA_REPLICATION_FACTOR", "KAFKA_MIN_INSYNC_REPLICAS", "SECURE")
 SCRAM = "SCRAM-SHA-512"
@@ -131,7 +132,7 @@ class KafkaNode:
         return ManagedService(
             self.name, self.settings, command, port=self.port, port_variable="KAFKA_PORT", before_start=self._prepare,
             # Alive is enough here: a node answers only once a quorum of nodes runs (``KafkaCluster.start``).
-            ready=lambda: True, env={"KAFKA_LOG4J_OPTS": ""}, watched=WATCHED,
+            ready=lambda: True, env={"KAFKA_LOG4J_OPTS": ""}, watched=WATCHED, stop_timeout_s=STOP_TIMEOUT_S,
         )
 
     def _command(self) -> list[str]:
