@@ -21,6 +21,7 @@ from crypto_platform.settings import PlatformSettings
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_dagster_definitions_validate_passes(tmp_path: Path) -> None:
     """As CI runs it: a temporary instance (outside the repo, whose dagster.yaml wants PostgreSQL)."""
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}

@@ -107,6 +107,7 @@ def corrupted_messages(draw) -> bytes:
     return json.dumps(document, default=str).encode()
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(corrupted_messages())
 def test_no_payload_makes_validation_raise_anything_but_a_reason(raw: bytes) -> None:
@@ -135,6 +136,7 @@ def test_classify_accounts_for_every_record(payloads: list[bytes]) -> None:
     assert all(r.error for r in rejected)
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(corrupted_messages())
 def test_the_fused_decoder_accepts_exactly_what_the_field_by_field_rules_accept(raw: bytes) -> None:

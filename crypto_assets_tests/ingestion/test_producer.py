@@ -175,6 +175,7 @@ def test_a_restarted_producer_continues_from_the_last_acknowledged_id(replay, tm
     assert first.acked + second.acked == every_id()
 
 
+@pytest.mark.slow
 def test_a_send_that_kafka_refuses_is_fetched_again(replay, tmp_path: Path) -> None:
     refused = frozenset({3071246000, 3071247000})
     kafka = RecordingKafka(refuse_once=refused)
