@@ -22,8 +22,10 @@ from crypto_assets_tests.ingestion_harness import (
     stored_trades,
     wait_until,
 )
+from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import ephemeral_stack, process_environment
-from local_stack.kafka_cluster import KafkaNode
+from local_stack.kafka_cluster import KafkaCluster, KafkaNode
+from local_stack.processes import StackError
 from local_stack.stack import LocalStack
 
 TRADES = ("spot_BTCUSDT_2023-04-05", "spot_BTCUSDT_trades_2023-04-04T235959_to_2023-04-05T000654.csv")
@@ -93,3 +95,15 @@ def test_a_node_killed_mid_stream_loses_no_trade_and_rejoins(three_nodes: LocalS
     assert count_rows(settings.database_url) == len(expected)
     wait_until(lambda: all(sorted(p["isr_nodes"]) == [1, 2, 3] for p in partitions(stack)), 120,
                "the restarted node in every partition's in-sync replicas")
+
+
+def test_a_storage_formatted_for_one_node_refuses_three_in_one_line(tmp_path: Path) -> None:
+    one = KafkaCluster(PlatformSettings.from_env({"STATE_DIR": str(tmp_path)}))
+    one.check_node_count()  # a new storage: noted as formatted for one node
+    (tmp_path / "kafka" / "data").mkdir(parents=True)
+    (tmp_path / "kafka" / "data" / "meta.properties").write_text("node.id=1\n")
+    one.check_node_count()
+    three = KafkaCluster(PlatformSettings.from_env({"STATE_DIR": str(tmp_path), "KAFKA_BROKERS": "3"}))
+    with pytest.raises(StackError, match="formatted for KAFKA_BROKERS=1, not 3") as refused:
+        three.check_node_count()
+    assert "\n" not in str(refused.value)

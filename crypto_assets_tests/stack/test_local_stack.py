@@ -187,7 +187,7 @@ def test_taken_port_fails_with_one_line_naming_the_variable(cli_env: dict[str, s
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("KAFKA_PORT", "abc"), ("PG_PORT", "70000"), ("SOURCE", "nyse"), ("SYMBOLS", ","), ("SYMBOLS", ""),
-     ("REPLAY_SPEED", "-1")],
+     ("REPLAY_SPEED", "-1"), ("KAFKA_BROKERS", "2"), ("KAFKA_MIN_INSYNC_REPLICAS", "2")],
 )
 def test_bad_setting_exits_with_one_readable_line(variable: str, value: str) -> None:
     result = subprocess.run(
