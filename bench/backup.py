@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import psycopg2
 
+from crypto_platform.raw_partitions import ensure_days, utc_days
 from local_stack.backup_plan import human_bytes
 from local_stack.backups import BackupStore
 from local_stack.ephemeral import ephemeral_stack
@@ -38,6 +39,7 @@ def write_trades(database_url: str, first: int, count: int) -> float:
     with psycopg2.connect(database_url) as connection:
         connection.autocommit = True
         with connection.cursor() as cursor:
+            ensure_days(cursor, utc_days(start_ms + first * 10, start_ms + (first + count) * 10))
             for begin in range(first, first + count, CHUNK):
                 cursor.execute(INSERT, {"symbols": list(SYMBOLS), "start_ms": start_ms, "first": begin,
                                         "last": min(first + count, begin + CHUNK) - 1})

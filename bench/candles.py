@@ -28,6 +28,7 @@ from crypto_assets.candle_runs import now_ms, refresh_candles, refresh_latest
 from crypto_assets.candle_store import MarketStore
 from crypto_assets.candles import FIVE_MINUTES, ONE_MINUTE, window_start
 from crypto_assets.resources import spark_session
+from crypto_platform.raw_partitions import ensure_days, utc_days
 from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import make_state_dir, process_environment
 from local_stack.processes import free_port
@@ -65,6 +66,7 @@ def throwaway_postgres() -> Iterator[PlatformSettings]:
 def generate(database_url: str, lo: int, hi: int, t0_ms: int, rate: int) -> float:
     started = time.perf_counter()
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
+        ensure_days(cursor, utc_days(t0_ms + lo * 1000 // rate, t0_ms + hi * 1000 // rate))
         cursor.execute(GENERATE, {"symbols": SYMBOLS, "t0": t0_ms, "rate": rate, "lo": lo, "hi": hi})
         cursor.execute("ANALYZE stock.real_time_prices")
     connection.close()

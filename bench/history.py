@@ -34,6 +34,7 @@ from crypto_assets.candle_runs import refresh_candles, refresh_rollups
 from crypto_assets.candle_store import MarketStore
 from crypto_assets.candles import ONE_HOUR, align_range, from_ms
 from crypto_assets.resources import spark_session
+from crypto_platform.raw_partitions import DAY_MS, ensure_days, utc_days
 from streaming_services.importer import ImportStore, recompute_candles
 
 SYMBOL = "BTCUSDT"
@@ -77,6 +78,12 @@ def generate(path: Path, table_csv: Path, rows: int, days: int) -> int:
     return t0
 
 
+def make_days(database_url: str, first_ms: int, last_ms: int) -> None:
+    with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
+        ensure_days(cursor, utc_days(first_ms, last_ms))
+    connection.close()
+
+
 def empty_trades(database_url: str) -> None:
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
         cursor.execute("TRUNCATE stock.real_time_prices, stock.imported_files")
@@ -102,7 +109,8 @@ def server_profile(database_url: str, table_csv: Path) -> dict[str, float]:
     without the three secondary indexes (what their upkeep costs; they are put back afterwards)."""
     figures = {}
     merge = [PLAIN_COPY.replace("stock.real_time_prices", "staged"),
-             "INSERT INTO stock.real_time_prices SELECT * FROM staged ON CONFLICT (symbol, agg_trade_id) DO NOTHING"]
+             "INSERT INTO stock.real_time_prices SELECT * FROM staged"
+             " ON CONFLICT (symbol, agg_trade_id, event_time) DO NOTHING"]
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE indexname = ANY(%s)",
                        (list(SECONDARY_INDEXES),))
@@ -180,6 +188,7 @@ def main() -> None:
                "SPARK_MASTER": settings.spark_master, "SPARK_LOCAL_IP": "127.0.0.1"}
         source, converted = Path(folder) / f"{SYMBOL}-aggTrades-2025.csv", Path(folder) / "table.csv"
         t0 = generate(source, converted, args.rows, args.days)
+        make_days(settings.database_url, t0, t0 + args.days * DAY_MS)  # the plain COPYs' partitions
 
         copy_s = plain_copy(settings.database_url, converted)
         empty_trades(settings.database_url)

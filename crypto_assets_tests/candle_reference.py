@@ -18,6 +18,8 @@ from pathlib import Path
 import psycopg2.extensions
 from psycopg2 import sql
 
+from crypto_platform.raw_partitions import ensure_days, utc_day
+
 EIGHT = Decimal("0.00000001")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 WINDOW_WIDTHS = tuple(timedelta(minutes=m) for m in (1, 5, 15, 60, 240, 1440))
@@ -45,7 +47,9 @@ def trades_from_csv(path: Path, symbol: str) -> list[Trade]:
 
 
 def insert_trades(connection: psycopg2.extensions.connection, trades: Iterable[Trade]) -> None:
-    """COPY into stock.real_time_prices, as the consumer writes them (f = l = agg id when trades = 1)."""
+    """COPY into stock.real_time_prices, as the consumer writes them (f = l = agg id when trades = 1), the
+    partitions of their days made first."""
+    trades = list(trades)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     for t in trades:
@@ -53,6 +57,7 @@ def insert_trades(connection: psycopg2.extensions.connection, trades: Iterable[T
                          t.agg_id, t.agg_id + t.trades - 1, t.trades, t.buyer_is_maker, "test"))
     buffer.seek(0)
     with connection.cursor() as cursor:
+        ensure_days(cursor, sorted({utc_day(t.time_ms) for t in trades}))
         cursor.copy_expert(
             "COPY stock.real_time_prices (symbol, price, timestamp, event_time, volume, agg_trade_id,"
             " first_trade_id, last_trade_id, trades, is_buyer_maker, source) FROM STDIN WITH (FORMAT csv)", buffer)

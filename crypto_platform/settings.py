@@ -308,6 +308,10 @@ class PlatformSettings:
         folder, shown="`STATE_DIR/backups`")
     backup_keep: int = setting("BACKUP_KEEP", "base backups `make backup` keeps; older ones and the WAL only they "
                                "needed are deleted", "7", integer(minimum=1))
+    raw_retention_days: int = setting(
+        "RAW_RETENTION_DAYS", "days of raw trades `stock.real_time_prices` keeps (one partition per UTC day): "
+        "older days are dropped whole at `make up` and hourly by the consumer, each at the earliest this many "
+        "days after its partition was made (imported history too); the candles stay", "30", integer(minimum=1))
     # Set but empty is a mistake (``SYMBOLS= make up``), not a request for the defaults.
     symbols: tuple[str, ...] = setting("SYMBOLS", "symbols to stream", ",".join(SEED_SYMBOLS), symbol_list,
                                        empty_is_value=True)

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 import psutil
 
 from crypto_platform.credentials import DAGSTER, role_database_url, spark_connect_environment
+from crypto_platform.raw_partitions import apply_retention
 from crypto_platform.settings import WORKER_PORT_STRIDE, PlatformSettings
 from local_stack.certificates import client_context
 from local_stack.dagster_web import dagster_url, login_headers
@@ -194,6 +195,9 @@ class LocalStack:
         applied = apply_migrations(self.settings.database_url)
         log.info("schema ready", extra={"applied": ",".join(applied) or "none"})
         provision_roles(self.settings)
+        done = apply_retention(self.settings.database_url, self.settings.raw_retention_days)
+        log.info("raw partitions ready", extra={"retention_days": self.settings.raw_retention_days,
+                                                "created": done.created, "dropped": done.dropped, "busy": done.busy})
 
     def up(self, progress: Callable[[str], None] = lambda _: None) -> None:
         progress("starting servers: PostgreSQL, Kafka")

@@ -10,9 +10,11 @@ while the next is read), each batch committed together with the file's position
 in ``stock.imported_files``, so an import stopped anywhere (SIGTERM, a crash) resumes where it stopped.
 
 Invariants:
-- each (symbol, agg id) once: the table's unique key. A batch that meets rows already there (the file
-  imported before, or the live stream that wrote the same trades) is merged with ON CONFLICT DO NOTHING.
-  Rows carry the live stream's ``source`` (SOURCE), so they are the same rows under any keying.
+- each (symbol, agg id) once: the table's unique key, (symbol, agg_trade_id, event_time) since the table
+  has a partition per UTC day (``sql/013``): the same trade has the same time in a file as in the stream.
+  A batch that meets rows already there (the file imported before, or the live stream that wrote the same
+  trades) is merged with ON CONFLICT DO NOTHING. Rows carry the live stream's ``source`` (SOURCE), so they
+  are the same rows under any keying. Each batch makes the partitions of its days first.
 - imported rows carry ``ingest_xid`` 0, below every candle cursor: the sensor never reads history as
   new rows. Instead, once its files are in, the imported range's candles of every interval are
   recomputed by the backfill (``crypto_assets.backfill``), and only then is a file marked complete; a
@@ -47,6 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
+from crypto_platform.raw_partitions import ensure_days, utc_days
 from crypto_platform.settings import PlatformSettings, SettingsError
 from streaming_services.binance_data import DataFileError, download, verified_sha256
 from streaming_services.feeds import FeedError, iter_trade_batches, symbol_from_filename
@@ -77,7 +80,7 @@ STAGING = ("CREATE TEMP TABLE IF NOT EXISTS imported_rows (LIKE stock.real_time_
            " ON COMMIT DELETE ROWS")
 COPY_STAGING = f"COPY imported_rows ({COLUMNS}) FROM STDIN WITH (FORMAT csv)"
 MERGE = (f"INSERT INTO stock.real_time_prices ({COLUMNS}) SELECT {COLUMNS} FROM imported_rows"  # noqa: S608
-         " ON CONFLICT (symbol, agg_trade_id) DO NOTHING")
+         " ON CONFLICT (symbol, agg_trade_id, event_time) DO NOTHING")
 
 
 class ImportStopped(Exception):
@@ -215,7 +218,10 @@ class ImportStore:
     def write_batch(self, name: str, data: pa.Buffer, rows_done: int, first_ms: int, last_ms: int) -> int:
         """The batch's rows and the file's new position, in one transaction; returns the rows that were new.
 
-        COPY straight into the table; a batch meeting rows that are already there is merged instead."""
+        COPY straight into the table; a batch meeting rows that are already there is merged instead. The
+        partitions of its days are made first, in a transaction of their own: making one locks the table."""
+        with self.connection, self.connection.cursor() as cursor:
+            ensure_days(cursor, utc_days(first_ms, last_ms))
         with self.connection, self.connection.cursor() as cursor:
             cursor.execute("SAVEPOINT direct_copy")
             try:

@@ -3,6 +3,12 @@
 Valid trades (COPY, merged through a staging table on conflict), market clocks, dead letters and the
 batch's Kafka positions (``stock.consumer_offsets``) commit in one transaction or not at all; the unique
 keys absorb a replayed batch. ``TRADE_COLUMNS`` is the one list of trade columns every statement uses.
+
+The trades table has a partition per UTC day (``sql/013``): the batch's days are made sure of first, in a
+transaction of their own (creating a partition locks the whole table: never while the batch holds its
+symbols' locks), and the writer runs the partitions' maintenance (the week ahead, ``RAW_RETENTION_DAYS``) hourly.
+Its trade key is (symbol, agg_trade_id, event_time): a trade delivered again has the same time, so the same
+key; the same id at another time is a conflicting duplicate that ``admission.judge`` refuses first.
 """
 
 from __future__ import annotations
@@ -10,8 +16,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 
 import msgspec
 import psycopg2
@@ -19,8 +28,13 @@ import psycopg2.errors
 from psycopg2.extras import execute_values
 from psycopg2.pool import ThreadedConnectionPool
 
+from crypto_platform.raw_partitions import ensure_days, maintain, utc_day
 from streaming_services.admission import DEFAULT_LIMITS, Limits, StoredSymbol, judge
 from streaming_services.messages import MarketClock, TradeMessage, utc_text
+
+MAINTENANCE_EVERY_S = 3600.0
+
+log = logging.getLogger(__name__)
 
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 ROW_ERRORS = (psycopg2.DataError, psycopg2.IntegrityError)
@@ -39,10 +53,10 @@ TRADE_COLUMNS = ("symbol, price, timestamp, event_time, volume, agg_trade_id, fi
 COPY_TRADES = f"COPY stock.real_time_prices ({TRADE_COLUMNS}) FROM STDIN WITH (FORMAT csv)"
 # The column list is a constant of this module, never input.
 MERGE = (f"INSERT INTO stock.real_time_prices ({TRADE_COLUMNS}) SELECT {TRADE_COLUMNS} FROM incoming_trades"  # noqa: S608
-         " ON CONFLICT (symbol, agg_trade_id) DO NOTHING")
+         " ON CONFLICT (symbol, agg_trade_id, event_time) DO NOTHING")
 INSERT_ONE = (f"INSERT INTO stock.real_time_prices ({TRADE_COLUMNS})"  # noqa: S608
               f" VALUES ({', '.join(['%s'] * len(TRADE_COLUMNS.split(',')))})"
-              " ON CONFLICT (symbol, agg_trade_id) DO NOTHING")
+              " ON CONFLICT (symbol, agg_trade_id, event_time) DO NOTHING")
 # Writers of one symbol take turns (a rebalance can briefly give a partition to two consumers), so each
 # judges its batch against what the other committed. Locks are taken in symbol order: no deadlock.
 # Two-key advisory space (sql/011): the first key (7420312) names the lock's purpose, the second the symbol.
@@ -144,12 +158,15 @@ class TradeWriter:
     """Writes one batch per transaction through a small connection pool."""
 
     def __init__(self, database_url: str, max_connections: int = 2, dead_letter_max_bytes: int = 65536,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+                 limits: Limits = DEFAULT_LIMITS, maintenance_every_s: float = MAINTENANCE_EVERY_S) -> None:
         self.database_url = database_url
         self.max_connections = max_connections
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.limits = limits
+        self.maintenance_every_s = maintenance_every_s
         self._pool: ThreadedConnectionPool | None = None
+        self._next_maintenance = 0.0
+        self._days_made: set[date] = set()  # days whose partition was there since the last maintenance
 
     def _connection(self):
         if self._pool is None:
@@ -166,12 +183,39 @@ class TradeWriter:
         broken = False
         positions = next_offsets(accepted, rejected)
         try:
+            if time.monotonic() >= self._next_maintenance:
+                self._maintain(connection)
+            days = {utc_day(item.trade.timestamp) for item in accepted if isinstance(item.trade, TradeMessage)}
+            if days - self._days_made:
+                with connection, connection.cursor() as cursor:
+                    ensure_days(cursor, sorted(days - self._days_made))
+                self._days_made |= days
             return self._write_batch(connection, accepted, rejected, positions)
         except CONNECTION_ERRORS:
             broken = True
             raise
         finally:
             self._release(connection, broken)
+
+    def _maintain(self, connection) -> None:
+        """The partitions' hourly maintenance, in its own transaction. A failure leaves it to the next hour
+        (logged; a lost connection is raised for the batch's retry): the week made ahead leaves time, and
+        every batch makes its own days."""
+        try:
+            with connection, connection.cursor() as cursor:
+                done = maintain(cursor)
+        except CONNECTION_ERRORS:
+            raise
+        except psycopg2.Error as exc:
+            log.warning("raw partition maintenance failed; next try in an hour",
+                        extra={"error": str(exc).strip()[:200]})
+            return
+        finally:
+            self._next_maintenance = time.monotonic() + self.maintenance_every_s
+            self._days_made.clear()  # retention may have dropped one
+        if done.created or done.dropped or done.busy:
+            log.info("raw partitions maintained", extra={"created": done.created, "dropped": done.dropped,
+                                                         "busy": done.busy})
 
     def _write_batch(self, connection, accepted: list[Accepted], rejected: list[Rejected],
                      positions: list[tuple[str, int, int]]) -> WriteOutcome:

@@ -25,6 +25,7 @@ from crypto_platform.credentials import (
     SUPERSET_READER,
     role_database_url,
 )
+from crypto_platform.raw_partitions import ensure_days, utc_day
 from local_stack.stack import LocalStack
 from streaming_services.consumer import ConsumerConfig, PricesConsumer
 from streaming_services.messages import TradeMessage
@@ -37,6 +38,12 @@ INSERT_TRADE = ("INSERT INTO stock.real_time_prices (symbol, price, timestamp, e
                 " first_trade_id, last_trade_id, trades, is_buyer_maker, source)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
 CANDLE_LOCK = zlib.crc32(b"aggregated_prices_1min")
+
+
+def _insert_trade(cursor) -> None:
+    """TRADE, its day's partition made first (``stock.ensure_raw_partitions``, which ingest_writer may call)."""
+    ensure_days(cursor, [utc_day(TRADE[2])])
+    cursor.execute(INSERT_TRADE, TRADE)
 
 
 @pytest.fixture
@@ -79,7 +86,7 @@ def test_no_runtime_role_is_superuser_or_owns_a_market_table(db) -> None:
 def test_ingest_writer_appends_trades_and_nothing_else(db, connect) -> None:
     writer = connect(INGEST_WRITER)
     with writer.cursor() as cursor:
-        cursor.execute(INSERT_TRADE, TRADE)
+        _insert_trade(cursor)
         cursor.execute("INSERT INTO stock.rejected_messages (topic, partition, \"offset\", raw_payload, error)"
                        " VALUES ('t', 0, 1, 'x', 'bad') ON CONFLICT (topic, partition, \"offset\") DO NOTHING")
     for statement in ("UPDATE stock.real_time_prices SET price = 1", "DELETE FROM stock.real_time_prices",
@@ -88,7 +95,8 @@ def test_ingest_writer_appends_trades_and_nothing_else(db, connect) -> None:
                       "DELETE FROM stock.rejected_messages", "SELECT count(*) FROM stock.aggregated_prices_1min",
                       "DELETE FROM stock.aggregated_prices_1min", "UPDATE stock.candle_cursors SET watermark_ms = 0",
                       "INSERT INTO stock.latest_prices (symbol, price, event_time, agg_trade_id)"
-                      " VALUES ('X', 1, now(), 1)", "CREATE TABLE stock.intruder (id int)"):
+                      " VALUES ('X', 1, now(), 1)", "CREATE TABLE stock.intruder (id int)",
+                      "DROP TABLE stock.real_time_prices_p20240809", "UPDATE stock.raw_storage SET retention_days = 1"):
         assert _denied(writer, statement), statement
     with db.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM stock.real_time_prices")
@@ -100,7 +108,7 @@ def test_consumer_writes_as_ingest_writer(stack: LocalStack, db, kafka_topic: st
     row (a re-read, compared with the stored content by the admission rules) works under that role."""
     settings = platform_env(KAFKA_TOPIC=kafka_topic, SYMBOLS="BTCUSDT", CONSUMER_GROUP=f"group-{kafka_topic}")
     with db.cursor() as cursor:
-        cursor.execute(INSERT_TRADE, TRADE)
+        _insert_trade(cursor)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     reread = TradeMessage("BTCUSDT", Decimal("60000.5"), Decimal("0.5"), 1_723_161_600_000, 1, 1, 1, True, "test")
     fresh = [TradeMessage("BTCUSDT", Decimal("61234.56"), Decimal("0.5"), int(time.time() * 1000), agg_id,
@@ -139,7 +147,7 @@ def test_consumer_writes_as_ingest_writer(stack: LocalStack, db, kafka_topic: st
 def test_candle_writer_reads_trades_writes_candles_and_takes_the_candle_lock(stack: LocalStack, db, connect) -> None:
     candles = connect(CANDLE_WRITER)
     with db.cursor() as cursor:
-        cursor.execute(INSERT_TRADE, TRADE)
+        _insert_trade(cursor)
     with candles.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM stock.real_time_prices")
         assert cursor.fetchone() == (1,)
@@ -166,6 +174,7 @@ def test_superset_reader_cannot_take_the_candle_lock_or_run_forever(connect) -> 
         assert cursor.fetchone() == ("1min",)
         cursor.execute("SELECT count(*) FROM stock.real_time_prices")
     assert _denied(reader, "INSERT INTO stock.candle_cursors (name, ingest_xid) VALUES ('x', '1'::xid8)")
+    assert _denied(reader, "SELECT * FROM stock.maintain_raw_partitions()")
 
 
 @pytest.mark.parametrize("role", RUNTIME_ROLES)

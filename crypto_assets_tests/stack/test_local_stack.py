@@ -16,6 +16,7 @@ import psycopg2
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from crypto_platform.raw_partitions import ensure_days, utc_day
 from local_stack.ephemeral import make_state_dir, process_environment, stack_environment
 from local_stack.migrations import apply_migrations
 from local_stack.stack import LocalStack
@@ -97,10 +98,11 @@ TRADE_INSERT = (
 def test_unique_keys_reject_duplicates(db) -> None:
     trade = ("BTCUSDT", "28165.47000000", 1680652799999, 1680652799999, "0.00056000", 42, 100, 101, 2, True, "test")
     with db.cursor() as cursor:
+        ensure_days(cursor, [utc_day(trade[2])])
         cursor.execute(TRADE_INSERT, trade)
         with pytest.raises(psycopg2.errors.UniqueViolation):
             cursor.execute(TRADE_INSERT, trade)
-        cursor.execute(TRADE_INSERT, ("ETHUSDT", *trade[1:]))  # the key is (symbol, agg_trade_id)
+        cursor.execute(TRADE_INSERT, ("ETHUSDT", *trade[1:]))  # the key is (symbol, agg_trade_id, event_time)
         cursor.execute("SELECT price::text, volume::text FROM stock.real_time_prices WHERE symbol = 'BTCUSDT'")
         assert cursor.fetchone() == ("28165.47000000", "0.00056000")
 
@@ -150,7 +152,9 @@ def test_make_down_and_up_keep_rows_and_up_is_idempotent(cli_env: dict[str, str]
 
     url = (f"postgresql://crypto:crypto-local-dev@127.0.0.1:{cli_env['PG_PORT']}/crypto")
     with psycopg2.connect(url) as connection, connection.cursor() as cursor:
-        # An id the running replay feed never reaches, told apart by its source.
+        # An id the running replay feed never reaches, told apart by its source; an old day, whose partition
+        # (made now) the next ups' retention keeps.
+        ensure_days(cursor, [utc_day(1680652800000)])
         cursor.execute(TRADE_INSERT, ("SOLUSDT", "20.5", 1680652800000, 1680652800000, "3", 10**15, 1, 1, 1, False,
                                       "test"))
     pids_before = status.stdout

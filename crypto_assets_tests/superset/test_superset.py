@@ -20,6 +20,7 @@ import psycopg2.extras
 import pytest
 import requests
 
+from crypto_platform.raw_partitions import ensure_days, utc_day
 from local_stack.stack import LocalStack
 from local_stack.superset import (
     READER_ROLE,
@@ -83,6 +84,7 @@ def _seed_market_data(connection: psycopg2.extensions.connection, shared_data: P
             rows.append((symbol, Decimal(trade["price"]), ts, ts / 1000, Decimal(trade["qty"]), int(trade["id"]),
                          int(trade["id"]), int(trade["id"]), 1, trade["is_buyer_maker"] == "True", "test"))
     with connection.cursor() as cursor:
+        ensure_days(cursor, sorted({utc_day(row[2]) for row in rows}))
         psycopg2.extras.execute_values(cursor, """
             INSERT INTO stock.real_time_prices (symbol, price, timestamp, event_time, volume, agg_trade_id,
                 first_trade_id, last_trade_id, trades, is_buyer_maker, source)
