@@ -6,8 +6,9 @@ Runs the candle assets of every interval in backfill mode (the range widened to 
 candles deleted and recomputed, from the trades or the one-minute candles, in one transaction per table),
 then latest_prices and every check, as one Dagster run: in the instance of ``DAGSTER_HOME`` when set (it
 shows in the UI), else in a temporary one. The tables' advisory locks keep it from overlapping a
-sensor-driven run. Spark's JVM ends with this process. Exit 0 on success, 1 when the run or a check
-failed, 2 on bad input (one line on stderr).
+sensor-driven run. A range holding days whose raw trades retention dropped (``RAW_RETENTION_DAYS``) is
+refused: their candles stay. Spark's JVM ends with this process. Exit 0 on success, 1 when the run or a
+check failed, 2 on bad input (one line on stderr).
 """
 
 import argparse
@@ -25,7 +26,10 @@ with warnings.catch_warnings():
     from crypto_assets.assets.attributes import PIPELINE_TAG
     from crypto_assets.assets.catalog import CANDLE_ASSETS, DEFINITIONS, RUN_ASSETS
     from crypto_assets.assets.run_config import CandleRunConfig, parse_range
+    from crypto_assets.candles import to_ms
     from crypto_assets.resources import build_resources
+from crypto_platform.credentials import CANDLE_WRITER, role_database_url
+from crypto_platform.raw_partitions import dropped_days
 from crypto_platform.settings import PlatformSettings, SettingsError
 
 
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", required=True, help="ISO-8601 with a zone, exclusive")
     args = parser.parse_args(argv)
     try:
-        parse_range(args.start, args.end)
+        start, end = parse_range(args.start, args.end)
         settings = PlatformSettings.from_env()
     except (ValueError, SettingsError) as error:
         return _fail(str(error))
@@ -67,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backfill: Spark Connect at SPARK_REMOTE={settings.spark_remote} does not answer; start it with"
               " `make up`, or set SPARK_REMOTE= to run Spark in this process", file=sys.stderr)
         return 1
+    # Recomputed from trades that retention dropped, those days' candles would become empty ones.
+    dropped = dropped_days(role_database_url(settings, CANDLE_WRITER), to_ms(start), to_ms(end) - 1)
+    if dropped:
+        return _fail(f"the raw trades of {dropped[0]} to {dropped[-1]} were dropped (RAW_RETENTION_DAYS="
+                     f"{settings.raw_retention_days}); their candles stay as they are")
     config = CandleRunConfig(start=args.start, end=args.end)
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     result = dg.materialize(

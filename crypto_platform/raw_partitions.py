@@ -16,6 +16,8 @@ import psycopg2
 DAY_MS = 86_400_000
 ENSURE = "SELECT stock.ensure_raw_partitions(%s::date[])"
 MAINTAIN = "SELECT created, dropped, busy FROM stock.maintain_raw_partitions()"
+DROPPED = ("SELECT day FROM stock.raw_partitions WHERE dropped_at IS NOT NULL AND day BETWEEN %s AND %s"
+           " ORDER BY day")
 SET_RETENTION = ("INSERT INTO stock.raw_storage (retention_days) VALUES (%s) ON CONFLICT (only_row)"
                  " DO UPDATE SET retention_days = EXCLUDED.retention_days, updated_at = now()")
 
@@ -48,6 +50,17 @@ def ensure_days(cursor, days: list[date]) -> int:
 def maintain(cursor) -> Maintenance:
     cursor.execute(MAINTAIN)
     return Maintenance(*cursor.fetchone())
+
+
+def dropped_days(database_url: str, first_ms: int, last_ms: int) -> list[date]:
+    """The days from ``first_ms`` to ``last_ms`` (both included) whose raw trades retention dropped."""
+    connection = psycopg2.connect(database_url, connect_timeout=10)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(DROPPED, (utc_day(first_ms), utc_day(last_ms)))
+            return [row[0] for row in cursor.fetchall()]
+    finally:
+        connection.close()
 
 
 def apply_retention(database_url: str, retention_days: int) -> Maintenance:

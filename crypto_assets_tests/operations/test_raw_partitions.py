@@ -16,6 +16,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
+from crypto_assets import backfill
 from crypto_platform.credentials import INGEST_WRITER, role_database_url
 from crypto_platform.raw_partitions import DAY_MS, apply_retention, ensure_days
 from local_stack.migrations import SQL_DIR, apply_migrations
@@ -141,3 +142,14 @@ def test_an_existing_table_moves_into_day_partitions_on_upgrade(stack: LocalStac
         with db.cursor() as cursor:
             cursor.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
 
+
+def test_a_backfill_over_dropped_days_is_refused(db, platform_env, capsys: pytest.CaptureFixture[str]) -> None:
+    """Recomputed from no trades, the dropped days' candles would be replaced by empty ones."""
+    settings = platform_env(SPARK_REMOTE="")
+    old = date(2024, 3, 1)
+    with db.cursor() as cursor:
+        cursor.execute("INSERT INTO stock.raw_partitions (day, dropped_at) VALUES (%s, now())", (old,))
+    assert backfill.main(["--start", "2024-02-29T23:00:00Z", "--end", "2024-03-01T01:00:00Z"]) == 2
+    assert capsys.readouterr().err == (f"backfill: the raw trades of 2024-03-01 to 2024-03-01 were dropped"
+                                       f" (RAW_RETENTION_DAYS={settings.raw_retention_days}); their candles stay as"
+                                       " they are\n")
