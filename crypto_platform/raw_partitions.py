@@ -16,6 +16,7 @@ import psycopg2
 DAY_MS = 86_400_000
 ENSURE = "SELECT stock.ensure_raw_partitions(%s::date[])"
 MAINTAIN = "SELECT created, dropped, busy FROM stock.maintain_raw_partitions()"
+DROPPED_AMONG = "SELECT day FROM stock.raw_partitions WHERE dropped_at IS NOT NULL AND day = ANY(%s::date[])"
 DROPPED = ("SELECT day FROM stock.raw_partitions WHERE dropped_at IS NOT NULL AND day BETWEEN %s AND %s"
            " ORDER BY day")
 SET_RETENTION = ("INSERT INTO stock.raw_storage (retention_days) VALUES (%s) ON CONFLICT (only_row)"
@@ -45,6 +46,12 @@ def ensure_days(cursor, days: list[date]) -> int:
     """The partitions of ``days`` made where missing (in the caller's transaction); returns how many."""
     cursor.execute(ENSURE, (days,))
     return int(cursor.fetchone()[0])
+
+
+def dropped_among(cursor, days: list[date]) -> list[date]:
+    """Those of ``days`` whose partition retention dropped."""
+    cursor.execute(DROPPED_AMONG, (days,))
+    return [row[0] for row in cursor.fetchall()]
 
 
 def maintain(cursor) -> Maintenance:

@@ -172,5 +172,6 @@ GRANT SELECT (symbol, agg_trade_id, event_time, price, volume, "timestamp", firs
               is_buyer_maker, source) ON stock.real_time_prices TO ingest_writer;
 GRANT SELECT ON stock.real_time_prices TO candle_writer, superset_reader;
 GRANT SELECT ON stock.raw_partitions TO candle_writer;
+GRANT SELECT (day, dropped_at) ON stock.raw_partitions TO ingest_writer;  -- days retention dropped: not written back
 REVOKE EXECUTE ON FUNCTION stock.ensure_raw_partitions(DATE[]), stock.maintain_raw_partitions() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION stock.ensure_raw_partitions(DATE[]), stock.maintain_raw_partitions() TO ingest_writer;

@@ -28,7 +28,7 @@ import psycopg2.errors
 from psycopg2.extras import execute_values
 from psycopg2.pool import ThreadedConnectionPool
 
-from crypto_platform.raw_partitions import ensure_days, maintain, utc_day
+from crypto_platform.raw_partitions import DAY_MS, dropped_among, ensure_days, maintain, utc_day
 from streaming_services.admission import DEFAULT_LIMITS, Limits, StoredSymbol, judge
 from streaming_services.messages import MarketClock, TradeMessage, utc_text
 
@@ -140,6 +140,22 @@ def encode_copy_rows(trades: Iterable[TradeMessage]) -> bytes:
     ]).encode()
 
 
+def refuse_dropped_days(trades: list[Accepted], dropped: set[date]) -> tuple[list[Accepted], list[Rejected]]:
+    """Trades of days that retention dropped become dead letters. Written back, such a day's partition would
+    hold a few trades of a day whose candles were computed from all of them, and a backfill of the day would
+    shrink those candles; the day's Binance file can be imported instead (``make import``)."""
+    kept, refused = [], []
+    for item in trades:
+        day = utc_day(item.trade.timestamp)
+        if day in dropped:
+            refused.append(Rejected(item.topic, item.partition, item.offset, item.trade.key, item.trade.to_json(),
+                                    f"trade of {day}, a UTC day whose raw trades retention dropped"
+                                    " (RAW_RETENTION_DAYS): not written back"))
+        else:
+            kept.append(item)
+    return kept, refused
+
+
 def _row(trade: TradeMessage) -> tuple:
     return (trade.symbol, trade.price, trade.timestamp, trade.event_time, trade.volume, trade.agg_trade_id,
             trade.first_trade_id, trade.last_trade_id, trade.trades, trade.is_buyer_maker, trade.source)
@@ -166,7 +182,7 @@ class TradeWriter:
         self.maintenance_every_s = maintenance_every_s
         self._pool: ThreadedConnectionPool | None = None
         self._next_maintenance = 0.0
-        self._days_made: set[date] = set()  # days whose partition was there since the last maintenance
+        self._days_made: set[int] = set()  # days (since the epoch) from today on whose partition was there
 
     def _connection(self):
         if self._pool is None:
@@ -182,20 +198,39 @@ class TradeWriter:
         connection = self._connection()
         broken = False
         positions = next_offsets(accepted, rejected)
+        trades = [item for item in accepted if isinstance(item.trade, TradeMessage)]
         try:
             if time.monotonic() >= self._next_maintenance:
                 self._maintain(connection)
-            days = {utc_day(item.trade.timestamp) for item in accepted if isinstance(item.trade, TradeMessage)}
-            if days - self._days_made:
-                with connection, connection.cursor() as cursor:
-                    ensure_days(cursor, sorted(days - self._days_made))
-                self._days_made |= days
-            return self._write_batch(connection, accepted, rejected, positions)
+            dropped = self._make_days(connection, trades) if trades else set()
+            trades, refused = refuse_dropped_days(trades, dropped) if dropped else (trades, [])
+            return self._write_batch(connection, trades, accepted, rejected, refused, positions)
         except CONNECTION_ERRORS:
             broken = True
             raise
         finally:
             self._release(connection, broken)
+
+    def _make_days(self, connection, trades: list[Accepted]) -> set[date]:
+        """The partitions of the batch's days made where missing; returns those of its days that retention
+        dropped, which are not made again. Per batch, not per row: the days from its earliest trade's to its
+        latest's.
+
+        Days from today on are remembered once made: retention never drops them (it keeps at least the day
+        before today; this machine's clock would have to be a day behind the database's). An older day is
+        asked about at every batch that has one: another worker's or ``make up``'s maintenance may drop it."""
+        first = min(item.trade.timestamp for item in trades) // DAY_MS
+        last = max(item.trade.timestamp for item in trades) // DAY_MS
+        today = int(time.time() * 1000) // DAY_MS
+        unknown = [day for day in range(first, last + 1) if day < today or day not in self._days_made]
+        if not unknown:
+            return set()
+        days = [utc_day(day * DAY_MS) for day in unknown]
+        with connection, connection.cursor() as cursor:
+            dropped = set(dropped_among(cursor, days))
+            ensure_days(cursor, [day for day in days if day not in dropped])
+        self._days_made.update(day for day in unknown if day >= today)
+        return dropped
 
     def _maintain(self, connection) -> None:
         """The partitions' hourly maintenance, in its own transaction. A failure leaves it to the next hour
@@ -212,18 +247,17 @@ class TradeWriter:
             return
         finally:
             self._next_maintenance = time.monotonic() + self.maintenance_every_s
-            self._days_made.clear()  # retention may have dropped one
         if done.created or done.dropped or done.busy:
             log.info("raw partitions maintained", extra={"created": done.created, "dropped": done.dropped,
                                                          "busy": done.busy})
 
-    def _write_batch(self, connection, accepted: list[Accepted], rejected: list[Rejected],
-                     positions: list[tuple[str, int, int]]) -> WriteOutcome:
+    def _write_batch(self, connection, trades: list[Accepted], accepted: list[Accepted], rejected: list[Rejected],
+                     refused: list[Rejected], positions: list[tuple[str, int, int]]) -> WriteOutcome:
         with connection, connection.cursor() as cursor:
-            written, duplicates, refused = 0, 0, []
-            trades = [item for item in accepted if isinstance(item.trade, TradeMessage)]
+            written, duplicates = 0, 0
             if trades:
-                new, duplicates, refused = self._admit(cursor, trades)
+                new, duplicates, judged = self._admit(cursor, trades)
+                refused = refused + judged
                 written = self._insert(cursor, new, refused) if new else 0
             clocks: dict[tuple[str, str], int] = {}
             for item in accepted:

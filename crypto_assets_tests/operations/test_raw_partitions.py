@@ -153,3 +153,35 @@ def test_a_backfill_over_dropped_days_is_refused(db, platform_env, capsys: pytes
     assert capsys.readouterr().err == (f"backfill: the raw trades of 2024-03-01 to 2024-03-01 were dropped"
                                        f" (RAW_RETENTION_DAYS={settings.raw_retention_days}); their candles stay as"
                                        " they are\n")
+
+
+def test_a_late_trade_of_a_day_retention_dropped_is_dead_lettered_not_written_back(stack: LocalStack, db) -> None:
+    """Retention drops a day the writer wrote and remembers (another worker's or `make up`'s maintenance): a
+    late trade of that day is neither an error nor written back. Made again, its partition would hold a few
+    trades of a day whose candles were computed from all of them, and a backfill would shrink those candles.
+    A day the writer never saw and retention never dropped is made."""
+    url = stack.settings.database_url
+    today = datetime.now(UTC).date()
+    old, unseen = today - timedelta(days=20), today - timedelta(days=2)
+    reason = f"trade of {old}, a UTC day whose raw trades retention dropped (RAW_RETENTION_DAYS): not written back"
+    writer = TradeWriter(role_database_url(stack.settings, INGEST_WRITER))
+    fresh = TradeWriter(role_database_url(stack.settings, INGEST_WRITER))
+    try:
+        assert writer.write([trade(1, midnight_ms(old) + 5)], []).written == 1
+        with db.cursor() as cursor:
+            cursor.execute("UPDATE stock.raw_partitions SET created_at = now() - interval '30 days' WHERE day = %s",
+                           (old,))
+        assert apply_retention(url, 3).dropped == 1
+        late = writer.write([trade(2, midnight_ms(old) + 6), trade(3, midnight_ms(old) + 7)], [])
+        assert (late.written, [r.error for r in late.refused]) == (0, [reason] * 2)
+        later = fresh.write([trade(4, midnight_ms(old) + 8), trade(5, midnight_ms(unseen))], [])
+        assert (later.written, [r.error for r in later.refused]) == (1, [reason])
+    finally:
+        writer.close()
+        fresh.close()
+    with db.cursor() as cursor:
+        assert not exists(cursor, partition(old))
+        cursor.execute("SELECT dropped_at IS NOT NULL FROM stock.raw_partitions WHERE day = %s", (old,))
+        assert cursor.fetchone() == (True,)
+        cursor.execute("SELECT agg_trade_id, tableoid::regclass::text FROM stock.real_time_prices")
+        assert cursor.fetchall() == [(5, partition(unseen))]
