@@ -229,7 +229,7 @@ def consistent_with_one_minute(cursor: Cursor, timeframe: Timeframe) -> CheckOut
 
 def source_freshness(cursor: Cursor, now_ms: int, limit_s: float) -> CheckOutcome:
     """The newest trade is at most ``limit_s`` old."""
-    cursor.execute("SELECT max(event_time) FROM stock.real_time_prices")
+    cursor.execute("SELECT stock.newest_trade_time()")  # max(event_time), from the newest partition (sql/013)
     newest = cursor.fetchone()[0]
     if newest is None:
         return CheckOutcome(False, {"newest_trade": None, "age_seconds": None, "limit_seconds": limit_s})

@@ -71,7 +71,7 @@ def ingestion_figures(settings: PlatformSettings) -> dict[str, str]:
             cursor.execute(
                 "SELECT (SELECT count(*) FROM stock.real_time_prices),"
                 " (SELECT count(*) FROM stock.real_time_prices WHERE created_at > now() - interval '60 seconds'),"
-                " (SELECT extract(epoch FROM now() - max(event_time)) FROM stock.real_time_prices),"
+                " extract(epoch FROM now() - stock.newest_trade_time()),"
                 " (SELECT count(*) FROM stock.aggregated_prices_1min),"
                 " (SELECT count(*) FROM stock.aggregated_prices_5min),"
                 " (SELECT max(window_end) FILTER (WHERE is_final) FROM stock.aggregated_prices_1min),"

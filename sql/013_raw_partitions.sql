@@ -152,6 +152,48 @@ BEGIN
 END
 $$;
 
+-- The newest and the oldest trade time, max(event_time) and min(event_time) of the table, read partition by
+-- partition from the newest (the oldest) one: an aggregate over the parent opens every partition's index
+-- (planning and locking 38 partitions at the default retention: 1 to 2.6 ms instead of 0.1 ms). The newest
+-- trade is in tomorrow's or today's partition (trades are at most a day ahead of the clock,
+-- messages.MAX_CLOCK_SKEW_MS); while both are empty, the whole table is asked. Used by the freshness check,
+-- the sensor's observation, the Superset freshness dataset and alerts, and `make status`.
+CREATE FUNCTION stock.newest_trade_time() RETURNS TIMESTAMPTZ
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tomorrow DATE := (now() AT TIME ZONE 'UTC')::date + 1;
+    part REGCLASS;
+    newest TIMESTAMPTZ;
+BEGIN
+    FOR n IN 0..1 LOOP
+        part := to_regclass('stock.real_time_prices_p' || to_char(tomorrow - n, 'YYYYMMDD'));
+        CONTINUE WHEN part IS NULL;
+        EXECUTE format('SELECT max(event_time) FROM %s', part) INTO newest;
+        IF newest IS NOT NULL THEN
+            RETURN newest;
+        END IF;
+    END LOOP;
+    RETURN (SELECT max(event_time) FROM stock.real_time_prices);
+END
+$$;
+
+CREATE FUNCTION stock.oldest_trade_time() RETURNS TIMESTAMPTZ
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    part REGCLASS;
+    oldest TIMESTAMPTZ;
+BEGIN
+    FOR part IN SELECT c.oid::regclass FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                WHERE i.inhparent = 'stock.real_time_prices'::regclass ORDER BY c.relname LOOP
+        EXECUTE format('SELECT min(event_time) FROM %s', part) INTO oldest;
+        IF oldest IS NOT NULL THEN
+            RETURN oldest;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
 -- The rows as they were, ids and writer xids kept (the candle cursors compare ingest_xid), into the days'
 -- partitions. Their partitions count as created now: nothing is dropped by the upgrade itself.
 SELECT stock.ensure_raw_partitions(ARRAY(
@@ -173,5 +215,7 @@ GRANT SELECT (symbol, agg_trade_id, event_time, price, volume, "timestamp", firs
 GRANT SELECT ON stock.real_time_prices TO candle_writer, superset_reader;
 GRANT SELECT ON stock.raw_partitions TO candle_writer;
 GRANT SELECT (day, dropped_at) ON stock.raw_partitions TO ingest_writer;  -- days retention dropped: not written back
-REVOKE EXECUTE ON FUNCTION stock.ensure_raw_partitions(DATE[]), stock.maintain_raw_partitions() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION stock.ensure_raw_partitions(DATE[]), stock.maintain_raw_partitions(),
+    stock.newest_trade_time(), stock.oldest_trade_time() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION stock.ensure_raw_partitions(DATE[]), stock.maintain_raw_partitions() TO ingest_writer;
+GRANT EXECUTE ON FUNCTION stock.newest_trade_time(), stock.oldest_trade_time() TO candle_writer, superset_reader;

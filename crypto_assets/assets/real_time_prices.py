@@ -29,14 +29,15 @@ def observe(store: MarketStore) -> tuple[dg.DataVersion, dict[str, object]]:
     """The data version is the newest trade's time (ms): it moves exactly when newer trades arrived. The
     minute-close sensor records it with every run it requests, so the UI shows the source's freshness."""
     with store.transaction(snapshot=True) as cursor:
-        cursor.execute("SELECT timestamp FROM stock.real_time_prices ORDER BY event_time DESC LIMIT 1")
-        newest = cursor.fetchone()
+        # The newest trade's time read from the newest partition (sql/013); the partitions' row estimates
+        # summed (a partitioned table's own estimate is only set by an ANALYZE of it, which autovacuum never runs).
+        cursor.execute("SELECT (extract(epoch FROM stock.newest_trade_time()) * 1000)::bigint")
+        newest_ms = cursor.fetchone()[0]
         cursor.execute("SELECT coalesce(max(id), 0) FROM stock.real_time_prices")
         max_id = cursor.fetchone()[0]
-        cursor.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class"
-                       " WHERE oid = 'stock.real_time_prices'::regclass")
+        cursor.execute("SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_inherits i"
+                       " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'stock.real_time_prices'::regclass")
         estimate = cursor.fetchone()[0]
-    newest_ms = None if newest is None else int(newest[0])
     return dg.DataVersion(str(newest_ms or 0)), {
         "newest_trade": from_ms(newest_ms).isoformat() if newest_ms is not None else None,
         "newest_trade_age_seconds": None if newest_ms is None else round((now_ms() - newest_ms) / 1000, 3),
