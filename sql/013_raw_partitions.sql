@@ -56,25 +56,11 @@ ALTER INDEX stock.real_time_prices_symbol_event_time_idx RENAME TO real_time_pri
 ALTER INDEX stock.real_time_prices_ingest_xid_idx RENAME TO real_time_prices_unpartitioned_ingest_xid_idx;
 ALTER SEQUENCE stock.real_time_prices_id_seq OWNED BY NONE;
 
--- Same columns, checks and indexes as 001/002; the keys gain the partition key (see above).
+-- The same columns, defaults and checks (LIKE the table as it was); the keys gain the partition key (see above).
 CREATE TABLE stock.real_time_prices (
-    id              BIGINT         NOT NULL DEFAULT nextval('stock.real_time_prices_id_seq'),
-    symbol          VARCHAR(20)    NOT NULL,
-    price           NUMERIC(20, 8) NOT NULL CHECK (price > 0),
-    timestamp       BIGINT         NOT NULL,              -- trade time, epoch ms (Binance "T")
-    event_time      TIMESTAMPTZ    NOT NULL,              -- the same instant as a timestamp, UTC; partition key
-    volume          NUMERIC(20, 8) NOT NULL CHECK (volume > 0),
-    agg_trade_id    BIGINT         NOT NULL,
-    first_trade_id  BIGINT         NOT NULL,
-    last_trade_id   BIGINT         NOT NULL,
-    trades          INTEGER        NOT NULL CHECK (trades > 0),
-    is_buyer_maker  BOOLEAN        NOT NULL,
-    source          VARCHAR(16)    NOT NULL,
-    created_at      TIMESTAMPTZ    NOT NULL DEFAULT now(),
-    ingest_xid      XID8           NOT NULL DEFAULT pg_current_xact_id(),
+    LIKE stock.real_time_prices_unpartitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
     CONSTRAINT real_time_prices_pkey PRIMARY KEY (id, event_time),
-    CONSTRAINT real_time_prices_trade_key UNIQUE (symbol, agg_trade_id, event_time),
-    CHECK (last_trade_id >= first_trade_id)
+    CONSTRAINT real_time_prices_trade_key UNIQUE (symbol, agg_trade_id, event_time)
 ) PARTITION BY RANGE (event_time);
 ALTER SEQUENCE stock.real_time_prices_id_seq OWNED BY stock.real_time_prices.id;
 CREATE INDEX real_time_prices_event_time_idx ON stock.real_time_prices (event_time);
