@@ -133,6 +133,7 @@ class KafkaNode:
             self.name, self.settings, command, port=self.port, port_variable="KAFKA_PORT", before_start=self._prepare,
             # Alive is enough here: a node answers only once a quorum of nodes runs (``KafkaCluster.start``).
             ready=lambda: True, env={"KAFKA_LOG4J_OPTS": ""}, watched=WATCHED, stop_timeout_s=STOP_TIMEOUT_S,
+            on_changed_settings="refuse",  # holds data: not restarted behind the user's back
         )
 
     def _command(self) -> list[str]:
@@ -302,8 +303,8 @@ class KafkaCluster:
                              "(messages not yet in PostgreSQL are lost)")
 
     def start(self, say=log.info) -> None:
-        """Starts the nodes that do not run (restarting those that run with other settings) and waits until
-        every node is in the cluster's metadata."""
+        """Starts the nodes that do not run and waits until every node is in the cluster's metadata. A node
+        running with other settings is not restarted behind the user's back: one line says how."""
         self.check_admin_password()
         self.check_node_count()
         for node in self.nodes:
