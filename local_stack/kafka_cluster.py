@@ -76,9 +76,9 @@ NODE_COUNT = "nodes"  # in the kafka folder: how many nodes the storage was form
 log = logging.getLogger(__name__)
 
 
-def node_names(settings: PlatformSettings) -> list[str]:
-    """The service names of the nodes: ``kafka``, ``kafka-2``, ``kafka-3``."""
-    return ["kafka" if node == 1 else f"kafka-{node}" for node in range(1, settings.kafka_brokers + 1)]
+def node_address(settings: PlatformSettings, node_id: int) -> str:
+    """``host:port`` where clients find node ``node_id``: its entry of ``KAFKA_BOOTSTRAP_SERVERS``."""
+    return settings.kafka_bootstrap_servers.split(",")[node_id - 1].strip()
 
 
 def java_command(main_class: str, *args: str, heap: str = "256m") -> list[str]:
@@ -103,7 +103,8 @@ class KafkaNode:
 
     @property
     def name(self) -> str:
-        return node_names(self.settings)[self.node_id - 1]
+        """``kafka``, ``kafka-2``, ``kafka-3``: node 1 keeps the single broker's name (pid file, log)."""
+        return "kafka" if self.node_id == 1 else f"kafka-{self.node_id}"
 
     @property
     def port(self) -> int:
@@ -115,8 +116,7 @@ class KafkaNode:
 
     @property
     def advertised(self) -> str:
-        """``host:port`` the node gives clients: its entry of ``KAFKA_BOOTSTRAP_SERVERS``."""
-        return self.settings.kafka_bootstrap_servers.split(",")[self.node_id - 1].strip()
+        return node_address(self.settings, self.node_id)
 
     @property
     def log_path(self) -> Path:
@@ -161,7 +161,7 @@ class KafkaNode:
         ``BIND_HOST`` is a wildcard (not an address to connect to)."""
         host = self.settings.bind_host
         if host in ("0.0.0.0", "::"):
-            host = self.settings.kafka_bootstrap_servers.split(",")[node_id - 1].strip().rsplit(":", 1)[0]
+            host = node_address(self.settings, node_id).rsplit(":", 1)[0]
         return f"{host}:{self.settings.kafka_controller_port + node_id - 1}"
 
     def _write_properties(self) -> Path:
@@ -326,9 +326,10 @@ class KafkaCluster:
         """Stops every node and anything left with their markers; returns the processes that survived."""
         return [survivor for node in reversed(self.nodes) for survivor in node.stop()]
 
-    def admin(self) -> KafkaAdminClient:
+    def admin(self, bootstrap_servers: str | None = None) -> KafkaAdminClient:
+        """An admin client of the cluster (or of the nodes ``bootstrap_servers`` names only)."""
         return KafkaAdminClient(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, client_id="local-stack",
+            bootstrap_servers=bootstrap_servers or self.settings.kafka_bootstrap_servers, client_id="local-stack",
             request_timeout_ms=10_000, **kafka_security(self.settings, KAFKA_ADMIN),
         )
 
@@ -353,8 +354,7 @@ class KafkaCluster:
         it later would answer clients that it does not exist)."""
         for node in self.nodes:
             try:
-                admin = KafkaAdminClient(bootstrap_servers=node.advertised, client_id="local-stack",
-                                         request_timeout_ms=10_000, **kafka_security(self.settings, KAFKA_ADMIN))
+                admin = self.admin(node.advertised)
             except KafkaError:
                 return False
             try:
