@@ -88,7 +88,7 @@ CONSUMER_OFFSETS = ("INSERT INTO stock.consumer_offsets (topic, partition, next_
                     " DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()")
 
 
-class Accepted(msgspec.Struct, frozen=True):
+class Accepted(msgspec.Struct, frozen=True, gc=False):
     """A valid message: a trade, or a market clock (``trade`` holds either)."""
 
     trade: TradeMessage | MarketClock
@@ -97,7 +97,7 @@ class Accepted(msgspec.Struct, frozen=True):
     offset: int
 
 
-class Rejected(msgspec.Struct, frozen=True):
+class Rejected(msgspec.Struct, frozen=True, gc=False):
     topic: str
     partition: int
     offset: int
