@@ -78,7 +78,7 @@ def test_a_row_postgresql_refuses_becomes_a_dead_letter_with_the_others_written(
 def test_each_batch_records_where_its_partitions_reached_in_its_transaction(writer, db) -> None:
     refused = batch([5], price="1234567890123.5")
     writer.write(batch([1, 2, 3]) + [Accepted(batch([4])[0].trade, "trades", 1, 40)], [])
-    writer.write(batch([6]) + refused, [Rejected("trades", 2, 7, None, b"{", "malformed JSON: test")])
+    writer.write(refused + batch([6]), [Rejected("trades", 2, 7, None, b"{", "malformed JSON: test")])
     with db.cursor() as cursor:
         cursor.execute("SELECT topic, partition, next_offset FROM stock.consumer_offsets ORDER BY partition")
         assert cursor.fetchall() == [("trades", 0, 7), ("trades", 1, 41), ("trades", 2, 8)]
