@@ -97,6 +97,18 @@ class ConsumerConfig:
                    kafka_security=kafka_security(settings, KAFKA_CONSUMER))
 
 
+@dataclass
+class Batch:
+    """One poll's records on their way to PostgreSQL: ``reached`` is the offset after its last record per
+    partition, ``written`` the writer's future once handed over."""
+
+    records: int
+    reached: dict[TopicPartition, int]
+    accepted: list[Accepted]
+    rejected: list[Rejected]
+    written: Future | None = None
+
+
 class PricesConsumer:
     """Polls, validates, writes, then commits; retries PostgreSQL with backoff without losing a message."""
 
@@ -119,7 +131,7 @@ class PricesConsumer:
         # One batch is written to PostgreSQL while the next is polled and validated; offsets are
         # committed on this thread (the Kafka client is not thread-safe) once its write has committed.
         self._writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-writer")
-        self._in_flight: tuple[Future, int, dict[TopicPartition, int], list[Accepted], list[Rejected]] | None = None
+        self._in_flight: Batch | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -168,38 +180,45 @@ class PricesConsumer:
                 self._rejoin_if_join_was_dropped()
                 records = [record for batch in batches.values() for record in batch]
                 accepted, rejected = classify(records, self.config.symbols, time.time_ns() // 1_000_000)
-                self._finish_in_flight()
-                if records:
-                    future = self._writer_thread.submit(self._write_with_retry, accepted, rejected)
-                    reached = {tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}
-                    self._in_flight = (future, len(records), reached, accepted, rejected)
+                reached = {tp: batch[-1].offset + 1 for tp, batch in batches.items() if batch}
+                self._hand_over(Batch(len(records), reached, accepted, rejected) if records else None)
                 self._report_lag()
-            self._finish_in_flight()
+            self._hand_over(None)
         finally:
             self._writer_thread.shutdown(wait=True)
             self.kafka.close(autocommit=False)
             self.writer.close()
             log.info("consumer stopped")
 
-    def _finish_in_flight(self) -> None:
-        if self._in_flight is None:
+    def _hand_over(self, batch: Batch | None) -> None:
+        """Waits for the batch in flight, gives the writer ``batch`` at once, then accounts for the finished
+        batch and commits its offsets, so that the writer does not idle through the commit's round trip to
+        Kafka. Batches are written one after the other, and a batch's offsets are committed only once it
+        committed in PostgreSQL: if the finished batch was not written (stopped while PostgreSQL was
+        away), neither is ``batch``, and nothing is committed."""
+        finished, self._in_flight = self._in_flight, None
+        outcome = finished.written.result() if finished is not None else None
+        if finished is not None and outcome is None:
             return
-        future, count, reached, accepted, rejected = self._in_flight
-        self._in_flight = None
-        outcome = future.result()
-        if outcome is None:
-            return
+        if batch is not None:
+            batch.written = self._writer_thread.submit(self._write_with_retry, batch.accepted, batch.rejected)
+            self._in_flight = batch
+        if finished is not None:
+            self._account(finished, outcome)
+            self._commit(finished.reached)
+
+    @staticmethod
+    def _account(batch: Batch, outcome: WriteOutcome) -> None:
         committed_at = time.time()
-        END_TO_END.observe_all([max(0.0, committed_at - item.trade.timestamp / 1000) for item in accepted
+        END_TO_END.observe_all([max(0.0, committed_at - item.trade.timestamp / 1000) for item in batch.accepted
                                 if isinstance(item.trade, TradeMessage)])
-        BATCH_SIZE.observe(count)
+        BATCH_SIZE.observe(batch.records)
         RESULTS.labels("written").inc(outcome.written)
         RESULTS.labels("duplicate").inc(outcome.duplicates)
-        RESULTS.labels("rejected").inc(len(rejected) + len(outcome.refused))
-        for item in [*rejected, *outcome.refused]:
+        RESULTS.labels("rejected").inc(len(batch.rejected) + len(outcome.refused))
+        for item in [*batch.rejected, *outcome.refused]:
             log.info("message dead-lettered", extra={"partition": item.partition, "offset": item.offset,
                                                      "reason": item.error[:200]})
-        self._commit(reached)
 
     def _commit(self, reached: dict[TopicPartition, int]) -> None:
         """``reached``: per partition, the offset after the batch's last record (records come in offset order)."""
