@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from streaming_services.messages import TradeMessage
@@ -36,6 +37,22 @@ def test_new_rows_are_copied_and_a_batch_read_again_writes_nothing(writer, db) -
     assert writer.write(batch(list(range(1, 1001))), []).written == 1000
     assert writer.write(batch(list(range(1, 1001))), []) == WriteOutcome(written=0, duplicates=1000)
     assert len(stored(db)) == 1000 and stored(db)[7] == ("61234.56000000", 2)
+
+
+def test_texts_arrive_as_sent_through_copys_escapes(writer, db) -> None:
+    """COPY's text format gives the backslash a meaning (and ``\\N`` is its NULL); a source may hold one. Both
+    the direct COPY and, for a batch met again, the staging table's COPY keep it."""
+    source = "r\\N\\t"
+
+    def sourced(agg_ids: list[int]) -> list[Accepted]:
+        return [msgspec.structs.replace(item, trade=msgspec.structs.replace(item.trade, source=source))
+                for item in batch(agg_ids)]
+
+    assert writer.write(sourced([1, 2, 3]), []).written == 3
+    assert writer.write(sourced([3, 4]), []) == WriteOutcome(written=1, duplicates=1)
+    with db.cursor() as cursor:
+        cursor.execute("SELECT source, count(*) FROM stock.real_time_prices GROUP BY source")
+        assert cursor.fetchall() == [(source, 4)]
 
 
 def test_a_batch_partly_written_before_writes_only_its_new_rows(writer, db) -> None:
