@@ -1,9 +1,10 @@
 """Backups and point-in-time recovery, the decisions without the I/O: WAL names, which base backup a
 restore starts from, what retention deletes, the archive and restore commands, the restore target.
 
-Layout of ``BACKUP_DIR``: ``wal/`` holds every WAL segment PostgreSQL archived (gzip'ed, ``<name>.gz``)
-and the timelines' ``.history`` files; ``base/<UTC stamp>/`` holds one ``pg_basebackup`` (tar, gzip) with
-its ``backup.json`` (written last: a folder without it is an unfinished backup).
+Layout of ``BACKUP_DIR``: ``wal/`` holds every WAL segment PostgreSQL archived (``<name>.zst`` by zstd, or
+``<name>.gz`` by gzip where zstd is not installed) and the timelines' ``.history`` files; ``base/<UTC stamp>/``
+holds one ``pg_basebackup`` (tar, gzip) with its ``backup.json`` (written last: a folder without it is an
+unfinished backup).
 """
 
 from __future__ import annotations
@@ -17,15 +18,32 @@ from pathlib import Path
 WAL_SEGMENT_BYTES = 16 * 1024 * 1024
 SEGMENTS_PER_LOG = 0x1_0000_0000 // WAL_SEGMENT_BYTES
 # A quiet server switches to a new segment at least this often, so at most this much of committed work
-# is only in pg_wal (lost with STATE_DIR's disk); a forced switch costs ~20 kB gzip'ed.
+# is only in pg_wal (lost with STATE_DIR's disk); a forced switch costs ~20 kB compressed.
 ARCHIVE_TIMEOUT_S = 60
-# A segment, a backup's history file or a timeline's last partial segment, as archived (gzip'ed or not).
-ARCHIVED_WAL = re.compile(r"^([0-9A-F]{24})(\.[0-9A-F]{8}\.backup|\.partial)?(\.gz)?$")
+# A segment, a backup's history file or a timeline's last partial segment, as archived (compressed or not).
+ARCHIVED_WAL = re.compile(r"^([0-9A-F]{24})(\.[0-9A-F]{8}\.backup|\.partial)?(\.gz|\.zst)?$")
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 # A server log line (log_line_prefix '%m [%p] %q%u@%d ') from a process without a session: the startup
 # process that replays WAL, not a client whose connection was refused meanwhile ("user@db FATAL: ...").
 SERVER_PROCESS_FATAL = re.compile(r"^\S+ \S+ \S+ \[\d+\] FATAL:\s*(.+)$")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+@dataclass(frozen=True)
+class WalCompressor:
+    """How the archive compresses a segment: the file's suffix and the two shell filters (stdin to stdout)."""
+
+    program: str
+    suffix: str
+    compress: str
+    decompress: str
+
+
+# zstd first: on a segment of trades, `zstd -1` took 0.05 s of CPU and wrote 3.6 MB where `gzip -1` took
+# 0.17 s and wrote 4.8 MB, CPU the archiver takes from ingestion on the same cores. gzip where zstd is missing.
+ZSTD = WalCompressor("zstd", ".zst", "zstd -1 -q -c", "zstd -d -q -c")
+GZIP = WalCompressor("gzip", ".gz", "gzip -1 -n", "gzip -d -c")
+WAL_COMPRESSORS = (ZSTD, GZIP)
 
 
 class BackupError(ValueError):
@@ -116,19 +134,24 @@ def conf_literal(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def archive_command(wal_dir: Path) -> str:
-    """Copies a finished segment into the archive, gzip'ed, atomically; an existing copy is accepted only
-    when identical (a segment archived again after a crash), never overwritten."""
-    target = shlex.quote(str(wal_dir)) + "/%f.gz"
-    return (f"gzip -1 -n < %p > {target}.part && "
-            f"{{ test ! -f {target} || cmp -s {target}.part {target}; }} && mv -f {target}.part {target}")
+def archive_command(wal_dir: Path, compressor: WalCompressor) -> str:
+    """Copies a finished segment into the archive, compressed, atomically. An existing copy, under any
+    compressor's suffix, is accepted only when it decompresses to the same segment (archived again after a
+    crash, or after a change of compressor); a different one is never overwritten and fails the command."""
+    folder = shlex.quote(str(wal_dir))
+    target = f"{folder}/%f{compressor.suffix}"
+    same_or_none = " && ".join(f"{{ test ! -f {folder}/%f{c.suffix} || {c.decompress} < {folder}/%f{c.suffix} | "
+                               "cmp -s - %p; }" for c in WAL_COMPRESSORS)
+    return f"{same_or_none} && {compressor.compress} < %p > {target}.part && mv -f {target}.part {target}"
 
 
 def restore_command(wal_dir: Path) -> str:
-    """Fetches a segment (or a timeline's history file) from the archive during recovery."""
+    """Fetches a segment (or a timeline's history file) from the archive during recovery, whichever
+    compressor archived it."""
     folder = shlex.quote(str(wal_dir))
-    return (f"if test -f {folder}/%f.gz; then gzip -dc < {folder}/%f.gz > %p; "
-            f"else cp {folder}/%f %p; fi")
+    tries = [f"test -f {folder}/%f{c.suffix}; then {c.decompress} < {folder}/%f{c.suffix} > %p;"
+             for c in WAL_COMPRESSORS]
+    return "if " + " elif ".join(tries) + f" else cp {folder}/%f %p; fi"
 
 
 def recovery_settings(target: datetime | None) -> str:

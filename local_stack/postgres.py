@@ -30,7 +30,15 @@ import psycopg2
 from psycopg2 import sql
 
 from crypto_platform.settings import PlatformSettings
-from local_stack.backup_plan import ARCHIVE_TIMEOUT_S, archive_command, conf_literal, restore_command
+from local_stack.backup_plan import (
+    ARCHIVE_TIMEOUT_S,
+    GZIP,
+    WAL_COMPRESSORS,
+    WalCompressor,
+    archive_command,
+    conf_literal,
+    restore_command,
+)
 from local_stack.certificates import platform_certificates
 from local_stack.jars import maven_artifact
 from local_stack.processes import StackError, as_account, stop_processes
@@ -138,6 +146,11 @@ def prepare_backup_dir(backup_dir: Path, account: ServerAccount) -> None:
     if account.run(["test", "-w", str(backup_dir / "wal"), "-a", "-x", str(backup_dir / "wal")]).returncode != 0:
         raise StackError(f"BACKUP_DIR={backup_dir}: PostgreSQL's account ({SERVER_USER}) cannot write "
                          f"{backup_dir / 'wal'}; choose a folder under world-traversable parents")
+
+
+def wal_compressor() -> WalCompressor:
+    """The archive's compressor: zstd where it is installed, else gzip (every system has it)."""
+    return next((c for c in WAL_COMPRESSORS if shutil.which(c.program)), GZIP)
 
 
 class PostgresServer:
@@ -257,7 +270,7 @@ class PostgresServer:
             # Continuous archiving (make backup / make restore): every finished segment into BACKUP_DIR/wal.
             "wal_level = replica\n"
             "archive_mode = on\n"
-            f"archive_command = {conf_literal(archive_command(wal_dir))}\n"
+            f"archive_command = {conf_literal(archive_command(wal_dir, wal_compressor()))}\n"
             f"archive_timeout = {ARCHIVE_TIMEOUT_S}\n"
             f"restore_command = {conf_literal(restore_command(wal_dir))}\n"
             # Present only while make restore replays WAL to its target.

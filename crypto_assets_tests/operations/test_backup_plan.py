@@ -3,6 +3,7 @@ from, retention, the restore target, the rewind of the streams; and the archive 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -10,9 +11,13 @@ from pathlib import Path
 import pytest
 
 from local_stack.backup_plan import (
+    GZIP,
+    WAL_COMPRESSORS,
+    ZSTD,
     ArchiverState,
     BackupError,
     BaseBackup,
+    WalCompressor,
     archive_command,
     backups_to_delete,
     choose_base_backup,
@@ -27,6 +32,7 @@ from local_stack.backup_plan import (
     start_segment,
     wal_to_delete,
 )
+from local_stack.postgres import wal_compressor
 from streaming_services.messages import TradeMessage
 from streaming_services.postgres_sink import Accepted, Rejected, next_offsets
 
@@ -78,11 +84,11 @@ def test_retention_keeps_the_newest_backups_and_the_wal_they_need() -> None:
                backup("c", 100, "00000002000000000000000A")]
     assert [b.path.name for b in backups_to_delete(backups, 2)] == ["a"]
     assert backups_to_delete(backups, 7) == []
-    archive = ["000000010000000000000002.gz", "000000010000000000000006.gz",
-               "000000010000000000000006.00000028.backup.gz", "000000010000000000000007.gz",
-               "000000010000000000000009.partial.gz", "00000002.history.gz", "00000002000000000000000A.gz"]
+    archive = ["000000010000000000000002.gz", "000000010000000000000006.zst",
+               "000000010000000000000006.00000028.backup.gz", "000000010000000000000007.zst",
+               "000000010000000000000009.partial.zst", "00000002.history.gz", "00000002000000000000000A.zst"]
     assert wal_to_delete(archive, "000000010000000000000007") == [
-        "000000010000000000000002.gz", "000000010000000000000006.gz", "000000010000000000000006.00000028.backup.gz"]
+        "000000010000000000000002.gz", "000000010000000000000006.zst", "000000010000000000000006.00000028.backup.gz"]
 
 
 def test_recovery_settings_name_the_target_in_utc() -> None:
@@ -107,7 +113,9 @@ def test_a_failed_recovery_is_explained_by_the_startup_process_not_by_refused_cl
     assert recovery_fatal(log.splitlines()[2]) is None
 
 
-def test_the_archive_keeps_a_segment_once_and_refuses_a_different_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compressor", WAL_COMPRESSORS, ids=lambda c: c.program)
+def test_the_archive_keeps_a_segment_once_and_refuses_a_different_one(tmp_path: Path,
+                                                                      compressor: WalCompressor) -> None:
     archive, data = tmp_path / "wal dir", tmp_path / "data"
     archive.mkdir()
     (data / "pg_wal").mkdir(parents=True)
@@ -118,14 +126,26 @@ def test_the_archive_keeps_a_segment_once_and_refuses_a_different_one(tmp_path: 
         text = command.replace("%p", f"pg_wal/{name}").replace("%f", name)
         return subprocess.run(["sh", "-c", text], cwd=data, check=False).returncode
 
-    assert run(archive_command(archive), segment.name) == 0
-    assert run(archive_command(archive), segment.name) == 0  # archived again after a crash: same bytes
+    assert run(archive_command(archive, compressor), segment.name) == 0
+    assert [p.name for p in archive.iterdir()] == [segment.name + compressor.suffix]
+    assert run(archive_command(archive, compressor), segment.name) == 0  # archived again after a crash
+    for other in WAL_COMPRESSORS:  # the same segment, kept by either compressor, is accepted by the other
+        assert run(archive_command(archive, other), segment.name) == 0
     segment.write_bytes(b"other")
-    assert run(archive_command(archive), segment.name) != 0  # never overwritten
+    for other in WAL_COMPRESSORS:  # a different one is never overwritten, whatever the suffix
+        assert run(archive_command(archive, other), segment.name) != 0
+    (archive / (segment.name + compressor.suffix)).unlink()  # the other compressor's copy stays, and restores
     (data / "pg_wal" / "restored").unlink(missing_ok=True)
     assert run(restore_command(archive).replace("%p", "pg_wal/restored"), segment.name) == 0
     assert (data / "pg_wal" / "restored").read_bytes() == b"wal" * 1000
     assert run(restore_command(archive).replace("%p", "pg_wal/x"), "000000010000000000000009") != 0
+
+
+def test_the_archive_compresses_with_zstd_where_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda program: "/usr/bin/zstd" if program == "zstd" else None)
+    assert wal_compressor() == ZSTD
+    monkeypatch.setattr(shutil, "which", lambda program: None)
+    assert wal_compressor() == GZIP
 
 
 def test_the_producer_never_runs_ahead_of_the_restored_database() -> None:
