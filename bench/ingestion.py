@@ -15,6 +15,7 @@ runs the parts on a stack with SECURE=0, then on a new one with SECURE=1, and pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import random
@@ -58,26 +59,35 @@ def synthetic_trades(rows: int, start_ms: int) -> list[TradeMessage]:
 
 def truncate(database_url: str) -> None:
     """Empty what the consumer judges new trades against, so each run starts as on a new platform: the rows,
-    the dead letters and the exchange clock (a clock left by one run would make the next run's trades late)."""
+    the dead letters and the exchange clock (a clock left by one run would make the next run's trades late),
+    and where the consumers' writes reached in each partition."""
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
-        cursor.execute("TRUNCATE stock.real_time_prices, stock.rejected_messages, stock.market_clock")
+        cursor.execute("TRUNCATE stock.real_time_prices, stock.rejected_messages, stock.market_clock,"
+                       " stock.consumer_offsets")
+
+
+def stored_rows(database_url: str) -> int:
+    with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
+        cursor.execute(COUNT_ROWS)
+        return cursor.fetchone()[0]
 
 
 STALL_S = 120.0  # no new row for this long while rows are missing: the run is stuck, not slow
+COUNT_ROWS = "SELECT count(*) FROM stock.real_time_prices"
 
 
-def commit_rate(database_url: str, target: int, timeout: float, where: str = "") -> float:
-    """Rows committed per second from the first commit seen until the table holds ``target`` rows, so that
-    process start and the group join are not in it. One connection polled every 0.1 s, so that watching
-    costs the machine little (a new connection is a password hash on both sides). A table that stops
-    growing for ``STALL_S`` ends the run at once, with the rows per symbol and ``where`` (the logs)."""
+def commit_rate(database_url: str, target: int, timeout: float, where: str = "", progress: str = COUNT_ROWS) -> float:
+    """Rows committed per second from the first commit seen until ``progress`` (a query of the rows committed)
+    reaches ``target``, so that process start and the group join are not in it. One connection polled every
+    0.1 s, so that watching costs the machine little (a new connection is a password hash on both sides). A
+    table that stops growing for ``STALL_S`` ends the run at once, with the rows per symbol and ``where``."""
     started = time.perf_counter()
     first: tuple[int, float] | None = None
     moved: tuple[int, float] = (0, started)
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
         connection.autocommit = True
         while True:
-            cursor.execute("SELECT count(*) FROM stock.real_time_prices")
+            cursor.execute(progress)
             rows, now = cursor.fetchone()[0], time.perf_counter()
             if first is None and rows > 0:
                 first = (rows, now)
@@ -109,6 +119,11 @@ def plain_copy_rate(database_url: str, trades: list[TradeMessage]) -> float:
 
 
 CONSUMER_TOPIC = "bench-consumer"
+# The consumers' progress from where each batch's transaction says it reached in every partition: a few rows
+# to read, where count(*) would scan the growing table ten times a second on the cores being measured. The
+# rows committed, as only the bench's consumers run and their topic holds only valid trades from offset 0
+# (checked against count(*) at the end).
+CONSUMED_ROWS = "SELECT coalesce(sum(next_offset), 0)::bigint FROM stock.consumer_offsets"
 
 
 def fill_topic(settings: PlatformSettings, stack: LocalStack, trades: list[TradeMessage]) -> None:
@@ -134,22 +149,68 @@ def share_stack_secrets(settings: PlatformSettings, folder: Path) -> None:
             (folder / name).symlink_to(settings.state_dir / name)
 
 
-def consumer_rate(settings: PlatformSettings, rows: int, workers: int) -> float:
-    """``workers`` consumer processes of a new group (as ``make up`` runs them) drain the filled topic."""
+def _process_tree(pid: int | None) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid) if pid is not None else None
+        return [root, *root.children(recursive=True)] if root is not None else []
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_snapshot(stack: LocalStack, consumers: list[psutil.Process]) -> dict[tuple[str, int], float]:
+    """CPU seconds so far of each process a consumer run keeps busy, keyed by (part, pid): the consumer
+    processes, PostgreSQL (its sessions and background writers; not the bench's own sessions, which watch
+    progress), its WAL archiver with the compressor it runs for each segment, and the Kafka broker(s)."""
+    parts: list[tuple[str, psutil.Process, bool]] = [("consumers", p, False) for p in consumers]
+    for process in _process_tree(stack.postgres.pid()):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            title = " ".join(process.cmdline()).split()
+            if title[:2] == ["postgres:", "archiver"]:
+                parts.append(("WAL archive", process, True))
+            elif title[:1] == ["postgres:"] and title[1:2] != [stack.settings.pg_user]:
+                parts.append(("PostgreSQL", process, False))
+    parts += [("Kafka", p, False) for pid in stack.kafka.pids() for p in _process_tree(pid)]
+    seconds = {}
+    for part, process, with_reaped_children in parts:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            seconds[part, process.pid] = times.user + times.system + (
+                times.children_user + times.children_system if with_reaped_children else 0.0)
+    return seconds
+
+
+def cpu_per_row_us(before: dict[tuple[str, int], float], after: dict[tuple[str, int], float],
+                   rows: int) -> dict[str, float]:
+    """µs of CPU per row of each part between two snapshots (a process new since ``before`` from zero)."""
+    used: dict[str, float] = {}
+    for (part, pid), seconds in after.items():
+        used[part] = used.get(part, 0.0) + seconds - before.get((part, pid), 0.0)
+    return {part: per_message_us(seconds, rows) for part, seconds in used.items()}
+
+
+def consumer_rate(stack: LocalStack, rows: int, workers: int) -> tuple[float, dict[str, float]]:
+    """``workers`` consumer processes of a new group (as ``make up`` runs them) drain the filled topic: rows
+    committed per second, and µs of CPU per row of each part of the machine the run kept busy."""
+    settings = stack.settings
     folder = make_state_dir(f"crypto-bench-consumer-{workers}-")
     share_stack_secrets(settings, folder)
     group = f"{CONSUMER_TOPIC}-{workers}"
     env = {**os.environ, "STATE_DIR": str(folder), "SYMBOLS": ",".join(SYMBOLS), "KAFKA_TOPIC": CONSUMER_TOPIC,
            "CONSUMER_GROUP": group, "CONSUMER_WORKERS": str(workers), "CONSUMER_METRICS_PORT": str(free_port()),
            "LOG_LEVEL": service_log_level()}
-    processes = [start_service("streaming_services.consumer", i, env, folder / f"consumer-{i}.log")
+    before = cpu_snapshot(stack, [])
+    processes = [psutil.Process(start_service("streaming_services.consumer", i, env, folder / f"consumer-{i}.log").pid)
                  for i in range(workers)]
     try:
-        rate = commit_rate(settings.database_url, rows, 900, f"logs in {folder}")
+        rate = commit_rate(settings.database_url, rows, 900, f"logs in {folder}", CONSUMED_ROWS)
+        cpu = cpu_per_row_us(before, cpu_snapshot(stack, processes), rows)
     finally:
-        stop_processes([psutil.Process(process.pid) for process in processes])
+        stop_processes(processes)
+    if (stored := stored_rows(settings.database_url)) != rows:
+        raise SystemExit(f"bench: the consumers reached the topic's end but the table holds {stored} of {rows} rows; "
+                         f"logs in {folder}")
     truncate(settings.database_url)
-    return rate
+    return rate, cpu
 
 
 def write_agg_trades_file(folder: Path, rows: int, start_ms: int, symbol: str = "BTCUSDT") -> Path:
@@ -435,8 +496,9 @@ def run_parts(args: argparse.Namespace, parts: tuple[str, ...], stack: LocalStac
         fill_topic(settings, stack, trades)
         rates = {}
         for workers in sorted({min(w, settings.kafka_partitions) for w in args.workers}):
-            rates[workers] = consumer_rate(settings, args.rows, workers)
-            print(f"  consumer with {workers} worker(s): {rates[workers]:,.0f} rows/s", flush=True)
+            rates[workers], cpu = consumer_rate(stack, args.rows, workers)
+            print(f"  consumer with {workers} worker(s): {rates[workers]:,.0f} rows/s; CPU µs per row: " + ", ".join(
+                f"{part} {us:.1f}" for part, us in cpu.items()) + f"; sum {sum(cpu.values()):.1f}", flush=True)
         best = max(rates, key=rates.get)
         print(f"consumer throughput: {rates[best]:,.0f} rows/s committed; plain COPY of the same {args.rows:,} rows: "
               f"{copy:,.0f} rows/s; ratio {rates[best] / copy:.2f} (best of {', '.join(map(str, rates))} "
