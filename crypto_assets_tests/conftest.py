@@ -19,6 +19,10 @@ from local_stack.ephemeral import ephemeral_stack
 from local_stack.stack import LocalStack
 
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "binance"
+# Every stack a test starts (and `make up` run by a test) assigns a new consumer group at once, as Kafka's
+# development configuration does, instead of the platform's 3 s wait for more members: dozens of tests start a
+# new group, and the rebalances this lets happen are the ones the worker tests are there to exercise.
+os.environ.setdefault("KAFKA_GROUP_JOIN_DELAY_MS", "0")
 
 
 @pytest.fixture(scope="session")

@@ -278,6 +278,10 @@ class PlatformSettings:
     kafka_partitions: int = setting("KAFKA_PARTITIONS", "its partitions", "3", integer(minimum=1))
     kafka_retention_hours: int = setting("KAFKA_RETENTION_HOURS", "how long Kafka keeps messages", "168",
                                          integer(minimum=1))
+    kafka_group_join_delay_ms: int = setting(
+        "KAFKA_GROUP_JOIN_DELAY_MS", "how long a consumer group without members waits for more before its first "
+        "assignment (Kafka's `group.initial.rebalance.delay.ms`), so that consumer workers started together are "
+        "assigned once instead of rebalancing after the first has begun reading", "3000", integer(minimum=0))
     kafka_heap: str = setting("KAFKA_HEAP", "JVM heap of the local broker", "512m")
     pg_port: int = setting("PG_PORT", "embedded PostgreSQL's port", "5432", port)
     pg_user: str = setting("PG_USER", "administrator: runs migrations and creates the run-time roles; no service "

@@ -67,7 +67,8 @@ LOG4J = Path(__file__).with_name("kafka") / "log4j.properties"
 READY_TIMEOUT_S = 180  # ~10 s idle; over 90 s at load 40+ (a node that dies is reported at once)
 STOP_TIMEOUT_S = 30  # a node hands its partitions' leadership over before it exits
 WATCHED = ("BIND_HOST", "KAFKA_BROKERS", "KAFKA_PORT", "KAFKA_CONTROLLER_PORT", "KAFKA_BOOTSTRAP_SERVERS",
-           "KAFKA_HEAP", "KAFKA_RETENTION_HOURS", "KAFKA_REPLICATION_FACTOR", "KAFKA_MIN_INSYNC_REPLICAS", "SECURE")
+           "KAFKA_HEAP", "KAFKA_RETENTION_HOURS", "KAFKA_GROUP_JOIN_DELAY_MS", "KAFKA_REPLICATION_FACTOR",
+           "KAFKA_MIN_INSYNC_REPLICAS", "SECURE")
 SCRAM = "SCRAM-SHA-512"
 SECURED_MARKER = "scram-users"  # in the kafka folder: the storage was formatted with the SCRAM users
 ADMIN_DIGEST = "platform-admin.sha256"  # in the kafka folder: salt and SHA-256 of the admin password it knows
@@ -189,7 +190,7 @@ class KafkaNode:
             "transaction.state.log.min.isr": in_sync,
             # A replica that was down must catch up before it leads again: no acknowledged trade is lost.
             "unclean.leader.election.enable": "false",
-            "group.initial.rebalance.delay.ms": "0",
+            "group.initial.rebalance.delay.ms": str(s.kafka_group_join_delay_ms),
             "log.retention.hours": str(s.kafka_retention_hours),
             "log.segment.bytes": str(256 * 1024 * 1024),
             **(self._secure_properties() if s.secure else {}),

@@ -147,6 +147,7 @@ def test_kafka_listens_with_sasl_ssl_and_tls_only_and_advertises_its_service_nam
     assert properties["controller.quorum.voters"] == "1@kafka:9093"
     assert properties["listener.name.controller.ssl.client.auth"] == "required"
     assert properties["allow.everyone.if.no.acl.found"] == "false"
+    assert properties["group.initial.rebalance.delay.ms"] == "3000"  # consumer workers started together: one assignment
     assert "PLAINTEXT" not in COMPOSE_TEXT
 
 
