@@ -32,6 +32,7 @@ import psutil
 import psycopg2
 import websocket
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from bench.modes import MODES, Figure, comparison, mode_list, side_by_side
 from crypto_platform.credentials import KAFKA_CONSUMER, KAFKA_PRODUCER, kafka_security
@@ -338,9 +339,31 @@ def start_producers_from_the_first_id(state_dir: Path, workers: int, source: str
                          {symbol: 0 for symbol in worker_symbols(SYMBOLS, worker, workers)})
 
 
+def wait_for_group(stack: LocalStack, group: str, members: int, where: str) -> None:
+    """Until ``group`` is stable with ``members`` members, each holding its partitions: a new group waits
+    ``KAFKA_GROUP_JOIN_DELAY_MS`` for its members before the first assignment."""
+    admin = stack.kafka.admin()
+    try:
+        def assigned() -> bool:
+            try:
+                description = admin.describe_groups([group]).get(group, {})
+            except KafkaError as error:  # a coordinator not elected yet on a fresh broker
+                if not error.retriable:
+                    raise
+                return False
+            return description.get("group_state") == "Stable" and len(description.get("members", [])) == members
+
+        if not wait_until(assigned, 180):
+            raise SystemExit(f"bench: consumer group {group} did not settle with {members} members; {where}")
+    finally:
+        admin.close()
+
+
 def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int, workers: int) -> float:
     """The services as ``make up`` runs them (replay server, ``workers`` producer and consumer processes).
-    Counted from the first committed row to the last, so process start and the group join are not in it."""
+    The producers start once the consumers hold their partitions, and the rate is counted from the first
+    committed row to the last, so process start and the group join are not in it, and the consumers keep
+    up with the producers rather than drain what they sent meanwhile."""
     folder = make_state_dir(f"crypto-bench-chain-{workers}-")
     files = write_market_files(folder, rows)
     share_stack_secrets(settings, folder)
@@ -362,6 +385,7 @@ def chain_rate(settings: PlatformSettings, stack: LocalStack, rows: int, workers
             raise SystemExit(f"bench: the replay server did not start; read {folder / 'replay.log'}")
         processes += [start_service("streaming_services.consumer", i, env, folder / f"consumer-{i}.log")
                       for i in range(consumers)]
+        wait_for_group(stack, topic, consumers, f"logs in {folder}")
         processes += [start_service("streaming_services.producer", i, env, folder / f"producer-{i}.log")
                       for i in range(workers)]
         rate = commit_rate(settings.database_url, expected, 900, f"logs in {folder}")
