@@ -426,8 +426,9 @@ def steady_latency(settings: PlatformSettings, stack: LocalStack, rate: int, sec
     original_observe = SEND_LATENCY.observe
     SEND_LATENCY.observe = lambda value: (acks.append(value), original_observe(value))  # type: ignore[method-assign]
     threads = [threading.Thread(target=consumer.run, daemon=True), threading.Thread(target=producer.run, daemon=True)]
-    for thread in threads:
-        thread.start()
+    threads[0].start()
+    wait_for_group(stack, "bench-latency", 1, "the consumer runs in this process")  # the trades meet a reader
+    threads[1].start()
     time.sleep(seconds)
     producer.stop()
     time.sleep(2)
