@@ -67,14 +67,14 @@ def truncate(database_url: str) -> None:
                        " stock.consumer_offsets")
 
 
+STALL_S = 120.0  # no new row for this long while rows are missing: the run is stuck, not slow
+COUNT_ROWS = "SELECT count(*) FROM stock.real_time_prices"
+
+
 def stored_rows(database_url: str) -> int:
     with psycopg2.connect(database_url) as connection, connection.cursor() as cursor:
         cursor.execute(COUNT_ROWS)
         return cursor.fetchone()[0]
-
-
-STALL_S = 120.0  # no new row for this long while rows are missing: the run is stuck, not slow
-COUNT_ROWS = "SELECT count(*) FROM stock.real_time_prices"
 
 
 def commit_rate(database_url: str, target: int, timeout: float, where: str = "", progress: str = COUNT_ROWS) -> float:
@@ -151,9 +151,12 @@ def share_stack_secrets(settings: PlatformSettings, folder: Path) -> None:
 
 
 def _process_tree(pid: int | None) -> list[psutil.Process]:
+    """The process ``pid`` and its descendants; none when it does not run."""
+    if pid is None:
+        return []
     try:
-        root = psutil.Process(pid) if pid is not None else None
-        return [root, *root.children(recursive=True)] if root is not None else []
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
 
@@ -182,7 +185,8 @@ def cpu_snapshot(stack: LocalStack, consumers: list[psutil.Process]) -> dict[tup
 
 def cpu_per_row_us(before: dict[tuple[str, int], float], after: dict[tuple[str, int], float],
                    rows: int) -> dict[str, float]:
-    """µs of CPU per row of each part between two snapshots (a process new since ``before`` from zero)."""
+    """µs of CPU per row of each part between two snapshots: a process new since ``before`` counts from zero,
+    one gone since (a session that ended) is not counted."""
     used: dict[str, float] = {}
     for (part, pid), seconds in after.items():
         used[part] = used.get(part, 0.0) + seconds - before.get((part, pid), 0.0)
