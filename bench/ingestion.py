@@ -33,7 +33,6 @@ import psutil
 import psycopg2
 import websocket
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
 
 from bench.modes import MODES, Figure, comparison, mode_list, side_by_side
 from crypto_platform.credentials import KAFKA_CONSUMER, KAFKA_PRODUCER, kafka_security
@@ -41,6 +40,7 @@ from crypto_platform.settings import PlatformSettings
 from local_stack.ephemeral import ephemeral_stack, make_state_dir, process_environment
 from local_stack.processes import free_port, stop_processes, wait_until
 from local_stack.stack import REPO_ROOT, LocalStack
+from local_stack.stream_rewind import describe_group, retrying_kafka
 from streaming_services.consumer import ConsumerConfig, PricesConsumer, classify
 from streaming_services.messages import TradeMessage, decode_agg_trade_frame
 from streaming_services.postgres_sink import COPY_TRADES, encode_copy_rows
@@ -350,12 +350,7 @@ def wait_for_group(stack: LocalStack, group: str, members: int, where: str) -> N
     admin = stack.kafka.admin()
     try:
         def assigned() -> bool:
-            try:
-                description = admin.describe_groups([group]).get(group, {})
-            except KafkaError as error:  # a coordinator not elected yet on a fresh broker
-                if not error.retriable:
-                    raise
-                return False
+            description = retrying_kafka(describe_group, admin, group)
             return description.get("group_state") == "Stable" and len(description.get("members", [])) == members
 
         if not wait_until(assigned, 180):
@@ -531,6 +526,11 @@ def main() -> None:
                   flush=True)
 
 
+def microseconds_by_part(costs: dict[str, float]) -> str:
+    """``'WS read 14.7, parse 1.3; sum 16.0'``: what the summary lines print of µs per message or per row."""
+    return ", ".join(f"{name} {us:.1f}" for name, us in costs.items()) + f"; sum {sum(costs.values()):.1f}"
+
+
 def run_parts(args: argparse.Namespace, parts: tuple[str, ...], stack: LocalStack) -> dict[str, Figure]:
     """The parts asked for on ``stack``, each printed as it ends; their figures for the comparison."""
     figures: dict[str, Figure] = {}
@@ -542,8 +542,8 @@ def run_parts(args: argparse.Namespace, parts: tuple[str, ...], stack: LocalStac
         rates = {}
         for workers in sorted({min(w, settings.kafka_partitions) for w in args.workers}):
             rates[workers], cpu = consumer_rate(stack, args.rows, workers)
-            print(f"  consumer with {workers} worker(s): {rates[workers]:,.0f} rows/s; CPU µs per row: " + ", ".join(
-                f"{part} {us:.1f}" for part, us in cpu.items()) + f"; sum {sum(cpu.values()):.1f}", flush=True)
+            print(f"  consumer with {workers} worker(s): {rates[workers]:,.0f} rows/s; CPU µs per row: "
+                  f"{microseconds_by_part(cpu)}", flush=True)
         best = max(rates, key=rates.get)
         print(f"consumer throughput: {rates[best]:,.0f} rows/s committed; plain COPY of the same {args.rows:,} rows: "
               f"{copy:,.0f} rows/s; ratio {rates[best] / copy:.2f} (best of {', '.join(map(str, rates))} "
@@ -552,8 +552,7 @@ def run_parts(args: argparse.Namespace, parts: tuple[str, ...], stack: LocalStac
         figures["plain COPY of the same rows, rows/s"] = Figure(copy, True)
     if "stages" in parts:
         costs = stage_costs(settings, stack, args.rows)
-        print("µs per message by stage (each alone, this run): " + ", ".join(
-            f"{name} {us:.1f}" for name, us in costs.items()) + f"; sum {sum(costs.values()):.1f}", flush=True)
+        print(f"µs per message by stage (each alone, this run): {microseconds_by_part(costs)}", flush=True)
         figures |= {f"stage {name}, µs/message": Figure(us, False, judged=False) for name, us in costs.items()}
     if "chain" in parts:
         rates = {}

@@ -88,17 +88,17 @@ def rewind_consumer_group(settings: PlatformSettings, stored: dict[int, int]) ->
     try:
         group, topic = settings.consumer_group, settings.kafka_topic
         partitions = admin.describe_topics([topic])[0]["partitions"]
-        static = [member["group_instance_id"] for member in _retrying(_group, admin, group).get("members", [])
-                  if member.get("group_instance_id")]
+        members = retrying_kafka(describe_group, admin, group).get("members", [])
+        static = [member["group_instance_id"] for member in members if member.get("group_instance_id")]
         if static:
-            _retrying(admin.remove_group_members, group, [MemberToRemove(group_instance_id=i) for i in static])
-        if not wait_until(lambda: _retrying(_group, admin, group).get("group_state") in EMPTY_STATES,
+            retrying_kafka(admin.remove_group_members, group, [MemberToRemove(group_instance_id=i) for i in static])
+        if not wait_until(lambda: retrying_kafka(describe_group, admin, group).get("group_state") in EMPTY_STATES,
                           GROUP_EMPTY_TIMEOUT_S, 1):
             raise StackError(f"consumer group {group} still has members after {GROUP_EMPTY_TIMEOUT_S} s; "
                              "stop every consumer of it (another platform?) and run make restore again")
         specs = {TopicPartition(topic, p["partition_index"]): stored.get(p["partition_index"], OffsetSpec.EARLIEST)
                  for p in partitions}
-        result = _retrying(admin.reset_group_offsets, group, specs)
+        result = retrying_kafka(admin.reset_group_offsets, group, specs)
     except KafkaError as exc:
         raise StackError(f"could not rewind consumer group {settings.consumer_group}: {exc!r}"[:300]) from None
     finally:
@@ -110,7 +110,7 @@ def rewind_consumer_group(settings: PlatformSettings, stored: dict[int, int]) ->
     return {tp.partition: outcome["offset"] for tp, outcome in sorted(result.items())}
 
 
-def _retrying(call: Callable[..., T], *args: object) -> T:
+def retrying_kafka(call: Callable[..., T], *args: object) -> T:
     """Retries what Kafka calls retriable (a group coordinator not elected yet on a fresh broker)."""
     deadline = time.monotonic() + KAFKA_RETRY_S
     while True:
@@ -122,7 +122,8 @@ def _retrying(call: Callable[..., T], *args: object) -> T:
             time.sleep(1)
 
 
-def _group(admin: KafkaAdminClient, group: str) -> dict:
+def describe_group(admin: KafkaAdminClient, group: str) -> dict:
+    """Kafka's description of ``group``: its ``group_state``, its ``members`` (empty when unknown)."""
     return admin.describe_groups([group]).get(group, {})
 
 
