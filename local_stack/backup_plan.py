@@ -20,8 +20,6 @@ SEGMENTS_PER_LOG = 0x1_0000_0000 // WAL_SEGMENT_BYTES
 # A quiet server switches to a new segment at least this often, so at most this much of committed work
 # is only in pg_wal (lost with STATE_DIR's disk); a forced switch costs ~20 kB compressed.
 ARCHIVE_TIMEOUT_S = 60
-# A segment, a backup's history file or a timeline's last partial segment, as archived (compressed or not).
-ARCHIVED_WAL = re.compile(r"^([0-9A-F]{24})(\.[0-9A-F]{8}\.backup|\.partial)?(\.gz|\.zst)?$")
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 # A server log line (log_line_prefix '%m [%p] %q%u@%d ') from a process without a session: the startup
 # process that replays WAL, not a client whose connection was refused meanwhile ("user@db FATAL: ...").
@@ -44,6 +42,9 @@ class WalCompressor:
 ZSTD = WalCompressor("zstd", ".zst", "zstd -1 -q -c", "zstd -d -q -c")
 GZIP = WalCompressor("gzip", ".gz", "gzip -1 -n", "gzip -d -c")
 WAL_COMPRESSORS = (ZSTD, GZIP)
+# A segment, a backup's history file or a timeline's last partial segment, as archived (compressed or not).
+ARCHIVED_WAL = re.compile(r"^([0-9A-F]{24})(\.[0-9A-F]{8}\.backup|\.partial)?("
+                          + "|".join(re.escape(c.suffix) for c in WAL_COMPRESSORS) + ")?$")
 
 
 class BackupError(ValueError):
